@@ -1,0 +1,31 @@
+"""Command-line interface: `trtforge build|serve|proxy|up|...`.
+
+Each module below registers its commands on the shared `app`; `main` is the console script and turns
+`TrtforgeError` into one line on stderr and a non-zero exit status (no traceback for user mistakes).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rich.markup import escape
+
+# Command modules register themselves on `app` when imported.
+from trtforge.cli import engines as _engines  # noqa: F401
+from trtforge.cli import inspection as _inspection  # noqa: F401
+from trtforge.cli import serving as _serving  # noqa: F401
+from trtforge.cli._app import app, console
+from trtforge.errors import TrtforgeError
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    try:
+        app()
+    except TrtforgeError as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        sys.exit(130)

@@ -1,0 +1,69 @@
+"""Locations and defaults. The only module that reads the environment, and only when called.
+
+Layout (defaults):
+
+    $TRTFORGE_HOME (~/.cache/trtforge)/
+        store/<hash>-trtllm-engine-<name>-<version>/   content-addressed engines (see store.py)
+        store/.locks/<hash>.lock                       one lock per build hash
+        tmp/                                           scratch (triton runtime, workspaces)
+    ~/.cache/trtllm-engines/<name> -> store path       name links ($TRTLLM_ENGINE_PATH overrides)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_PROXY_HOST = "127.0.0.1"
+DEFAULT_PROXY_PORT = 9000
+DEFAULT_TRITON_HTTP_PORT = 8000
+DEFAULT_TRITON_GRPC_PORT = 8001
+DEFAULT_TRITON_METRICS_PORT = 8002
+
+TINY_ENGINE_NAME = "tiny"
+
+
+def _cache_home() -> Path:
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) if xdg else Path.home() / ".cache"
+
+
+def trtforge_home() -> Path:
+    """Root of trtforge's own state: `$TRTFORGE_HOME`, else `~/.cache/trtforge`."""
+    env = os.environ.get("TRTFORGE_HOME")
+    return Path(env).expanduser() if env else _cache_home() / "trtforge"
+
+
+def store_dir() -> Path:
+    return trtforge_home() / "store"
+
+
+def scratch_dir() -> Path:
+    return trtforge_home() / "tmp"
+
+
+def engine_link_dirs() -> list[Path]:
+    """Directories that hold name links, searched in order; links are written into the first.
+
+    `$TRTLLM_ENGINE_PATH` (a `:`-separated list, like PATH) overrides `~/.cache/trtllm-engines`.
+    """
+    env = os.environ.get("TRTLLM_ENGINE_PATH")
+    if env:
+        return [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+    return [_cache_home() / "trtllm-engines"]
+
+
+def catalog_path() -> Path:
+    """The user catalogue: `$TRTFORGE_CATALOG`, else `engines.toml` in the working directory."""
+    env = os.environ.get("TRTFORGE_CATALOG")
+    return Path(env).expanduser() if env else Path.cwd() / "engines.toml"
+
+
+def triton_home() -> Path | None:
+    """A full Triton install (`$TRITON_HOME`, else `/opt/tritonserver`) when one exists."""
+    env = os.environ.get("TRITON_HOME")
+    candidates = [Path(env)] if env else [Path("/opt/tritonserver")]
+    for home in candidates:
+        if (home / "bin" / "tritonserver").is_file():
+            return home
+    return None

@@ -1,0 +1,131 @@
+"""What an engine directory is, and how to read one.
+
+An engine directory has the layout `trtllm-bench build` leaves in `<workspace>/<model>/tp_<tp>_pp_<pp>/`:
+
+    <engine>/
+        config.json              TensorRT-LLM engine config: {"version", "pretrained_config", "build_config"}
+        rank0.engine ...         one serialized TensorRT engine per rank (world_size = tp × pp)
+        tokenizer.json, tokenizer_config.json, ...   tokenizer files saved beside the engine
+        chat_template.jinja      the checkpoint's chat template (copied by trtforge)
+        trtforge.json            trtforge's manifest (only in store entries)
+
+A *reference* engine (the built-in `tiny`, served by the CPU reference backend) has the same files except that
+the rank files are replaced by a Hugging Face model directory `hf_model/` (config.json + model.safetensors).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from trtforge.errors import InvalidEngineError
+
+ENGINE_CONFIG = "config.json"
+MANIFEST = "trtforge.json"
+REFERENCE_MODEL_DIR = "hf_model"
+CHAT_TEMPLATE = "chat_template.jinja"
+
+EngineBackend = Literal["tensorrt", "reference"]
+
+
+def rank_file_name(rank: int) -> str:
+    return f"rank{rank}.engine"
+
+
+def is_engine_config(config: Any) -> bool:
+    """A parsed config.json is an engine config when it has `pretrained_config` and `build_config`."""
+    return (
+        isinstance(config, dict)
+        and isinstance(config.get("pretrained_config"), dict)
+        and isinstance(config.get("build_config"), dict)
+    )
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """The facts about an engine directory that serving needs."""
+
+    path: Path
+    backend: EngineBackend
+    architecture: str
+    tp_size: int
+    pp_size: int
+    max_batch_size: int
+    max_seq_len: int
+    max_input_len: int
+    max_num_tokens: int
+    max_beam_width: int
+    quant_algo: str | None
+    kv_cache_quant_algo: str | None
+    trtllm_version: str | None
+
+    @property
+    def world_size(self) -> int:
+        return self.tp_size * self.pp_size
+
+    @property
+    def reference_model_dir(self) -> Path:
+        return self.path / REFERENCE_MODEL_DIR
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.path
+
+
+def read_engine_config(path: Path) -> dict[str, Any]:
+    """Parse `<path>/config.json` and check it is an engine config."""
+    config_path = path / ENGINE_CONFIG
+    try:
+        config = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise InvalidEngineError(f"{path}: no {ENGINE_CONFIG}: not an engine directory") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEngineError(f"{config_path}: unreadable engine config: {exc}") from None
+    if not is_engine_config(config):
+        raise InvalidEngineError(
+            f"{config_path}: not a TensorRT-LLM engine config (needs pretrained_config and build_config)"
+        )
+    return config
+
+
+def read_engine(path: Path) -> EngineInfo:
+    """Read an engine directory, checking world size against its rank files (or reference model)."""
+    path = Path(path)
+    config = read_engine_config(path)
+    pretrained = config["pretrained_config"]
+    build = config["build_config"]
+    mapping = pretrained.get("mapping") or {}
+    quant = pretrained.get("quantization") or {}
+    tp = int(mapping.get("tp_size", 1))
+    pp = int(mapping.get("pp_size", 1))
+    world = int(mapping.get("world_size", tp * pp))
+    if world != tp * pp:
+        raise InvalidEngineError(f"{path / ENGINE_CONFIG}: world_size {world} != tp_size {tp} × pp_size {pp}")
+
+    backend: EngineBackend
+    if (path / REFERENCE_MODEL_DIR).is_dir() and not (path / rank_file_name(0)).exists():
+        backend = "reference"
+    else:
+        backend = "tensorrt"
+        missing = [rank_file_name(r) for r in range(world) if not (path / rank_file_name(r)).is_file()]
+        if missing:
+            raise InvalidEngineError(f"{path}: missing {', '.join(missing)} (world_size {world})")
+
+    max_seq_len = int(build.get("max_seq_len") or pretrained.get("max_position_embeddings") or 0)
+    return EngineInfo(
+        path=path,
+        backend=backend,
+        architecture=str(pretrained.get("architecture", "unknown")),
+        tp_size=tp,
+        pp_size=pp,
+        max_batch_size=int(build.get("max_batch_size", 1)),
+        max_seq_len=max_seq_len,
+        max_input_len=int(build.get("max_input_len") or max_seq_len),
+        max_num_tokens=int(build.get("max_num_tokens") or max_seq_len),
+        max_beam_width=int(build.get("max_beam_width", 1)),
+        quant_algo=quant.get("quant_algo"),
+        kv_cache_quant_algo=quant.get("kv_cache_quant_algo"),
+        trtllm_version=config.get("version"),
+    )
