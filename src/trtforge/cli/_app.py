@@ -9,7 +9,6 @@ from typing import Any
 import typer
 from rich.console import Console
 
-
 app = typer.Typer(
     name="trtforge",
     help="Build NVFP4 TensorRT-LLM engines and serve them behind an OpenAI-compatible API.",
