@@ -67,3 +67,23 @@ def triton_home() -> Path | None:
         if (home / "bin" / "tritonserver").is_file():
             return home
     return None
+
+
+# --- engine builds (issue 3) ---
+
+DEFAULT_STALL_TIMEOUT_S = 900.0
+
+
+def logs_dir() -> Path:
+    """Build logs while a build runs (a published engine keeps its own copy as `build.log`)."""
+    return trtforge_home() / "logs"
+
+
+def gpu_arch_override() -> str | None:
+    """`$TRTFORGE_GPU_ARCH` (e.g. "sm100"): the build target when no GPU is visible."""
+    return os.environ.get("TRTFORGE_GPU_ARCH") or None
+
+
+def trtllm_python_override() -> str | None:
+    """`$TRTFORGE_TRTLLM_PYTHON`: the interpreter that has TensorRT-LLM installed."""
+    return os.environ.get("TRTFORGE_TRTLLM_PYTHON") or None
