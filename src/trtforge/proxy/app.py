@@ -1,0 +1,246 @@
+"""The FastAPI app: thin routes over `OpenAIServing`, one error envelope, and the uvicorn server around it.
+
+GET  /v1/models             the one served model (the engine name)
+POST /v1/chat/completions   chat, streamed (SSE) or not
+POST /v1/completions        completions, streamed (SSE) or not
+GET  /health                200 when Triton and its model are ready, else 503
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import uvicorn
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from trtforge.constants import DEFAULT_PROXY_HOST, DEFAULT_PROXY_PORT
+from trtforge.errors import TrtforgeError
+from trtforge.proxy.backend import TritonBackend
+from trtforge.proxy.errors import ApiError, BackendUnavailableError
+from trtforge.proxy.protocol import ChatCompletionRequest, CompletionRequest, ErrorInfo, ErrorResponse
+from trtforge.proxy.serving import OpenAIServing, Prepared, TextDelta, error_envelope
+from trtforge.proxy.settings import ProxySettings
+from trtforge.proxy.sse import SSE_MEDIA_TYPE
+from trtforge.proxy.tokenizer import ProxyTokenizer
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# nginx and similar proxies buffer responses unless told not to; SSE must reach the client per chunk.
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_STATUS_TYPES = {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}
+
+
+class ProxyStartError(TrtforgeError, RuntimeError):
+    """The proxy did not start (the reason is in the log lines above)."""
+
+
+# ------------------------------------------------------------------------------------------------- errors
+
+
+def _envelope(status: int, info: ErrorInfo) -> JSONResponse:
+    return JSONResponse(ErrorResponse(error=info).model_dump(), status_code=status)
+
+
+async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return JSONResponse(error_envelope(exc).model_dump(), status_code=exc.status_code)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    # loc is ("body", field, ...); the OpenAI `param` is the field path without "body".
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(loc) or None
+    message = str(first.get("msg", "invalid request"))
+    if param:
+        message = f"{param}: {message}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problems)"
+    info = ErrorInfo(message=message, type="invalid_request_error", param=param, code="invalid_value")
+    return _envelope(400, info)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    error_type = _STATUS_TYPES.get(
+        exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error"
+    )
+    return _envelope(exc.status_code, ErrorInfo(message=str(exc.detail), type=error_type))
+
+
+async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    logger.error("unexpected error: %s: %s", type(exc).__name__, exc, exc_info=exc)
+    return _envelope(500, ErrorInfo(message="internal server error", type="server_error"))
+
+
+# ---------------------------------------------------------------------------------------- disconnects
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """Run `work`; cancel it (and with it the Triton request) as soon as the client goes away."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, watcher):
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pending
+    if task.cancelled():
+        logger.info("client disconnected; request cancelled")
+        return None
+    return task.result()
+
+
+# ------------------------------------------------------------------------------------------------- routes
+
+router = APIRouter()
+
+
+def _serving(request: Request) -> OpenAIServing:
+    return request.app.state.serving  # type: ignore[no-any-return]
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> JSONResponse:
+    return JSONResponse(_serving(request).list_models().model_dump())
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    serving = _serving(request)
+    if not await serving.backend.is_ready(serving.settings.health_timeout_s):
+        raise BackendUnavailableError(
+            f"Triton at {serving.settings.triton_grpc_url} or its model `{serving.settings.triton_model}` is not ready"
+        )
+    return JSONResponse({"status": "ok"})
+
+
+async def _respond(
+    request: Request,
+    prepared: Prepared,
+    *,
+    whole: Callable[[Prepared], Awaitable[Any]],
+    stream: Callable[[Prepared, AsyncIterator[TextDelta]], AsyncIterator[str]] | None,
+) -> Response:
+    serving = _serving(request)
+    if stream is not None:
+        deltas = await _unless_disconnected(request, serving.start_stream(prepared))
+        if deltas is None:
+            return Response(status_code=499)
+        return StreamingResponse(stream(prepared, deltas), media_type=SSE_MEDIA_TYPE, headers=_SSE_HEADERS)
+    result = await _unless_disconnected(request, whole(prepared))
+    if result is None:
+        return Response(status_code=499)
+    return JSONResponse(result.model_dump())
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    serving = _serving(request)
+    prepared = serving.prepare_chat(body)
+    return await _respond(
+        request, prepared, whole=serving.chat, stream=serving.chat_stream if body.stream else None
+    )
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    serving = _serving(request)
+    prepared = serving.prepare_completion(body)
+    return await _respond(
+        request, prepared, whole=serving.completion, stream=serving.completion_stream if body.stream else None
+    )
+
+
+# ----------------------------------------------------------------------------------------------- assembly
+
+
+def build_app(settings: ProxySettings) -> FastAPI:
+    """The proxy app. Its lifespan loads the engine's tokenizer and opens the gRPC channel to Triton."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tokenizer = await asyncio.to_thread(ProxyTokenizer.load, settings.engine_dir)
+        backend = TritonBackend(
+            settings.triton_grpc_url, settings.triton_model, request_timeout_s=settings.request_timeout_s
+        )
+        await backend.open()
+        app.state.serving = OpenAIServing(settings, tokenizer, backend)
+        logger.info(
+            "serving `%s` through Triton %s (model %s)",
+            settings.model_name,
+            settings.triton_grpc_url,
+            settings.triton_model,
+        )
+        try:
+            yield
+        finally:
+            await backend.close()
+
+    app = FastAPI(title="trtforge OpenAI proxy", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.include_router(router)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    return app
+
+
+def make_server(
+    settings: ProxySettings,
+    *,
+    host: str = DEFAULT_PROXY_HOST,
+    port: int = DEFAULT_PROXY_PORT,
+    log_level: str = "info",
+) -> uvicorn.Server:
+    """A uvicorn server for the proxy; `.run()` in the foreground, or set `.should_exit` from elsewhere."""
+    config = uvicorn.Config(
+        build_app(settings),
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    return uvicorn.Server(config)
+
+
+def run_proxy(
+    settings: ProxySettings,
+    *,
+    host: str = DEFAULT_PROXY_HOST,
+    port: int = DEFAULT_PROXY_PORT,
+    log_level: str = "info",
+) -> None:
+    """Serve until SIGINT/SIGTERM, then finish open requests (up to 5 s) and return.
+
+    Raises:
+        ProxyStartError: the server could not start (port taken, tokenizer unreadable, ...).
+    """
+    server = make_server(settings, host=host, port=port, log_level=log_level)
+    server.run()
+    if not server.started:
+        raise ProxyStartError(f"the proxy for `{settings.model_name}` did not start on {host}:{port}")

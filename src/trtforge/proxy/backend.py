@@ -1,0 +1,220 @@
+"""Async client for Triton's decoupled `tensorrt_llm` model over gRPC `ModelStreamInfer`, with token ids.
+
+One bidirectional stream per generation. Each response carries the NEW token ids (`output_ids` [1, 1, n]);
+the response whose `triton_final_response` parameter is true ends the generation. Closing the generator
+early (client gone, stop string matched) cancels the gRPC call, which cancels the request inside Triton.
+
+Why not `tritonclient.grpc.aio.InferenceServerClient.stream_infer`: it refuses request parameters that
+start with `triton_`, so it cannot ask for `triton_enable_empty_final_response`. Without that, a backend that
+sends its final flag without data (as python-backend models do with `COMPLETE_FINAL` alone) never tells the
+client that it is done. The request is the same protobuf message, built here from tritonclient's own stubs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from trtforge.proxy.errors import (
+    BackendFailedError,
+    BackendTimeoutError,
+    BackendUnavailableError,
+)
+
+logger = logging.getLogger(__name__)
+
+_MAX_MESSAGE_BYTES = 2**31 - 1
+_FINAL_PARAM = "triton_final_response"
+_EMPTY_FINAL_PARAM = "triton_enable_empty_final_response"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """The optional sampling inputs of `tensorrt_llm`; only those that are set are sent."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation as Triton sees it (batch of one)."""
+
+    request_id: str
+    prompt_ids: tuple[int, ...]
+    max_tokens: int
+    end_id: int
+    pad_id: int
+    streaming: bool = True
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+def _tensor(request: service_pb2.ModelInferRequest, name: str, datatype: str, values: np.ndarray) -> None:
+    tensor = request.inputs.add()
+    tensor.name = name
+    tensor.datatype = datatype
+    tensor.shape.extend(values.shape)
+    request.raw_input_contents.append(values.tobytes())
+
+
+def _scalar(request: service_pb2.ModelInferRequest, name: str, datatype: str, value: object) -> None:
+    dtypes = {"INT32": np.int32, "UINT64": np.uint64, "FP32": np.float32, "BOOL": np.bool_}
+    _tensor(request, name, datatype, np.array([[value]], dtype=dtypes[datatype]))
+
+
+def build_infer_request(model: str, gen: GenerationRequest) -> service_pb2.ModelInferRequest:
+    """The `ModelInferRequest` for one generation: required tensors, then the optional ones that are set."""
+    request = service_pb2.ModelInferRequest(model_name=model, id=gen.request_id)
+    request.parameters[_EMPTY_FINAL_PARAM].bool_param = True
+    _tensor(request, "input_ids", "INT32", np.array([gen.prompt_ids], dtype=np.int32))
+    _scalar(request, "input_lengths", "INT32", len(gen.prompt_ids))
+    _scalar(request, "request_output_len", "INT32", gen.max_tokens)
+    _scalar(request, "end_id", "INT32", gen.end_id)
+    _scalar(request, "pad_id", "INT32", gen.pad_id)
+    _scalar(request, "streaming", "BOOL", gen.streaming)
+    _scalar(request, "exclude_input_in_output", "BOOL", True)
+    s = gen.sampling
+    optional: list[tuple[str, str, object]] = [
+        ("temperature", "FP32", s.temperature),
+        ("runtime_top_p", "FP32", s.top_p),
+        ("runtime_top_k", "INT32", s.top_k),
+        ("seed", "UINT64", s.seed),
+        ("presence_penalty", "FP32", s.presence_penalty),
+        ("frequency_penalty", "FP32", s.frequency_penalty),
+        ("repetition_penalty", "FP32", s.repetition_penalty),
+        ("min_tokens", "INT32", s.min_tokens),
+    ]
+    for name, datatype, value in optional:
+        if value is not None:
+            _scalar(request, name, datatype, value)
+    return request
+
+
+def parse_output_ids(response: service_pb2.ModelInferResponse) -> list[int]:
+    """The token ids in one response (empty for the empty final response)."""
+    for index, output in enumerate(response.outputs):
+        if output.name != "output_ids":
+            continue
+        if index < len(response.raw_output_contents):
+            return np.frombuffer(response.raw_output_contents[index], dtype=np.int32).tolist()
+        return list(output.contents.int_contents)
+    return []
+
+
+def is_final(response: service_pb2.ModelInferResponse) -> bool:
+    param = response.parameters.get(_FINAL_PARAM)
+    return bool(param is not None and param.bool_param)
+
+
+class TritonBackend:
+    """A gRPC channel to Triton and the generation call on its `tensorrt_llm` model.
+
+    Args:
+        url: `host:port` of Triton's gRPC endpoint.
+        model: the decoupled TensorRT-LLM model name.
+        request_timeout_s: deadline of one generation.
+    """
+
+    def __init__(self, url: str, model: str, *, request_timeout_s: float) -> None:
+        self.url = url
+        self.model = model
+        self._timeout_s = request_timeout_s
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: service_pb2_grpc.GRPCInferenceServiceStub | None = None
+
+    async def open(self) -> None:
+        """Create the channel (in the running event loop, as grpc.aio requires). Connects lazily."""
+        options = [
+            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+        ]
+        self._channel = grpc.aio.insecure_channel(self.url, options=options)
+        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(grace=None)
+        self._channel = self._stub = None
+
+    @property
+    def stub(self) -> service_pb2_grpc.GRPCInferenceServiceStub:
+        if self._stub is None:
+            raise RuntimeError("TritonBackend is not open")
+        return self._stub
+
+    async def is_ready(self, timeout_s: float) -> bool:
+        """Triton is live and ready, and so is the model."""
+        try:
+            server = await self.stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout_s)
+            if not server.ready:
+                return False
+            model = await self.stub.ModelReady(
+                service_pb2.ModelReadyRequest(name=self.model), timeout=timeout_s
+            )
+            return bool(model.ready)
+        except grpc.aio.AioRpcError:
+            return False
+
+    async def generate(self, gen: GenerationRequest) -> AsyncIterator[list[int]]:
+        """Yield the new token ids of each response until the final one.
+
+        Raises:
+            BackendUnavailableError: Triton is unreachable or the model is not loaded.
+            BackendTimeoutError: the generation outlived the request timeout.
+            BackendFailedError: Triton answered with an error.
+        """
+        done = asyncio.Event()
+        request = build_infer_request(self.model, gen)
+
+        async def requests() -> AsyncIterator[service_pb2.ModelInferRequest]:
+            yield request
+            # Keep our side of the stream open until the answer is complete: half-closing early is legal
+            # but some servers end the stream with it.
+            await done.wait()
+
+        call = self.stub.ModelStreamInfer(requests(), timeout=self._timeout_s)
+        try:
+            async for message in call:
+                if message.error_message:
+                    raise _response_error(message.error_message, self)
+                ids = parse_output_ids(message.infer_response)
+                final = is_final(message.infer_response)
+                if ids:
+                    yield ids
+                if final:
+                    return
+            raise BackendFailedError("Triton closed the stream before the final response")
+        except grpc.aio.AioRpcError as exc:
+            raise _rpc_error(exc, self) from None
+        finally:
+            done.set()
+            # A no-op when the call already finished; otherwise Triton sees the cancellation and stops.
+            call.cancel()
+
+
+def _rpc_error(exc: grpc.aio.AioRpcError, backend: TritonBackend) -> Exception:
+    code = exc.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return BackendUnavailableError(f"Triton is unreachable at {backend.url}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return BackendTimeoutError("the generation did not finish within the request timeout")
+    return BackendFailedError(f"Triton failed the request: {code.name}: {exc.details()}")
+
+
+def _response_error(message: str, backend: TritonBackend) -> Exception:
+    lowered = message.lower()
+    if "unknown model" in lowered or "not ready" in lowered or "not found" in lowered:
+        return BackendUnavailableError(f"Triton model `{backend.model}` is not available: {message}")
+    return BackendFailedError(f"Triton failed the request: {message}")
