@@ -1,0 +1,606 @@
+"""Know a checkpoint before building it: read its configs and safetensors headers, never its weights.
+
+A safetensors file starts with an 8-byte little-endian header length and a JSON header naming every tensor's
+dtype, shape and byte range, so a 20 GB checkpoint is described by a few hundred kilobytes read from disk (or by
+HTTP range requests for a hub id, through `huggingface_hub.get_safetensors_metadata`).
+
+What a ModelOpt NVFP4 export looks like (reference §3):
+
+    <checkpoint>/
+        config.json                    architecture, dimensions, maybe `quantization_config`
+        hf_quant_config.json           {"quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": "FP8", ...}}
+        model.safetensors.index.json   tensor name → shard file
+        model-0000X-of-0000N.safetensors
+    per quantized Linear: weight U8 [N, K/2], weight_scale F8_E4M3 [N, K/16], weight_scale_2 F32 [], input_scale F32 []
+
+`inspect_checkpoint` returns a `CheckpointInfo`; `check_checkpoint` lists what would build into a broken engine
+and `validate_checkpoint` raises the first of those as one `CheckpointError` line naming the tensor or file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import struct
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from trtforge.errors import CheckpointError
+
+CONFIG_FILE = "config.json"
+HF_QUANT_CONFIG_FILE = "hf_quant_config.json"
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+# Bits per element of every safetensors dtype (F4 and the F6s are packed, hence bits, not bytes).
+DTYPE_BITS: dict[str, int] = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "I64": 64, "U64": 64, "F64": 64,
+}
+TORCH_DTYPE_NAMES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32", "half": "F16", "float": "F32"}
+
+# Architectures the TensorRT-engine flow (`trtllm-bench build`, `tensorrt_llm._tensorrt_engine.LLM`) can build
+# from a Hugging Face checkpoint. Qwen3 dense joined around July 2025 (PR #5650); Qwen3-MoE did not (reference §3).
+SUPPORTED_ARCHITECTURES: frozenset[str] = frozenset({
+    "LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM",
+    "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+    "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM",
+    "Phi3ForCausalLM", "NemotronForCausalLM", "DeciLMForCausalLM", "FalconForCausalLM", "GPT2LMHeadModel",
+})
+UNSUPPORTED_HINTS: dict[str, str] = {
+    "Qwen3MoeForCausalLM": "Qwen3-MoE runs only on the PyTorch backend, not the TensorRT engine flow",
+    "DeepseekV3ForCausalLM": "DeepSeek-V3 runs only on the PyTorch backend, not the TensorRT engine flow",
+}
+
+# What each tensor is, for parameter counting and the memory planner.
+TensorRole = Literal[
+    "nvfp4_weight", "block_scale", "global_scale", "embedding", "lm_head", "norm", "linear", "other"
+]
+_GLOBAL_SCALE_SUFFIXES = (".weight_scale_2", ".input_scale", ".k_scale", ".v_scale", ".output_scale")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as its safetensors header describes it."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: str
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return (self.numel * DTYPE_BITS.get(self.dtype, 8) + 7) // 8
+
+
+@dataclass(frozen=True)
+class QuantizationInfo:
+    """The quantization a checkpoint declares, and in which file."""
+
+    quant_algo: str | None
+    kv_cache_quant_algo: str | None
+    group_size: int | None
+    exclude_modules: tuple[str, ...]
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "quant_algo": self.quant_algo,
+            "kv_cache_quant_algo": self.kv_cache_quant_algo,
+            "group_size": self.group_size,
+            "exclude_modules": list(self.exclude_modules),
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Everything trtforge knows about a checkpoint without loading a weight."""
+
+    source: str
+    path: Path | None
+    revision: str | None
+    config: Mapping[str, Any]
+    hf_quant: QuantizationInfo | None
+    config_quant: QuantizationInfo | None
+    tensors: tuple[TensorInfo, ...]
+    files: tuple[str, ...]
+    missing_files: tuple[str, ...] = ()
+    file_problems: tuple[str, ...] = field(default=())
+
+    # -- model -------------------------------------------------------------------------------------------
+    @property
+    def text_config(self) -> Mapping[str, Any]:
+        """Multimodal configs nest the language model's dimensions under `text_config`."""
+        nested = self.config.get("text_config")
+        return nested if isinstance(nested, Mapping) else self.config
+
+    @property
+    def architecture(self) -> str:
+        architectures = self.config.get("architectures") or []
+        return str(architectures[0]) if architectures else "unknown"
+
+    @property
+    def dtype(self) -> str:
+        """The unquantized dtype (config's `torch_dtype`/`dtype`), as a safetensors dtype name."""
+        raw = str(self.config.get("torch_dtype") or self.text_config.get("torch_dtype")
+                  or self.config.get("dtype") or "bfloat16")
+        return TORCH_DTYPE_NAMES.get(raw.removeprefix("torch."), raw.upper())
+
+    def dim(self, key: str) -> int:
+        value = self.text_config.get(key)
+        if value is None:
+            raise CheckpointError(f"{self.source}: {CONFIG_FILE} has no {key!r}")
+        return int(value)
+
+    @property
+    def num_layers(self) -> int:
+        return self.dim("num_hidden_layers")
+
+    @property
+    def num_attention_heads(self) -> int:
+        return self.dim("num_attention_heads")
+
+    @property
+    def num_kv_heads(self) -> int:
+        value = self.text_config.get("num_key_value_heads")
+        return int(value) if value is not None else self.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        value = self.text_config.get("head_dim")
+        return int(value) if value else self.dim("hidden_size") // self.num_attention_heads
+
+    # -- quantization ------------------------------------------------------------------------------------
+    @property
+    def quantization(self) -> QuantizationInfo | None:
+        """hf_quant_config.json wins (the LLM API reads it); config.json's quantization_config otherwise."""
+        return self.hf_quant or self.config_quant
+
+    @property
+    def quant_algo(self) -> str | None:
+        quant = self.quantization
+        return quant.quant_algo if quant else None
+
+    @property
+    def kv_cache_dtype(self) -> str:
+        """The KV-cache dtype the engine will use: FP8/INT8 when the checkpoint says so, else the model dtype."""
+        quant = self.quantization
+        kv = (quant.kv_cache_quant_algo or "").upper() if quant else ""
+        if kv in ("FP8", "INT8"):
+            return kv
+        return self.dtype
+
+    # -- tensors -----------------------------------------------------------------------------------------
+    def roles(self) -> dict[str, TensorRole]:
+        return classify_tensors(self.tensors)
+
+    @property
+    def params_total(self) -> int:
+        """Model parameters: NVFP4-packed U8 weights count two a byte; scales are not parameters."""
+        total = 0
+        roles = self.roles()
+        for tensor in self.tensors:
+            role = roles[tensor.name]
+            if role in ("block_scale", "global_scale"):
+                continue
+            total += tensor.numel * 2 if role == "nvfp4_weight" and tensor.dtype == "U8" else tensor.numel
+        return total
+
+    @property
+    def weights_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def dtype_histogram(self) -> dict[str, dict[str, int]]:
+        counts: Counter[str] = Counter()
+        sizes: Counter[str] = Counter()
+        for tensor in self.tensors:
+            counts[tensor.dtype] += 1
+            sizes[tensor.dtype] += tensor.nbytes
+        return {dtype: {"tensors": counts[dtype], "bytes": sizes[dtype]} for dtype in sorted(counts)}
+
+    def to_json(self) -> dict[str, Any]:
+        quant = self.quantization
+        return {
+            "source": self.source,
+            "path": str(self.path) if self.path else None,
+            "revision": self.revision,
+            "architecture": self.architecture,
+            "model_type": self.config.get("model_type"),
+            "dtype": self.dtype,
+            "num_hidden_layers": self.text_config.get("num_hidden_layers"),
+            "hidden_size": self.text_config.get("hidden_size"),
+            "num_attention_heads": self.text_config.get("num_attention_heads"),
+            "num_key_value_heads": self.text_config.get("num_key_value_heads"),
+            "head_dim": self.text_config.get("head_dim"),
+            "vocab_size": self.text_config.get("vocab_size"),
+            "params_total": self.params_total,
+            "weights_bytes": self.weights_bytes,
+            "quant_algo": self.quant_algo,
+            "kv_cache_dtype": self.kv_cache_dtype,
+            "exclude_modules": list(quant.exclude_modules) if quant else [],
+            "hf_quant_config": self.hf_quant.to_json() if self.hf_quant else None,
+            "quantization_config": self.config_quant.to_json() if self.config_quant else None,
+            "tensor_count": len(self.tensors),
+            "dtype_histogram": self.dtype_histogram(),
+            "files": list(self.files),
+            "problems": check_checkpoint(self),
+        }
+
+
+def classify_tensors(tensors: tuple[TensorInfo, ...] | list[TensorInfo]) -> dict[str, TensorRole]:
+    """Give every tensor a role. A `.weight` with a sibling `.weight_scale` is an NVFP4 (packed) weight."""
+    names = {t.name for t in tensors}
+    roles: dict[str, TensorRole] = {}
+    for tensor in tensors:
+        name = tensor.name
+        role: TensorRole
+        if name.endswith(".weight_scale"):
+            role = "block_scale"
+        elif name.endswith(_GLOBAL_SCALE_SUFFIXES):
+            role = "global_scale"
+        elif name.endswith(".weight") and f"{name}_scale" in names:
+            role = "nvfp4_weight"
+        elif re.search(r"(embed_tokens|wte|word_embeddings)\.weight$", name):
+            role = "embedding"
+        elif re.search(r"(^|\.)(lm_head|output)\.weight$", name):
+            role = "lm_head"
+        elif re.search(r"norm[^.]*\.(weight|bias)$", name):
+            role = "norm"
+        elif name.endswith(".weight") and len(tensor.shape) == 2:
+            role = "linear"
+        else:
+            role = "other"
+        roles[name] = role
+    return roles
+
+
+# -- reading ----------------------------------------------------------------------------------------------
+
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (8-byte little-endian length, then JSON), without the data.
+
+    Raises:
+        CheckpointError: the file is missing, truncated or not safetensors — naming the file.
+    """
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+            (length,) = struct.unpack("<Q", head)
+            if length > 100 * 1024 * 1024:
+                raise CheckpointError(f"{path}: not a safetensors file (header length {length} is implausible)")
+            raw = f.read(length)
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: unreadable: {exc.strerror or exc}") from None
+    if len(raw) < length:
+        raise CheckpointError(f"{path}: truncated safetensors header ({len(raw)} of {length} bytes)")
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: corrupt safetensors header: {exc}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header: not a JSON object")
+    data_end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    if size < 8 + length + data_end:
+        raise CheckpointError(
+            f"{path}: truncated: {size} bytes on disk, the header describes {8 + length + data_end}"
+        )
+    return header
+
+
+def _tensors_from_header(header: Mapping[str, Any], file_name: str) -> list[TensorInfo]:
+    tensors = []
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            tensors.append(TensorInfo(name, str(meta["dtype"]), tuple(int(d) for d in meta["shape"]), file_name))
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{file_name}: tensor {name!r} has no valid dtype/shape in the header") from None
+    return tensors
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise CheckpointError(f"{path}: unreadable: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def _quant_from_hf_quant_config(data: Mapping[str, Any]) -> QuantizationInfo:
+    quant = data.get("quantization") if isinstance(data.get("quantization"), Mapping) else data
+    return _quant_info(quant, HF_QUANT_CONFIG_FILE)
+
+
+def _quant_from_config(config: Mapping[str, Any]) -> QuantizationInfo | None:
+    quant = config.get("quantization_config")
+    if not isinstance(quant, Mapping):
+        return None
+    return _quant_info(quant, f"{CONFIG_FILE} quantization_config")
+
+
+def _quant_info(quant: Mapping[str, Any], source: str) -> QuantizationInfo:
+    algo = quant.get("quant_algo")
+    kv = quant.get("kv_cache_quant_algo")
+    group = quant.get("group_size")
+    excluded = quant.get("exclude_modules") or quant.get("ignore") or []
+    return QuantizationInfo(
+        quant_algo=str(algo).upper() if algo else None,
+        kv_cache_quant_algo=str(kv).upper() if kv else None,
+        group_size=int(group) if group else None,
+        exclude_modules=tuple(str(m) for m in excluded),
+        source=source,
+    )
+
+
+def inspect_checkpoint(model: str | Path, *, revision: str | None = None) -> CheckpointInfo:
+    """Describe a checkpoint directory or Hugging Face hub id from its configs and safetensors headers.
+
+    Args:
+        model: a local directory, or a hub id (`org/name`) read through `huggingface_hub`
+            (honours `HF_TOKEN`, `HF_HOME`, `HF_HUB_OFFLINE`).
+        revision: hub revision (ignored for directories).
+
+    Raises:
+        CheckpointError: missing directory/config, unreadable headers, hub unreachable — one line.
+    """
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _inspect_dir(path.resolve(), source=text, revision=None)
+    if path.exists():
+        raise CheckpointError(f"{text}: not a directory (pass the checkpoint directory)")
+    if _looks_like_repo_id(text):
+        return _inspect_hub(text, revision=revision)
+    raise CheckpointError(f"{text}: no such checkpoint directory, and not a hub id (org/name)")
+
+
+def _looks_like_repo_id(text: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text)) and not text.startswith((".", "/", "~"))
+
+
+def _inspect_dir(path: Path, *, source: str, revision: str | None) -> CheckpointInfo:
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"{path}: no {CONFIG_FILE}: not a Hugging Face checkpoint directory")
+    config = _read_json(config_path)
+    hf_quant_path = path / HF_QUANT_CONFIG_FILE
+    hf_quant = _quant_from_hf_quant_config(_read_json(hf_quant_path)) if hf_quant_path.is_file() else None
+
+    shard_names, missing = _local_shards(path)
+    tensors: list[TensorInfo] = []
+    for name in shard_names:
+        tensors.extend(_tensors_from_header(read_safetensors_header(path / name), name))
+    return CheckpointInfo(
+        source=source,
+        path=path,
+        revision=revision,
+        config=config,
+        hf_quant=hf_quant,
+        config_quant=_quant_from_config(config),
+        tensors=tuple(tensors),
+        files=tuple(sorted(p.name for p in path.iterdir())),
+        missing_files=tuple(missing),
+    )
+
+
+def _local_shards(path: Path) -> tuple[list[str], list[str]]:
+    """Shard files to read (from the index when there is one) and the ones the index names but are absent."""
+    index_path = path / INDEX_FILE
+    if index_path.is_file():
+        weight_map = _read_json(index_path).get("weight_map")
+        if not isinstance(weight_map, Mapping) or not weight_map:
+            raise CheckpointError(f"{index_path}: no weight_map")
+        names = sorted(set(map(str, weight_map.values())))
+        present = [n for n in names if (path / n).is_file()]
+        return present, [n for n in names if n not in present]
+    names = sorted(p.name for p in path.glob("*.safetensors"))
+    if not names:
+        raise CheckpointError(f"{path}: no *.safetensors files and no {INDEX_FILE}")
+    return names, []
+
+
+def _inspect_hub(repo_id: str, *, revision: str | None) -> CheckpointInfo:
+    """Read a hub repository's configs and headers (range requests), or its cached snapshot when offline."""
+    from huggingface_hub import constants as hf_constants
+
+    if hf_constants.HF_HUB_OFFLINE:
+        return _inspect_cached_snapshot(repo_id, revision=revision)
+
+    from huggingface_hub import get_safetensors_metadata, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        config = _read_json(Path(hf_hub_download(repo_id, CONFIG_FILE, revision=revision)))
+        try:
+            hf_quant_file = hf_hub_download(repo_id, HF_QUANT_CONFIG_FILE, revision=revision)
+            hf_quant = _quant_from_hf_quant_config(_read_json(Path(hf_quant_file)))
+        except EntryNotFoundError:
+            hf_quant = None
+        metadata = get_safetensors_metadata(repo_id, revision=revision)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise _hub_error(repo_id, exc) from None
+
+    tensors = [
+        TensorInfo(name, str(meta.dtype), tuple(int(d) for d in meta.shape), file_name)
+        for file_name, file_meta in sorted(metadata.files_metadata.items())
+        for name, meta in file_meta.tensors.items()
+    ]
+    files = {CONFIG_FILE, *metadata.files_metadata}
+    if hf_quant is not None:
+        files.add(HF_QUANT_CONFIG_FILE)
+    return CheckpointInfo(
+        source=repo_id,
+        path=None,
+        revision=revision,
+        config=config,
+        hf_quant=hf_quant,
+        config_quant=_quant_from_config(config),
+        tensors=tuple(tensors),
+        files=tuple(sorted(files)),
+    )
+
+
+def _inspect_cached_snapshot(repo_id: str, *, revision: str | None) -> CheckpointInfo:
+    from huggingface_hub import constants as hf_constants
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+    except Exception:
+        raise CheckpointError(
+            f"{repo_id}: not in the Hugging Face cache ({hf_constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set: "
+            "unset HF_HUB_OFFLINE to read it from the hub, or pass a local checkpoint directory"
+        ) from None
+    return _inspect_dir(snapshot, source=repo_id, revision=revision)
+
+
+def _hub_error(repo_id: str, exc: Exception) -> CheckpointError:
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        NotASafetensorsRepoError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(exc, GatedRepoError):
+        return CheckpointError(f"{repo_id}: gated repository: accept its terms on the hub and set HF_TOKEN")
+    if isinstance(exc, RepositoryNotFoundError):
+        return CheckpointError(f"{repo_id}: repository not found on the hub (or private: set HF_TOKEN)")
+    if isinstance(exc, RevisionNotFoundError):
+        return CheckpointError(f"{repo_id}: revision not found on the hub")
+    if isinstance(exc, NotASafetensorsRepoError):
+        return CheckpointError(f"{repo_id}: no safetensors weights in the repository")
+    if isinstance(exc, (OfflineModeIsEnabled, LocalEntryNotFoundError, OSError)):
+        return CheckpointError(
+            f"{repo_id}: cannot reach the Hugging Face hub ({type(exc).__name__}); "
+            "check the network, or set HF_HUB_OFFLINE=1 to use the cache, or pass a local checkpoint directory"
+        )
+    return CheckpointError(f"{repo_id}: reading from the Hugging Face hub failed: {type(exc).__name__}: {exc}")
+
+
+# -- validation -------------------------------------------------------------------------------------------
+
+
+def check_checkpoint(info: CheckpointInfo, *, quantization: str | None = None) -> list[str]:
+    """Every reason the checkpoint would build into a broken engine, one line each (empty when fine).
+
+    Args:
+        quantization: the quantization the build asks for (`--quantization`), checked against the checkpoint.
+    """
+    problems: list[str] = []
+    problems += [f"{INDEX_FILE}: shard {name} is missing" for name in info.missing_files]
+    problems += list(info.file_problems)
+    problems += _check_architecture(info)
+    problems += _check_quant_declarations(info, quantization)
+    problems += _check_nvfp4_layout(info)
+    return problems
+
+
+def validate_checkpoint(info: CheckpointInfo, *, quantization: str | None = None) -> None:
+    """Raise the first problem `check_checkpoint` finds, as one line (with how many more there are)."""
+    problems = check_checkpoint(info, quantization=quantization)
+    if problems:
+        more = f" (+{len(problems) - 1} more; see `trtforge inspect`)" if len(problems) > 1 else ""
+        raise CheckpointError(f"{info.source}: {problems[0]}{more}")
+
+
+def _check_architecture(info: CheckpointInfo) -> list[str]:
+    arch = info.architecture
+    if arch in SUPPORTED_ARCHITECTURES:
+        return []
+    hint = UNSUPPORTED_HINTS.get(arch, "not supported by the TensorRT-LLM engine flow")
+    return [f"{CONFIG_FILE}: architecture {arch}: {hint}"]
+
+
+def _check_quant_declarations(info: CheckpointInfo, requested: str | None) -> list[str]:
+    problems: list[str] = []
+    roles = info.roles()
+    packed = [t.name for t in info.tensors if roles[t.name] == "nvfp4_weight"]
+    if packed and info.hf_quant is None:
+        problems.append(
+            f"{HF_QUANT_CONFIG_FILE} is missing, but {packed[0]} is NVFP4-packed: "
+            "TensorRT-LLM would pad it into BF16 and the engine would produce garbage"
+        )
+    hf, cfg = info.hf_quant, info.config_quant
+    if hf and cfg:
+        if cfg.quant_algo and hf.quant_algo and cfg.quant_algo != hf.quant_algo:
+            problems.append(
+                f"{CONFIG_FILE} quantization_config.quant_algo {cfg.quant_algo} contradicts "
+                f"{HF_QUANT_CONFIG_FILE} quant_algo {hf.quant_algo}"
+            )
+        if cfg.kv_cache_quant_algo != hf.kv_cache_quant_algo and cfg.kv_cache_quant_algo is not None:
+            problems.append(
+                f"{CONFIG_FILE} quantization_config.kv_cache_quant_algo {cfg.kv_cache_quant_algo} contradicts "
+                f"{HF_QUANT_CONFIG_FILE} kv_cache_quant_algo {hf.kv_cache_quant_algo}"
+            )
+    declared = info.quantization
+    if declared and declared.quant_algo == "NVFP4" and not packed:
+        problems.append(f"{declared.source} says NVFP4 but no tensor has a weight_scale: not an NVFP4 export")
+    if requested and declared and declared.quant_algo and requested.upper() != declared.quant_algo:
+        problems.append(
+            f"requested quantization {requested.upper()} contradicts the checkpoint's "
+            f"{declared.quant_algo} ({declared.source})"
+        )
+    return problems
+
+
+def _check_nvfp4_layout(info: CheckpointInfo) -> list[str]:
+    """Each quantized Linear: weight U8 [N, K/2], weight_scale F8_E4M3 [N, K/16], weight_scale_2 F32 scalar."""
+    by_name = {t.name: t for t in info.tensors}
+    problems: list[str] = []
+    for scale in info.tensors:
+        if not scale.name.endswith(".weight_scale"):
+            continue
+        module = scale.name.removesuffix(".weight_scale")
+        weight = by_name.get(f"{module}.weight")
+        if weight is None:
+            problems.append(f"{module}.weight is missing but {scale.name} exists ({scale.file})")
+            continue
+        if weight.dtype != "U8" or len(weight.shape) != 2:
+            problems.append(
+                f"{weight.name} is {weight.dtype} {list(weight.shape)}, NVFP4 needs U8 [N, K/2] ({weight.file})"
+            )
+            continue
+        n, half_k = weight.shape
+        expected = (n, half_k // 8)  # K/16 with K = 2 × half_k
+        if scale.dtype != "F8_E4M3":
+            problems.append(f"{scale.name} is {scale.dtype}, NVFP4 block scales must be F8_E4M3 ({scale.file})")
+        elif scale.shape != expected:
+            problems.append(
+                f"{scale.name} has shape {list(scale.shape)}, expected {list(expected)} for "
+                f"{weight.name} {list(weight.shape)} ({scale.file})"
+            )
+        global_scale = by_name.get(f"{module}.weight_scale_2")
+        if global_scale is None:
+            problems.append(f"{module}.weight_scale_2 is missing (NVFP4 needs an F32 global scale)")
+        elif global_scale.dtype != "F32" or global_scale.numel != 1:
+            problems.append(
+                f"{global_scale.name} is {global_scale.dtype} {list(global_scale.shape)}, "
+                f"NVFP4 needs an F32 scalar ({global_scale.file})"
+            )
+    return problems
