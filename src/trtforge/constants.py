@@ -87,3 +87,8 @@ def gpu_arch_override() -> str | None:
 def trtllm_python_override() -> str | None:
     """`$TRTFORGE_TRTLLM_PYTHON`: the interpreter that has TensorRT-LLM installed."""
     return os.environ.get("TRTFORGE_TRTLLM_PYTHON") or None
+
+
+def hf_hub_offline() -> bool:
+    """`HF_HUB_OFFLINE` is set to a true value (read at call time: huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
