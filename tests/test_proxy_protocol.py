@@ -1,0 +1,143 @@
+"""Request validation, response shapes and SSE framing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from tritonclient.grpc import service_pb2
+
+from trtforge.proxy.backend import (
+    GenerationRequest,
+    SamplingParams,
+    build_infer_request,
+    is_final,
+    parse_output_ids,
+)
+from trtforge.proxy.protocol import (
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    CompletionRequest,
+    DeltaMessage,
+)
+from trtforge.proxy.serving import to_sampling
+from trtforge.proxy.sse import DONE_FRAME, format_event
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_unknown_fields_are_accepted_and_kept_aside() -> None:
+    request = ChatCompletionRequest.model_validate({**CHAT, "some_vendor_flag": True, "ignore_eos": False})
+    assert request.model_extra == {"some_vendor_flag": True, "ignore_eos": False}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("temperature", -1),
+        ("temperature", 2.5),
+        ("top_p", 0),
+        ("top_k", -2),
+        ("max_tokens", 0),
+        ("seed", -1),
+        ("presence_penalty", 3),
+        ("repetition_penalty", 0),
+        ("n", 2),
+        ("logprobs", True),
+        ("messages", []),
+    ],
+)
+def test_out_of_range_chat_values_are_rejected(field: str, value: object) -> None:
+    with pytest.raises(ValidationError) as info:
+        ChatCompletionRequest.model_validate({**CHAT, field: value})
+    assert info.value.errors()[0]["loc"][:1] in ((field,), ())
+
+
+def test_non_text_content_parts_are_rejected_and_text_parts_joined() -> None:
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    request = ChatCompletionRequest.model_validate({**CHAT, "messages": [{"role": "user", "content": parts}]})
+    assert request.messages[0].to_template() == {"role": "user", "content": "ab"}
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest.model_validate(
+            {**CHAT, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}
+        )
+
+
+def test_max_completion_tokens_wins_over_max_tokens() -> None:
+    request = ChatCompletionRequest.model_validate({**CHAT, "max_tokens": 5, "max_completion_tokens": 7})
+    assert request.requested_max_tokens == 7
+
+
+def test_completion_prompts_string_or_token_ids_but_not_a_list_of_prompts() -> None:
+    assert CompletionRequest.model_validate({"model": "m", "prompt": "x"}).prompt == "x"
+    assert CompletionRequest.model_validate({"model": "m", "prompt": [1, 2]}).prompt == [1, 2]
+    for prompt in (["a", "b"], [[1], [2]], []):
+        with pytest.raises(ValidationError, match=r"not supported|empty"):
+            CompletionRequest.model_validate({"model": "m", "prompt": prompt})
+
+
+def test_include_usage_only_applies_to_streams() -> None:
+    options = {"stream_options": {"include_usage": True}}
+    assert ChatCompletionRequest.model_validate({**CHAT, **options, "stream": True}).include_usage
+    assert not ChatCompletionRequest.model_validate({**CHAT, **options}).include_usage
+
+
+def test_temperature_zero_is_greedy_top_k_one() -> None:
+    greedy = to_sampling(ChatCompletionRequest.model_validate({**CHAT, "temperature": 0, "top_p": 0.5}))
+    assert greedy == SamplingParams(top_k=1)
+    sampled = to_sampling(ChatCompletionRequest.model_validate({**CHAT, "temperature": 0.7, "top_k": -1}))
+    assert sampled.temperature == 0.7 and sampled.top_k is None
+
+
+def test_sse_frames() -> None:
+    chunk = ChatCompletionChunk(
+        id="c", created=1, model="m", choices=[ChatChunkChoice(delta=DeltaMessage(content="a\nb"))]
+    )
+    frame = format_event(chunk, exclude={"usage"})
+    assert frame.startswith("data: ") and frame.endswith("\n\n") and frame.count("\n") == 2
+    payload = json.loads(frame[len("data: ") :])
+    assert payload["choices"][0]["delta"]["content"] == "a\nb" and "usage" not in payload
+    assert DONE_FRAME == "data: [DONE]\n\n"
+
+
+def test_triton_request_carries_required_and_only_the_set_optional_tensors() -> None:
+    gen = GenerationRequest(
+        request_id="r1",
+        prompt_ids=(5, 6, 7),
+        max_tokens=9,
+        end_id=2,
+        pad_id=0,
+        streaming=True,
+        sampling=SamplingParams(top_k=1, seed=2**64 - 1),
+    )
+    request = build_infer_request("tensorrt_llm", gen)
+    tensors = {t.name: (t.datatype, list(t.shape)) for t in request.inputs}
+    assert tensors == {
+        "input_ids": ("INT32", [1, 3]),
+        "input_lengths": ("INT32", [1, 1]),
+        "request_output_len": ("INT32", [1, 1]),
+        "end_id": ("INT32", [1, 1]),
+        "pad_id": ("INT32", [1, 1]),
+        "streaming": ("BOOL", [1, 1]),
+        "exclude_input_in_output": ("BOOL", [1, 1]),
+        "runtime_top_k": ("INT32", [1, 1]),
+        "seed": ("UINT64", [1, 1]),
+    }
+    assert request.parameters["triton_enable_empty_final_response"].bool_param
+    assert len(request.raw_input_contents) == len(request.inputs)
+    assert request.raw_input_contents[0] == bytes([5, 0, 0, 0, 6, 0, 0, 0, 7, 0, 0, 0])
+
+
+def test_triton_responses_give_new_ids_and_the_final_flag() -> None:
+    response = service_pb2.ModelInferResponse(model_name="tensorrt_llm")
+    output = response.outputs.add()
+    output.name, output.datatype = "output_ids", "INT32"
+    output.shape.extend([1, 1, 2])
+    response.raw_output_contents.append(np.array([[[11, 12]]], dtype=np.int32).tobytes())
+    assert parse_output_ids(response) == [11, 12] and not is_final(response)
+    empty_final = service_pb2.ModelInferResponse(model_name="tensorrt_llm")
+    empty_final.parameters["triton_final_response"].bool_param = True
+    assert parse_output_ids(empty_final) == [] and is_final(empty_final)
