@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import socket
 import struct
 from collections import Counter
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from trtforge.constants import hf_hub_offline
 from trtforge.errors import CheckpointError
 
 CONFIG_FILE = "config.json"
@@ -422,10 +424,9 @@ def _local_shards(path: Path) -> tuple[list[str], list[str]]:
 
 def _inspect_hub(repo_id: str, *, revision: str | None) -> CheckpointInfo:
     """Read a hub repository's configs and headers (range requests), or its cached snapshot when offline."""
-    from huggingface_hub import constants as hf_constants
-
-    if hf_constants.HF_HUB_OFFLINE:
+    if hf_hub_offline():
         return _inspect_cached_snapshot(repo_id, revision=revision)
+    _probe_hub(repo_id)
 
     from huggingface_hub import get_safetensors_metadata, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
@@ -461,6 +462,30 @@ def _inspect_hub(repo_id: str, *, revision: str | None) -> CheckpointInfo:
         tensors=tuple(tensors),
         files=tuple(sorted(files)),
     )
+
+
+def _probe_hub(repo_id: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not after huggingface_hub's ~25 s of retries, when the endpoint cannot be reached.
+
+    Skipped behind an HTTP(S) proxy, where a direct connection says nothing about reachability.
+    """
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies
+
+    from huggingface_hub import constants as hf_constants
+
+    if getproxies().get("https") or getproxies().get("http"):
+        return
+    url = urlsplit(hf_constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise CheckpointError(
+            f"{repo_id}: cannot reach the Hugging Face hub at {hf_constants.ENDPOINT} "
+            f"({exc.strerror or type(exc).__name__}); check the network, set HF_HUB_OFFLINE=1 to use the cache, "
+            "or pass a local checkpoint directory"
+        ) from None
 
 
 def _inspect_cached_snapshot(repo_id: str, *, revision: str | None) -> CheckpointInfo:
