@@ -1,5 +1,210 @@
-"""Commands registered on the shared app (see cli/__init__.py)."""
+"""Engine commands: `build`, `add`, `engines`, `link`, `verify`, `gc`."""
 
 from __future__ import annotations
 
-from trtforge.cli._app import app  # noqa: F401
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from trtforge.build.command import LAUNCHERS
+from trtforge.build.pipeline import BuildProgress, ensure_engine
+from trtforge.catalog import add_entry
+from trtforge.cli._app import app, console, print_json
+from trtforge.constants import DEFAULT_STALL_TIMEOUT_S
+from trtforge.errors import BuildFailedError, UsageError
+from trtforge.store import EngineStore, link_engine, resolve_engine, verify_engine
+
+
+class _RichProgress:
+    """Phase and elapsed time on a live line; the builder's log streams above it."""
+
+    def __init__(self, progress: Progress, task: int) -> None:
+        self._progress = progress
+        self._task = task
+
+    def phase(self, text: str) -> None:
+        self._progress.update(self._task, description=escape(text))
+
+    def log(self, line: str) -> None:
+        self._progress.console.print(f"[dim]{escape(line)}[/]")
+
+
+@contextmanager
+def _build_progress(name: str) -> Iterator[BuildProgress]:
+    columns = (
+        SpinnerColumn(),
+        TextColumn(f"[bold]{escape(name)}[/] {{task.description}}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        yield _RichProgress(progress, progress.add_task("planning", total=None))
+
+
+@app.command()
+def build(
+    name: Annotated[str, typer.Argument(help="Catalogue entry to build (see engines.toml).")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print {name, path, hash, cached}.")] = False,
+    gpu_arch: Annotated[
+        str | None,
+        typer.Option(help="Target GPU arch (e.g. sm100) when none is visible; $TRTFORGE_GPU_ARCH."),
+    ] = None,
+    trtllm_python: Annotated[
+        str | None, typer.Option(help="Python with TensorRT-LLM installed; $TRTFORGE_TRTLLM_PYTHON.")
+    ] = None,
+    launcher: Annotated[str, typer.Option(help=f"One of {', '.join(LAUNCHERS)}.")] = "auto",
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
+    stall_timeout: Annotated[
+        float, typer.Option(help="Give up after this many seconds without log output or file growth.")
+    ] = DEFAULT_STALL_TIMEOUT_S,
+    force: Annotated[bool, typer.Option(help="Build even when preflight predicts it will not fit.")] = False,
+) -> None:
+    """Build an engine into the store (or find it there) and link its name; prints the store path."""
+    if launcher not in LAUNCHERS:
+        raise UsageError(f"--launcher must be one of {', '.join(LAUNCHERS)}")
+    try:
+        with _build_progress(name) as progress:
+            result = ensure_engine(
+                name,
+                progress=progress,
+                gpu_arch=gpu_arch,
+                trtllm_python=trtllm_python,
+                launcher=launcher,
+                timeout_s=timeout,
+                stall_timeout_s=stall_timeout,
+                force=force,
+            )
+    except BuildFailedError as exc:
+        # One line saying why, then the log tail, then where the whole log is.
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        if exc.log_tail:
+            console.print(f"[dim]--- last lines of {escape(str(exc.log_path))} ---[/]")
+            console.print(escape(exc.log_tail), markup=False)
+            console.print(f"[dim]--- full log: {escape(str(exc.log_path))} ---[/]")
+        raise typer.Exit(exc.exit_code) from None
+    console.print(f"{'cached' if result.cached else 'built'}: {escape(str(result.path))}")
+    if json_output:
+        print_json(result.to_json())
+    else:
+        print(result.path)
+
+
+@app.command()
+def add(
+    name: Annotated[str, typer.Argument(help="Name of the new catalogue entry.")],
+    model: Annotated[str, typer.Option(help="Hub id (org/name) or a local checkpoint directory.")],
+    revision: Annotated[str | None, typer.Option(help="Hub revision (a commit sha is reproducible).")] = None,
+    quantization: Annotated[str | None, typer.Option(help="e.g. NVFP4 (default: the checkpoint's).")] = None,
+    tp_size: Annotated[int | None, typer.Option()] = None,
+    pp_size: Annotated[int | None, typer.Option()] = None,
+    max_batch_size: Annotated[int | None, typer.Option()] = None,
+    max_seq_len: Annotated[int | None, typer.Option()] = None,
+    max_num_tokens: Annotated[int | None, typer.Option()] = None,
+    backend: Annotated[str | None, typer.Option(help="tensorrt (default) or reference.")] = None,
+    trust_remote_code: Annotated[
+        bool | None, typer.Option("--trust-remote-code/--no-trust-remote-code")
+    ] = None,
+    replace: Annotated[bool, typer.Option(help="Overwrite an entry of the same name.")] = False,
+) -> None:
+    """Add an engine to the catalogue file (engines.toml or $TRTFORGE_CATALOG)."""
+    entry = add_entry(
+        name,
+        model=model,
+        replace=replace,
+        revision=revision,
+        quantization=quantization,
+        tp_size=tp_size,
+        pp_size=pp_size,
+        max_batch_size=max_batch_size,
+        max_seq_len=max_seq_len,
+        max_num_tokens=max_num_tokens,
+        backend=backend,
+        trust_remote_code=trust_remote_code,
+    )
+    console.print(f"added [bold]{escape(entry.name)}[/] ({escape(entry.model)})")
+
+
+@app.command()
+def engines(json_output: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the engines in the store: name, path, size, quantization, built, linked."""
+    scan = EngineStore().scan()
+    for warning in scan.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
+    rows = [
+        {
+            "name": entry.name,
+            "path": str(entry.path),
+            "hash": entry.hash,
+            "size_bytes": entry.size_bytes,
+            "quantization": entry.quantization,
+            "built": entry.built_at,
+            "linked": [link.name for link in entry.links],
+        }
+        for entry in scan.entries
+    ]
+    if json_output:
+        print_json(rows)
+        return
+    table = Table("name", "path", "size", "quantization", "built", "linked")
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["path"],
+            _human_bytes(row["size_bytes"]),
+            row["quantization"] or "-",
+            row["built"] or "?",
+            ", ".join(row["linked"]) or "-",
+        )
+    console.print(table)
+
+
+@app.command()
+def link(
+    name: Annotated[str, typer.Argument(help="Link name.")],
+    path: Annotated[Path, typer.Argument(help="Engine directory (or linked name) to point it at.")],
+) -> None:
+    """Point a name at an engine directory (atomic replacement of any old link)."""
+    target = resolve_engine(path)
+    link_path = link_engine(name, target)
+    console.print(f"{escape(str(link_path))} -> {escape(str(target))}")
+
+
+@app.command()
+def verify(name_or_path: Annotated[str, typer.Argument(help="Linked name or engine directory.")]) -> None:
+    """Check every file of an engine against its manifest; non-zero exit on any missing or changed file."""
+    report = verify_engine(name_or_path)
+    note = "" if report.has_manifest else " (no manifest: structure only)"
+    console.print(f"[green]ok[/] {escape(str(report.path))}: {report.checked_files} files{note}")
+
+
+@app.command()
+def gc(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] = False,
+) -> None:
+    """Remove store entries that no link points to, and abandoned build directories."""
+    plan = EngineStore().plan_gc()
+    for warning in plan.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
+    for entry in plan.entries:
+        console.print(f"{'would remove' if dry_run else 'removing'} {escape(str(entry.path))}")
+    for path in plan.incomplete:
+        console.print(f"{'would remove' if dry_run else 'removing'} {escape(str(path))}")
+    if dry_run:
+        console.print(f"would free {_human_bytes(plan.expected_freed_bytes)}")
+        return
+    freed = plan.execute()
+    console.print(f"freed {_human_bytes(freed)}")
+
+
+def _human_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"

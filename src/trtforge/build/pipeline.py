@@ -1,0 +1,439 @@
+"""From a catalogue entry to a published, linked store entry: `plan_build` → `run_build`; `ensure_engine`.
+
+plan_build(entry)   resolve every build input (model revision, builder version, GPU arch) → hash
+run_build(plan)     under the hash's lock: cached? else build into store/tmp/<hash>.<uuid8>.incomplete/,
+                    check, copy tokenizer files, write the manifest, rename into place, link the name
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+from trtforge.build.checks import check_engine, checkpoint_quant_algo, copy_tokenizer_files
+from trtforge.build.command import BuilderCommand, build_command, probe_trtllm_version, resolve_python
+from trtforge.build.failures import FailureCause, builder_failure
+from trtforge.build.watchdog import BuildWatchdog, Outcome, WatchResult
+from trtforge.catalog import CatalogEntry, load_catalog
+from trtforge.constants import DEFAULT_STALL_TIMEOUT_S, gpu_arch_override, logs_dir
+from trtforge.errors import BuildFailedError, CheckpointError, GpuError, TrtforgeError
+from trtforge.store import BUILD_LOG, BuildInputs, EngineStore, hash_directory, link_engine, write_manifest
+
+REFERENCE_ARCH = "cpu"
+_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+class BuildProgress(Protocol):
+    """Where a build reports what it is doing (the CLI draws it with rich)."""
+
+    def phase(self, text: str) -> None: ...
+
+    def log(self, line: str) -> None: ...
+
+
+class NullProgress:
+    def phase(self, text: str) -> None:
+        pass
+
+    def log(self, line: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything resolved before building; `hash` names the store entry."""
+
+    entry: CatalogEntry
+    inputs: BuildInputs
+    hash: str
+    version: str
+    store: EngineStore
+    final_path: Path
+    model_dir: Path | None  # local checkpoint (or cached hub snapshot) for checks and tokenizer files
+    python: str | None  # TensorRT builds only
+    launcher: str
+    timeout_s: float | None
+    stall_timeout_s: float | None
+
+    @property
+    def cached_path(self) -> Path | None:
+        return self.store.find(self.hash)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    name: str
+    path: Path
+    hash: str
+    cached: bool
+    link: Path | None
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "path": str(self.path), "hash": self.hash, "cached": self.cached}
+
+
+# --- planning ----------------------------------------------------------------------------------------------
+
+
+def plan_build(
+    entry: CatalogEntry,
+    *,
+    gpu_arch: str | None = None,
+    trtllm_python: str | None = None,
+    launcher: str = "auto",
+    timeout_s: float | None = None,
+    stall_timeout_s: float | None = DEFAULT_STALL_TIMEOUT_S,
+    force: bool = False,
+    store: EngineStore | None = None,
+) -> BuildPlan:
+    """Resolve the build inputs of `entry` and the store path they hash to (builds nothing).
+
+    Raises:
+        GpuError: a TensorRT build with no `--gpu-arch`, no `$TRTFORGE_GPU_ARCH` and no visible GPU.
+        CheckpointError: the model revision cannot be resolved, or preflight refuses the checkpoint.
+        BuildFailedError: TensorRT-LLM is not installed for the chosen interpreter.
+    """
+    store = store or EngineStore()
+    python: str | None = None
+    if entry.backend == "reference":
+        version, revision, arch, model_dir = _reference_inputs()
+    else:
+        arch = _target_arch(gpu_arch)
+        python = resolve_python(trtllm_python)
+        version = probe_trtllm_version(python)
+        model_dir, revision = _resolve_model(entry)
+        _preflight(entry, model_dir=model_dir, gpu_arch=arch, force=force)
+    inputs = BuildInputs(entry.build_fields(), revision, version, arch)
+    digest = inputs.digest()
+    return BuildPlan(
+        entry=entry,
+        inputs=inputs,
+        hash=digest,
+        version=version,
+        store=store,
+        final_path=store.entry_path(digest, entry.name, version),
+        model_dir=model_dir,
+        python=python,
+        launcher=launcher,
+        timeout_s=timeout_s,
+        stall_timeout_s=stall_timeout_s,
+    )
+
+
+def _reference_inputs() -> tuple[str, str, str, Path | None]:
+    from trtforge.reference.tiny import GENERATOR_VERSION, tiny_source_digest
+
+    return GENERATOR_VERSION, tiny_source_digest(), REFERENCE_ARCH, None
+
+
+def _target_arch(explicit: str | None) -> str:
+    arch = explicit or gpu_arch_override()
+    if arch is None:
+        from trtforge.gpu import detect_gpu_arch
+
+        arch = detect_gpu_arch()
+    if arch is None:
+        raise GpuError(
+            "no GPU visible: pass --gpu-arch (e.g. sm100) or set TRTFORGE_GPU_ARCH to name the target"
+        )
+    arch = arch.strip().lower()
+    if not re.fullmatch(r"sm\d{2,3}[a-z]?", arch):
+        raise GpuError(f"GPU arch {arch!r} is not of the form sm<major><minor>, e.g. sm100")
+    return arch
+
+
+def _resolve_model(entry: CatalogEntry) -> tuple[Path | None, str]:
+    """(checkpoint directory if one is on disk, resolved revision) for a TensorRT entry."""
+    local = entry.local_model_dir
+    if local is not None:
+        if not local.is_dir():
+            raise CheckpointError(f"{local}: checkpoint directory not found (entry {entry.name!r})")
+        return local, f"dir:{hash_directory(local)}"
+    sha = resolve_hub_revision(entry.model, entry.revision)
+    return _hub_snapshot(entry.model, sha), sha
+
+
+def resolve_hub_revision(model: str, revision: str | None) -> str:
+    """The commit sha a hub model's revision points to (online, else from the local HF cache).
+
+    Raises:
+        CheckpointError: the hub is unreachable and the cache does not know the revision, or access is denied.
+    """
+    if revision and _SHA_RE.match(revision):
+        return revision
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        sha = HfApi().model_info(model, revision=revision).sha
+        if sha:
+            return sha
+    except GatedRepoError:
+        raise CheckpointError(f"{model}: gated model; request access and log in (`hf auth login`)") from None
+    except RepositoryNotFoundError:
+        raise CheckpointError(
+            f"{model}: not found on the hub, or private and you are not logged in"
+        ) from None
+    except Exception:  # offline or unreachable: fall back to the cache below
+        pass
+    cached = try_to_load_from_cache(model, "config.json", revision=revision or "main")
+    if isinstance(cached, str):
+        snapshot = Path(cached).parent
+        if _SHA_RE.match(snapshot.name):
+            return snapshot.name
+    raise CheckpointError(
+        f"{model}: cannot resolve revision {revision or 'main'!r} (hub unreachable, not in the local cache); "
+        "pin `revision` to a commit sha in the catalogue"
+    )
+
+
+def _hub_snapshot(model: str, sha: str) -> Path | None:
+    """The small files of a hub checkpoint (configs, tokenizer, template) in the HF cache, if obtainable."""
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.jinja", "*.txt", "*.model"]
+    try:
+        return Path(snapshot_download(model, revision=sha, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        pass
+    try:
+        return Path(snapshot_download(model, revision=sha, allow_patterns=patterns))
+    except Exception:
+        return None  # the builder will say why (gated, offline...) in its own words
+
+
+def _preflight(entry: CatalogEntry, *, model_dir: Path | None, gpu_arch: str, force: bool) -> None:
+    """Issue 4's checks (checkpoint, GPU fit), when that module is installed."""
+    try:
+        preflight = importlib.import_module("trtforge.preflight")
+    except ModuleNotFoundError:
+        return
+    preflight.preflight_build(entry, model_dir=model_dir, gpu_arch=gpu_arch, force=force)
+
+
+# --- running -----------------------------------------------------------------------------------------------
+
+
+def run_build(plan: BuildPlan, *, progress: BuildProgress | None = None, link: bool = True) -> BuildResult:
+    """Build the planned engine unless the store has it, publish it atomically and link its name.
+
+    Raises:
+        BuildFailedError: the builder failed, stalled or timed out (with cause, log path and tail).
+        InvalidEngineError: the built engine failed the checks (nothing is published).
+    """
+    progress = progress or NullProgress()
+    store = plan.store
+    lock = store.lock(plan.hash)
+    if store.find(plan.hash) is None and not _try_acquire(lock):
+        progress.phase("waiting for another build of the same engine")
+    with lock:
+        existing = store.find(plan.hash)
+        if existing is not None:
+            return _finish(plan, existing, cached=True, link=link)
+        incomplete = store.new_incomplete(plan.hash)
+        try:
+            timings, command = _build_into(plan, incomplete, progress)
+            progress.phase("checking the engine")
+            check_engine(incomplete, plan.entry, checkpoint_quant=checkpoint_quant_algo(plan.model_dir))
+            if plan.entry.backend == "tensorrt":
+                copy_tokenizer_files(
+                    incomplete,
+                    plan.model_dir,
+                    hub_model=None if plan.entry.local_model_dir else plan.entry.model,
+                    revision=plan.inputs.model_revision,
+                )
+            progress.phase("hashing files and publishing")
+            write_manifest(
+                incomplete,
+                name=plan.entry.name,
+                digest=plan.hash,
+                backend=plan.entry.backend,
+                inputs=plan.inputs,
+                timings=timings,
+                command=command,
+            )
+            final = store.publish(incomplete, plan.final_path)
+        finally:
+            shutil.rmtree(incomplete, ignore_errors=True)
+        return _finish(plan, final, cached=False, link=link)
+
+
+def _try_acquire(lock: object) -> bool:
+    from filelock import FileLock, Timeout
+
+    assert isinstance(lock, FileLock)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return False
+    lock.release()
+    return True
+
+
+def _finish(plan: BuildPlan, path: Path, *, cached: bool, link: bool) -> BuildResult:
+    link_path = link_engine(plan.entry.name, path) if link else None
+    return BuildResult(plan.entry.name, path, plan.hash, cached, link_path)
+
+
+def _new_log_path(plan: BuildPlan) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    path = logs_dir() / f"{plan.entry.name}-{plan.hash[:12]}-{stamp}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _build_into(plan: BuildPlan, dest: Path, progress: BuildProgress) -> tuple[dict[str, float], list[str]]:
+    """Fill `dest` with the engine and its build.log; returns (timings, builder argv)."""
+    log_path = _new_log_path(plan)
+    if plan.entry.backend == "reference":
+        timings = _build_reference(plan, dest, log_path, progress)
+        command: list[str] = []
+    else:
+        timings, command = _build_tensorrt(plan, dest, log_path, progress)
+    shutil.copyfile(log_path, dest / BUILD_LOG)
+    log_path.unlink(missing_ok=True)  # the entry keeps its copy; failed builds keep theirs in logs/
+    return timings, command
+
+
+def _build_reference(
+    plan: BuildPlan, dest: Path, log_path: Path, progress: BuildProgress
+) -> dict[str, float]:
+    from trtforge.reference.tiny import write_tiny_engine
+
+    started = time.monotonic()
+    with open(log_path, "a") as log:
+
+        def say(line: str) -> None:
+            log.write(f"{line}\n")
+            log.flush()
+            progress.phase(line)
+
+        say(f"writing the reference engine {plan.entry.name!r}")
+        write_tiny_engine(
+            dest,
+            max_batch_size=plan.entry.max_batch_size,
+            max_seq_len=plan.entry.max_seq_len,
+            max_num_tokens=plan.entry.max_num_tokens,
+            progress=say,
+        )
+    return {"build_s": time.monotonic() - started}
+
+
+def _build_tensorrt(
+    plan: BuildPlan, dest: Path, log_path: Path, progress: BuildProgress
+) -> tuple[dict[str, float], list[str]]:
+    assert plan.python is not None
+    workspace = plan.store.new_scratch(plan.hash, "workspace")
+    try:
+        command = build_command(
+            plan.entry,
+            python=plan.python,
+            launcher=plan.launcher,
+            workspace=workspace,
+            model_path=plan.entry.local_model_dir,
+            revision=None if plan.entry.local_model_dir else plan.inputs.model_revision,
+        )
+        result = _watch(plan, command, log_path, progress)
+        timings = {"build_s": result.reaped_at - result.started_at}
+        if result.engine_complete_at is not None:
+            timings["engine_complete_s"] = result.engine_complete_at - result.started_at
+            timings["reap_s"] = result.reaped_at - result.engine_complete_at
+        # Same filesystem: moving the engine out of the workspace is a rename, not a second 20 GB copy.
+        for item in command.engine_dir.iterdir():
+            shutil.move(str(item), dest / item.name)
+        return timings, list(command.argv)
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)  # tmp*-llm-workspace leftovers go with it
+
+
+def _watch(plan: BuildPlan, command: BuilderCommand, log_path: Path, progress: BuildProgress) -> WatchResult:
+    name = plan.entry.name
+    watchdog = BuildWatchdog(
+        command.argv,
+        env=command.env,
+        workspace=command.workspace,
+        engine_dir=command.engine_dir,
+        world_size=plan.entry.world_size,
+        log_path=log_path,
+        timeout_s=plan.timeout_s,
+        stall_timeout_s=plan.stall_timeout_s,
+        on_line=progress.log,
+        on_phase=progress.phase,
+    )
+    result = watchdog.run()
+    if result.outcome is Outcome.COMPLETE:
+        return result
+    if result.outcome is Outcome.STALLED:
+        raise builder_failure(
+            name,
+            what=f"no log output and no file growth for {plan.stall_timeout_s:g} s; builder stopped",
+            log_path=log_path,
+            exit_code=None,
+            cause=FailureCause("stalled", "stalled"),
+        )
+    if result.outcome is Outcome.TIMED_OUT:
+        raise builder_failure(
+            name,
+            what=f"not finished after --timeout {plan.timeout_s:g} s; builder stopped",
+            log_path=log_path,
+            exit_code=None,
+            cause=FailureCause("timeout", "timed out"),
+        )
+    what = "builder exited without a whole engine" if result.exit_code == 0 else "builder failed"
+    raise builder_failure(name, what=what, log_path=log_path, exit_code=result.exit_code)
+
+
+# --- the one call serving needs ----------------------------------------------------------------------------
+
+
+def ensure_engine(
+    name: str,
+    *,
+    progress: BuildProgress | None = None,
+    link: bool = True,
+    gpu_arch: str | None = None,
+    trtllm_python: str | None = None,
+    launcher: str = "auto",
+    timeout_s: float | None = None,
+    stall_timeout_s: float | None = DEFAULT_STALL_TIMEOUT_S,
+    force: bool = False,
+) -> BuildResult:
+    """The store entry for catalogue entry `name`: the cached one, else a fresh build. Links the name.
+
+    Raises:
+        CatalogError: `name` is not in the catalogue.
+        TrtforgeError: whatever `plan_build` / `run_build` raise.
+    """
+    entry = load_catalog().get(name)
+    plan = plan_build(
+        entry,
+        gpu_arch=gpu_arch,
+        trtllm_python=trtllm_python,
+        launcher=launcher,
+        timeout_s=timeout_s,
+        stall_timeout_s=stall_timeout_s,
+        force=force,
+    )
+    return run_build(plan, progress=progress, link=link)
+
+
+ProgressCallback = Callable[[str], None]
+__all__ = [
+    "BuildFailedError",
+    "BuildPlan",
+    "BuildProgress",
+    "BuildResult",
+    "NullProgress",
+    "TrtforgeError",
+    "ensure_engine",
+    "plan_build",
+    "resolve_hub_revision",
+    "run_build",
+]
