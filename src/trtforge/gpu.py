@@ -203,5 +203,5 @@ def check_arch_supports(arch: str, quantization: str | None) -> None:
         raise GpuError(
             f"{quantization.upper()} needs compute capability ≥ {needed[0]}.{needed[1]} "
             f"({'Blackwell' if needed >= (10, 0) else 'Ada or newer'}); "
-            f"this GPU is {arch_from_capability(capability)} ({capability[0]}.{capability[1]})"
+            f"{arch_from_capability(capability)} (compute capability {capability[0]}.{capability[1]}) cannot run it"
         )
