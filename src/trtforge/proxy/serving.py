@@ -62,6 +62,7 @@ class Prepared:
     gen: GenerationRequest
     stops: tuple[str, ...]
     include_usage: bool
+    skip_special_tokens: bool = True
 
     @property
     def prompt_tokens(self) -> int:
@@ -184,14 +185,21 @@ class OpenAIServing:
             streaming=request.stream or bool(stops),
             sampling=to_sampling(request),
         )
-        return Prepared(gen=gen, stops=stops, include_usage=request.include_usage)
+        return Prepared(
+            gen=gen,
+            stops=stops,
+            include_usage=request.include_usage,
+            skip_special_tokens=request.skip_special_tokens,
+        )
 
     # ------------------------------------------------------------------------------------- generation
 
     async def generate_text(self, prepared: Prepared) -> AsyncIterator[TextDelta]:
         """Text deltas of one generation (non-empty text, or the last one with its finish reason)."""
         gen = prepared.gen
-        detok = IncrementalDetokenizer(self.tokenizer.decoder, gen.prompt_ids)
+        detok = IncrementalDetokenizer(
+            self.tokenizer.decoder, gen.prompt_ids, skip_special_tokens=prepared.skip_special_tokens
+        )
         stops = StopMatcher(prepared.stops)
         count = 0
         saw_eos = False
