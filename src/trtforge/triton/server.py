@@ -1,0 +1,483 @@
+"""Launching and stopping tritonserver for a model repository.
+
+    with TritonServer(repository, http_port=8000, grpc_port=8001, metrics_port=8002) as server:
+        ...                     # __enter__ = start() + wait_ready(); __exit__ = stop()
+
+Lifecycle: CREATED -> STARTING -> READY -> STOPPING -> STOPPED, or -> FAILED when it does not become ready
+(the process is stopped before the error is raised). `stop()` is idempotent and safe from any state.
+
+The server runs in its own session and process group, so a Ctrl-C in the terminal does not reach it: the
+caller forwards signals. Either let SIGINT/SIGTERM unwind the `with` block (wrap it in `stop_on_signals(server)`,
+which turns SIGTERM into SystemExit and stops the server on the way out), or call `server.stop()` from its own
+handler. Python-backend stubs (`triton_python_backend_stub`) are children of tritonserver; they are tracked by
+parent pid via /proc while the server runs, and any left after the group is gone are killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from trtforge import constants
+from trtforge.errors import BackendUnavailableError, TritonError
+from trtforge.triton.distribution import TritonDistribution, find_tritonserver
+
+__all__ = [
+    "ServerState",
+    "TritonServer",
+    "descendant_processes",
+    "required_backends",
+    "stop_on_signals",
+]
+
+_POLL_INTERVAL_S = 0.2
+_KILL_GRACE_S = 5.0
+# model_lifecycle.cc: "failed to load 'name' version 1: Internal: ValueError: ..."
+_FAILED_LOAD = re.compile(r"failed to load '(?P<model>[^']+)' version \d+: (?P<reason>.*)")
+_STATUS_ROW = re.compile(r"^\|\s*(?P<model>[^|\s]+)\s*\|\s*\d+\s*\|\s*UNAVAILABLE:\s*(?P<reason>.*?)\s*\|?$")
+
+
+class ServerState(enum.Enum):
+    CREATED = "created"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class TritonServer:
+    """One tritonserver (or one per rank under mpirun) serving `repository`; a context manager.
+
+    Args:
+        repository: the model repository (see `trtforge.triton.repository`).
+        http_port, grpc_port, metrics_port: the ports to bind on `host`.
+        world_size: ranks of the TensorRT-LLM engine; > 1 launches one tritonserver per rank under mpirun
+            (leader mode: rank 0 serves, the others only load `tensorrt_llm`).
+        log_path: where the server's stdout/stderr go; default a new file under the scratch directory.
+        host: the address every endpoint binds (keep it local; the proxy is the public face).
+        exit_timeout_s: tritonserver's `--exit-timeout-secs` (it otherwise waits 30 s on SIGTERM).
+        distribution: the tritonserver to run; default `find_tritonserver()`.
+    """
+
+    def __init__(
+        self,
+        repository: Path,
+        *,
+        http_port: int = constants.DEFAULT_TRITON_HTTP_PORT,
+        grpc_port: int = constants.DEFAULT_TRITON_GRPC_PORT,
+        metrics_port: int = constants.DEFAULT_TRITON_METRICS_PORT,
+        world_size: int = 1,
+        log_path: Path | None = None,
+        host: str = "127.0.0.1",
+        exit_timeout_s: int = 3,
+        distribution: TritonDistribution | None = None,
+    ) -> None:
+        if world_size < 1:
+            raise TritonError(f"world_size must be at least 1, not {world_size}")
+        self.repository = Path(repository).expanduser().absolute()
+        self.http_port = http_port
+        self.grpc_port = grpc_port
+        self.metrics_port = metrics_port
+        self.world_size = world_size
+        self.host = host
+        self.exit_timeout_s = exit_timeout_s
+        self.log_path = Path(log_path).absolute() if log_path is not None else None
+        self._distribution = distribution
+        self._state = ServerState.CREATED
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+        self._children: dict[int, str] = {}  # pid -> /proc start time, to never kill a reused pid
+        self._stopped = False
+        self._lock = threading.RLock()
+
+    # -- properties ------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ServerState:
+        return self._state
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def distribution(self) -> TritonDistribution:
+        if self._distribution is None:
+            self._distribution = find_tritonserver()
+        return self._distribution
+
+    def __repr__(self) -> str:
+        return f"TritonServer({str(self.repository)!r}, state={self._state.value}, http={self.http_url})"
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def command(self) -> list[str]:
+        """The argv that `start()` runs (mpirun with one tritonserver per rank when world_size > 1)."""
+        if self.world_size == 1:
+            return [str(self.distribution.binary), *self._server_args(rank=0)]
+        mpirun = shutil.which("mpirun")
+        if mpirun is None:
+            raise TritonError(
+                f"world_size {self.world_size} needs mpirun (Open MPI) on PATH to start one tritonserver per rank"
+            )
+        argv = [mpirun, "--allow-run-as-root"]
+        for rank in range(self.world_size):
+            if rank:
+                argv.append(":")
+            argv += ["-n", "1", str(self.distribution.binary), *self._server_args(rank=rank)]
+        return argv
+
+    def start(self) -> None:
+        """Launch the server (returns at once; see `wait_ready`).
+
+        Raises:
+            BackendUnavailableError: a model needs a backend the distribution lacks (nothing is started).
+            TritonError: the repository is missing, mpirun is missing, or the process could not start.
+        """
+        with self._lock:
+            if self._state is not ServerState.CREATED:
+                raise TritonError(f"this TritonServer was already started (state {self._state.value})")
+            if not self.repository.is_dir():
+                raise TritonError(f"model repository {self.repository} does not exist")
+            self._check_backends()
+            argv = self.command()
+            log_path = self.log_path or _default_log_path()
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.log_path = log_path
+            self._log_file = open(log_path, "ab")  # noqa: SIM115 -- lives as long as the process
+            try:
+                self._process = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=self._log_file,
+                    stderr=subprocess.STDOUT,
+                    env=self.distribution.launch_env(),
+                    start_new_session=True,  # its own process group: we signal exactly what we started
+                )
+            except OSError as exc:
+                self._close_log()
+                self._state = ServerState.FAILED
+                raise TritonError(f"cannot start {argv[0]}: {exc}") from None
+            self._state = ServerState.STARTING
+
+    def wait_ready(self, timeout_s: float = 300.0) -> None:
+        """Poll `/v2/health/ready` until the server and all its models are ready.
+
+        Raises:
+            TritonError: the process exited, or `timeout_s` passed; names the models that failed to load and
+                Triton's reason when the log or the repository index says. The server is stopped first.
+        """
+        if self._state is ServerState.READY:
+            return
+        if self._state is not ServerState.STARTING or self._process is None:
+            raise TritonError(f"wait_ready() needs a started server (state {self._state.value})")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._track_children()
+            if self._process.poll() is not None:
+                self._fail(f"tritonserver exited with status {self._process.returncode}")
+            if self._is_ready():
+                self._state = ServerState.READY
+                self._track_children()
+                return
+            if time.monotonic() >= deadline:
+                self._fail(f"tritonserver was not ready after {timeout_s:g} s")
+            time.sleep(_POLL_INTERVAL_S)
+
+    def stop(self) -> None:
+        """Stop the server: SIGTERM to its group, SIGKILL after a grace period, then any leftover stub."""
+        with self._lock:
+            if self._state is ServerState.CREATED:
+                self._state = ServerState.STOPPED
+                return
+            process = self._process
+            if process is None or self._stopped:
+                return
+            final = ServerState.FAILED if self._state is ServerState.FAILED else ServerState.STOPPED
+            self._state = ServerState.STOPPING
+            try:
+                self._track_children()
+                _signal_group(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=self.exit_timeout_s + _KILL_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    _signal_group(process.pid, signal.SIGKILL)
+                    process.wait()
+                _signal_group(process.pid, signal.SIGKILL)  # anything left in the group
+                self._kill_leftover_children()
+            finally:
+                self._stopped = True
+                self._close_log()
+                self._state = final
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _server_args(self, *, rank: int) -> list[str]:
+        args = [
+            f"--model-repository={self.repository}",
+            "--disable-auto-complete-config",
+            f"--backend-directory={self.distribution.backend_dir}",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+        ]
+        if rank == 0:
+            args += [
+                f"--http-address={self.host}",
+                f"--http-port={self.http_port}",
+                f"--grpc-address={self.host}",
+                f"--grpc-port={self.grpc_port}",
+                f"--metrics-address={self.host}",
+                f"--metrics-port={self.metrics_port}",
+            ]
+        else:
+            # Other ranks only host their part of the engine; no endpoints, so no port clashes with rank 0.
+            args += [
+                "--model-control-mode=explicit",
+                "--load-model=tensorrt_llm",
+                "--allow-http=false",
+                "--allow-grpc=false",
+                "--allow-metrics=false",
+            ]
+        if self.world_size > 1:
+            # Each rank's python backend needs its own shared-memory namespace.
+            args.append(f"--backend-config=python,shm-region-prefix-name=prefix{rank}_")
+        return args
+
+    def _check_backends(self) -> None:
+        for backend, models in required_backends(self.repository).items():
+            if self.distribution.has_backend(backend):
+                continue
+            if backend == "tensorrtllm":
+                raise BackendUnavailableError(
+                    f"the tensorrtllm backend is not installed in {self.distribution.backend_dir}; use the NGC "
+                    "tritonserver trtllm container or TRITON_HOME"
+                )
+            raise BackendUnavailableError(
+                f"the {backend} backend (needed by {', '.join(models)}) is not installed in "
+                f"{self.distribution.backend_dir}"
+            )
+
+    def _is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _fail(self, what: str) -> None:
+        """Stop the server and raise the most specific error the log and the repository index give."""
+        failures = self._model_failures()
+        self._state = ServerState.FAILED
+        self.stop()
+        log_hint = f" (log: {self.log_path})"
+        if failures:
+            # Report the root cause first: an ensemble fails because one of its steps did.
+            ordered = sorted(
+                failures.items(), key=lambda item: "ensemble" in item[0] or "not available" in item[1]
+            )
+            name, reason = ordered[0]
+            others = [other for other, _ in ordered[1:]]
+            also = f"; also unavailable: {', '.join(others)}" if others else ""
+            raise TritonError(f"model '{name}' failed to load: {reason}{also}{log_hint}")
+        last_error = _last_error_line(self.log_path)
+        raise TritonError(f"{what}: {last_error}{log_hint}" if last_error else f"{what}{log_hint}")
+
+    def _model_failures(self) -> dict[str, str]:
+        failures = _failures_from_log(self.log_path)
+        if not failures and self._process is not None and self._process.poll() is None:
+            failures = _failures_from_index(self.http_url)
+        return failures
+
+    def _track_children(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._children.update(descendant_processes(self._process.pid))
+
+    def _kill_leftover_children(self) -> None:
+        alive = {pid: start for pid, start in self._children.items() if _start_time(pid) == start}
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 2.0
+        while alive and time.monotonic() < deadline:
+            alive = {pid: start for pid, start in alive.items() if _start_time(pid) == start}
+            time.sleep(0.05)
+        self._children.clear()
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+
+
+def required_backends(repository: Path) -> dict[str, list[str]]:
+    """Backend name -> the models in `repository` that use it (ensembles and unparsable configs skipped)."""
+    backends: dict[str, list[str]] = {}
+    for config_path in sorted(Path(repository).glob("*/config.pbtxt")):
+        config = model_config_pb2.ModelConfig()
+        try:
+            text_format.Parse(config_path.read_text(), config)
+        except (OSError, text_format.ParseError):
+            continue  # tritonserver reports it, naming the model
+        if config.backend:
+            backends.setdefault(config.backend, []).append(config.name or config_path.parent.name)
+    return backends
+
+
+@contextlib.contextmanager
+def stop_on_signals(server: TritonServer) -> Iterator[TritonServer]:
+    """Within the block, SIGTERM raises SystemExit (SIGINT already raises KeyboardInterrupt) and the server
+    is stopped on the way out, whatever ends the block. Main thread only (Python's signal rule)."""
+
+    def raise_exit(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, raise_exit)
+    try:
+        yield server
+    finally:
+        try:
+            server.stop()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def descendant_processes(root_pid: int) -> dict[int, str]:
+    """Every live descendant of `root_pid` (from /proc), as pid -> start time (to recognise a reused pid)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        parent = _parent_pid(int(entry.name))
+        if parent is not None:
+            children.setdefault(parent, []).append(int(entry.name))
+    found: dict[int, str] = {}
+    pending = list(children.get(root_pid, []))
+    while pending:
+        pid = pending.pop()
+        start = _start_time(pid)
+        if start is not None and pid not in found:
+            found[pid] = start
+            pending.extend(children.get(pid, []))
+    return found
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (which may contain spaces and parentheses)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2 :].split()
+
+
+def _parent_pid(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields else None
+
+
+def _start_time(pid: int) -> str | None:
+    fields = _stat_fields(pid)
+    if not fields or fields[0] == "Z":  # a zombie is already dead
+        return None
+    return fields[19]
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def _default_log_path() -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return constants.scratch_dir() / "triton-logs" / f"tritonserver-{stamp}-{uuid.uuid4().hex[:8]}.log"
+
+
+def _read_log(log_path: Path | None) -> list[str]:
+    if log_path is None:
+        return []
+    try:
+        return log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def _clean_reason(reason: str) -> str:
+    reason = reason.strip().rstrip('"').strip()
+    reason = reason.replace("\\n", " ").replace("\\'", "'")
+    reason = re.sub(r"\s+", " ", reason)
+    return reason[:400]
+
+
+def _failures_from_log(log_path: Path | None) -> dict[str, str]:
+    failures: dict[str, str] = {}
+    for line in _read_log(log_path):
+        match = _FAILED_LOAD.search(line) or _STATUS_ROW.match(line.strip())
+        if match and match.group("model") not in failures:
+            failures[match.group("model")] = _clean_reason(match.group("reason"))
+    return failures
+
+
+def _failures_from_index(http_url: str) -> dict[str, str]:
+    """Models the running server reports as not ready, from `POST /v2/repository/index`."""
+    request = urllib.request.Request(f"{http_url}/v2/repository/index", data=b"{}", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            index = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return {}
+    return {
+        entry["name"]: _clean_reason(entry.get("reason") or entry.get("state", "not ready"))
+        for entry in index
+        if isinstance(entry, dict) and entry.get("name") and entry.get("state") != "READY"
+    }
+
+
+def _last_error_line(log_path: Path | None) -> str:
+    for line in reversed(_read_log(log_path)):
+        stripped = line.strip()
+        if stripped.startswith("error:") or re.match(r"^E\d{4} ", stripped):
+            return _clean_reason(stripped)
+    return ""

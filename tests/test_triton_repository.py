@@ -1,0 +1,222 @@
+"""The generated model repository: parseable configs, the TRT-LLM contract, atomic replacement."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from triton_helpers import load_bundled_model, write_engine_dir, write_tokenizer
+from trtforge.engine import read_engine
+from trtforge.errors import TritonError, UsageError
+from trtforge.triton.repository import MARKER, RepositoryOptions, model_configs, write_model_repository
+
+MODELS = ("tensorrt_llm", "preprocessing", "postprocessing", "ensemble")
+
+
+def _parse(path: Path) -> model_config_pb2.ModelConfig:
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse(path.read_text(), config)
+    return config
+
+
+@pytest.fixture
+def trt_engine(tmp_path: Path):
+    return read_engine(write_engine_dir(tmp_path / "engine", backend="tensorrt", max_batch_size=6))
+
+
+def test_every_config_parses_as_model_config_without_placeholders(trt_engine, tmp_path: Path) -> None:
+    repo = write_model_repository(trt_engine, tmp_path / "repo")
+    for name in MODELS:
+        text = (repo / name / "config.pbtxt").read_text()
+        assert "${" not in text and "}$" not in text
+        config = _parse(repo / name / "config.pbtxt")
+        assert config.name == name
+        assert config.max_batch_size == 6  # all share the engine's max_batch_size
+
+
+def test_tensorrt_engine_uses_the_tensorrtllm_backend_with_the_real_contract(
+    trt_engine, tmp_path: Path
+) -> None:
+    repo = write_model_repository(trt_engine, tmp_path / "repo")
+    config = _parse(repo / "tensorrt_llm" / "config.pbtxt")
+    assert config.backend == "tensorrtllm"
+    assert config.model_transaction_policy.decoupled is True
+    assert not (repo / "tensorrt_llm" / "1" / "model.py").exists()
+    assert (repo / "tensorrt_llm" / "1").is_dir()
+
+    inputs = {tensor.name: tensor for tensor in config.input}
+    required = {name for name, tensor in inputs.items() if not tensor.optional}
+    assert required == {"input_ids", "input_lengths", "request_output_len"}
+    assert inputs["input_ids"].data_type == model_config_pb2.TYPE_INT32
+    assert list(inputs["input_ids"].dims) == [-1]
+    assert inputs["input_ids"].allow_ragged_batch
+    for scalar in ("input_lengths", "request_output_len", "end_id", "pad_id", "streaming", "temperature"):
+        assert list(inputs[scalar].dims) == [1]
+        assert inputs[scalar].HasField("reshape") and list(inputs[scalar].reshape.shape) == []
+    assert inputs["streaming"].data_type == model_config_pb2.TYPE_BOOL
+    assert inputs["seed"].data_type == model_config_pb2.TYPE_UINT64
+    assert list(inputs["stop_words_list"].dims) == [2, -1]
+    assert inputs["runtime_top_k"].data_type == model_config_pb2.TYPE_INT32
+    assert inputs["runtime_top_p"].data_type == model_config_pb2.TYPE_FP32
+
+    outputs = {tensor.name: tensor for tensor in config.output}
+    assert list(outputs["output_ids"].dims) == [-1, -1]
+    assert list(outputs["sequence_length"].dims) == [-1]
+
+    params = {key: value.string_value for key, value in config.parameters.items()}
+    assert params["gpt_model_type"] == "inflight_fused_batching"
+    assert params["gpt_model_path"] == str(trt_engine.path.absolute())
+    assert Path(params["gpt_model_path"]).is_absolute()
+    assert params["max_beam_width"] == "1"
+    assert params["kv_cache_free_gpu_mem_fraction"] == "0.9"
+    assert params["batch_scheduler_policy"] == "guaranteed_no_evict"
+    assert params["exclude_input_in_output"] == "true"
+    assert params["enable_kv_cache_reuse"] == "false"
+    assert params["cancellation_check_period_ms"] == "100"
+    assert "decoding_mode" not in params  # None leaves the backend default
+
+
+def test_options_reach_the_parameters(trt_engine) -> None:
+    options = RepositoryOptions(
+        kv_cache_free_gpu_mem_fraction=0.5,
+        enable_kv_cache_reuse=True,
+        batch_scheduler_policy="max_utilization",
+        decoding_mode="top_k_top_p",
+        exclude_input_in_output=False,
+    )
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse(model_configs(trt_engine, options)["tensorrt_llm"], config)
+    params = {key: value.string_value for key, value in config.parameters.items()}
+    assert params["kv_cache_free_gpu_mem_fraction"] == "0.5"
+    assert params["enable_kv_cache_reuse"] == "true"
+    assert params["batch_scheduler_policy"] == "max_utilization"
+    assert params["decoding_mode"] == "top_k_top_p"
+    assert params["exclude_input_in_output"] == "false"
+    with pytest.raises(UsageError):
+        RepositoryOptions(kv_cache_free_gpu_mem_fraction=1.5)
+
+
+def test_reference_engine_uses_the_python_backend_with_the_same_tensors(tmp_path: Path) -> None:
+    trt = read_engine(write_engine_dir(tmp_path / "trt", backend="tensorrt"))
+    reference = read_engine(write_engine_dir(tmp_path / "ref", backend="reference"))
+    trt_config, ref_config = model_config_pb2.ModelConfig(), model_config_pb2.ModelConfig()
+    text_format.Parse(model_configs(trt)["tensorrt_llm"], trt_config)
+    text_format.Parse(model_configs(reference)["tensorrt_llm"], ref_config)
+    assert ref_config.backend == "python"
+    assert list(ref_config.input) == list(trt_config.input)
+    assert list(ref_config.output) == list(trt_config.output)
+    assert ref_config.model_transaction_policy.decoupled is True
+
+
+def test_ensemble_wires_every_step_and_covers_the_stock_interface(trt_engine, tmp_path: Path) -> None:
+    repo = write_model_repository(trt_engine, tmp_path / "repo")
+    configs = {name: _parse(repo / name / "config.pbtxt") for name in MODELS}
+    ensemble = configs["ensemble"]
+    assert ensemble.platform == "ensemble"
+    names = {tensor.name for tensor in ensemble.input}
+    assert {"text_input", "max_tokens", "bad_words", "stop_words", "end_id", "pad_id", "temperature"} <= names
+    assert {"top_k", "top_p", "stream", "exclude_input_in_output"} <= names
+    assert "text_output" in {tensor.name for tensor in ensemble.output}
+
+    # Every mapped key is a real tensor of its step, and every step input the ensemble needs is produced.
+    produced = set(names)
+    for step in ensemble.ensemble_scheduling.step:
+        model = configs[step.model_name]
+        model_inputs = {tensor.name: tensor for tensor in model.input}
+        assert set(step.input_map) <= set(model_inputs)
+        assert {name for name, tensor in model_inputs.items() if not tensor.optional} <= set(step.input_map)
+        assert set(step.input_map.values()) <= produced
+        assert set(step.output_map) <= {tensor.name for tensor in model.output}
+        produced |= set(step.output_map.values())
+    assert {tensor.name for tensor in ensemble.output} <= produced
+
+
+def test_pre_and_postprocessing_are_our_self_contained_models(trt_engine, tmp_path: Path) -> None:
+    repo = write_model_repository(trt_engine, tmp_path / "repo")
+    for name in ("preprocessing", "postprocessing"):
+        source = (repo / name / "1" / "model.py").read_text()
+        imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
+        assert not [line for line in imports if "trtforge" in line]  # runs where trtforge is not installed
+        config = _parse(repo / name / "config.pbtxt")
+        assert config.backend == "python"
+        params = {key: value.string_value for key, value in config.parameters.items()}
+        assert params["tokenizer_dir"] == str(trt_engine.path.absolute())
+
+
+def test_rewrite_replaces_an_older_repository_atomically(trt_engine, tmp_path: Path) -> None:
+    dest = tmp_path / "repo"
+    write_model_repository(trt_engine, dest)
+    (dest / "stale_model").mkdir()
+    write_model_repository(trt_engine, dest, options=RepositoryOptions(enable_kv_cache_reuse=True))
+    assert not (dest / "stale_model").exists()
+    assert json.loads((dest / MARKER).read_text())["options"]["enable_kv_cache_reuse"] is True
+    # Nothing left behind beside it: no staging or old copies.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine", "repo"]
+
+
+def test_refuses_to_replace_a_directory_it_did_not_generate(trt_engine, tmp_path: Path) -> None:
+    dest = tmp_path / "mine"
+    dest.mkdir()
+    (dest / "precious.txt").write_text("keep me")
+    with pytest.raises(UsageError, match="not a model repository generated by trtforge"):
+        write_model_repository(trt_engine, dest)
+    assert (dest / "precious.txt").read_text() == "keep me"
+
+
+def test_postprocessing_bytes_join_to_the_exact_text(tmp_path: Path) -> None:
+    post = load_bundled_model("postprocessing")
+    tokenizer = write_tokenizer(tmp_path / "tok")
+    assert post.decoder_kind(tokenizer) == "byte_level"
+    table = post.token_byte_table(tokenizer)
+    text = "  Hello wörld, 日本語 🚀 — naïve\n\tend"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    # One token at a time, as a stream delivers them: fragments may split characters, the join never does.
+    fragments = [post.tokens_to_bytes(table, [token]) for token in ids]
+    assert b"".join(fragments) == text.encode("utf-8")
+    assert any(_is_partial_utf8(fragment) for fragment in fragments)  # the case the stock model mangles
+    # Special tokens are skipped by default and kept on request.
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert post.tokens_to_bytes(table, [*ids, eos]) == text.encode("utf-8")
+    kept = post.token_byte_table(tokenizer, skip_special_tokens=False)
+    assert post.tokens_to_bytes(kept, [eos]) == b"<|im_end|>"
+    assert post.tokens_to_bytes(table, [10**6, -1]) == b""
+
+
+def test_preprocessing_word_lists_use_the_trtllm_layout(tmp_path: Path) -> None:
+    pre = load_bundled_model("preprocessing")
+    tokenizer = write_tokenizer(tmp_path / "tok")
+    words = np.array([[b"stop,never"], [b""]], dtype=object)
+    out = pre.word_list(tokenizer, words, 2)
+    stop = tokenizer.encode("stop", add_special_tokens=False)
+    never = tokenizer.encode("never", add_special_tokens=False)
+    width = len(stop) + len(never)
+    assert out.shape == (2, 2, width) and out.dtype == np.int32
+    assert out[0, 0].tolist() == stop + never
+    assert out[0, 1].tolist() == [len(stop), width] + [-1] * (width - 2)
+    assert out[1, 1].tolist() == [-1] * width
+    assert pre.word_list(tokenizer, None, 3).shape == (3, 2, 0)
+    assert pre.split_words(np.array([b'"a, b",c', b"d"], dtype=object)) == ["a, b", "c", "d"]
+
+
+def test_reference_repository_needs_the_reference_backend_model(tmp_path: Path) -> None:
+    engine = read_engine(write_engine_dir(tmp_path / "ref", backend="reference"))
+    try:
+        repo = write_model_repository(engine, tmp_path / "repo")
+    except TritonError as exc:  # until trtforge/reference/backend_model.py exists
+        assert "backend_model.py" in str(exc)
+        assert not (tmp_path / "repo").exists()
+    else:
+        assert (repo / "tensorrt_llm" / "1" / "model.py").is_file()
+
+
+def _is_partial_utf8(fragment: bytes) -> bool:
+    try:
+        fragment.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False

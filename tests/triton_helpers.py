@@ -1,0 +1,83 @@
+"""Test-only helpers for the triton tests: engine directories with a small real tokenizer."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+import trtforge.triton
+from trtforge.triton.distribution import find_tritonserver
+
+CORPUS = [
+    "Hello world, this is a tiny corpus for a tiny tokenizer.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Café crème brûlée, naïve façade, smörgåsbord.",
+    "日本語のテキストと絵文字 🚀✨ も少し。",
+    "stop here. stop now! never stop",
+]
+
+
+def write_tokenizer(dest: Path) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (like Qwen's), eos `<|im_end|>`, pad `<|endoftext|>`, saved in `dest`."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(CORPUS * 4, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    fast.save_pretrained(str(dest))
+    return fast
+
+
+def write_engine_dir(dest: Path, *, backend: str, max_batch_size: int = 4, max_beam_width: int = 1) -> Path:
+    """An engine directory `trtforge.engine.read_engine` accepts: a TensorRT one (fake rank file) or a
+    reference one (`hf_model/`), with a real tokenizer."""
+    dest.mkdir(parents=True, exist_ok=True)
+    config = {
+        "version": "test",
+        "pretrained_config": {
+            "architecture": "Qwen3ForCausalLM",
+            "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1},
+            "quantization": {"quant_algo": "NVFP4"},
+        },
+        "build_config": {
+            "max_batch_size": max_batch_size,
+            "max_seq_len": 256,
+            "max_input_len": 128,
+            "max_num_tokens": 256,
+            "max_beam_width": max_beam_width,
+        },
+    }
+    (dest / "config.json").write_text(json.dumps(config))
+    if backend == "tensorrt":
+        (dest / "rank0.engine").write_bytes(b"not a real engine")
+    else:
+        (dest / "hf_model").mkdir(exist_ok=True)
+    write_tokenizer(dest)
+    return dest
+
+
+def load_bundled_model(name: str) -> ModuleType:
+    """Import our preprocessing/postprocessing `model.py` outside Triton (its pure functions are testable)."""
+    utils_dir = find_tritonserver().backend_dir / "python"
+    if str(utils_dir) not in sys.path:
+        sys.path.append(str(utils_dir))  # triton_python_backend_utils
+    path = Path(trtforge.triton.__file__).parent / "models" / name / "model.py"
+    spec = importlib.util.spec_from_file_location(f"trtforge_test_{name}_model", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
