@@ -205,3 +205,19 @@ def check_arch_supports(arch: str, quantization: str | None) -> None:
             f"({'Blackwell' if needed >= (10, 0) else 'Ada or newer'}); "
             f"{arch_from_capability(capability)} (compute capability {capability[0]}.{capability[1]}) cannot run it"
         )
+
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
+    "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+}
+
+
+def parse_memory_size(text: str) -> int:
+    """"32GiB" → 34359738368, "96GB" → 96·10⁹, "183359MiB", or plain bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _SIZE_UNITS:
+        raise UsageError(f"cannot read memory size {text!r}: use e.g. 32GiB, 96GB or 183359MiB")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])

@@ -1,5 +1,229 @@
-"""Commands registered on the shared app (see cli/__init__.py)."""
+"""Know the model before building: `inspect`, `plan` and `gpus`.
+
+Human output (rich tables) goes to stderr; `--json` writes one document to stdout.
+"""
 
 from __future__ import annotations
 
-from trtforge.cli._app import app  # noqa: F401
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from trtforge.checkpoint import CheckpointInfo, check_checkpoint, inspect_checkpoint
+from trtforge.cli._app import app, console, print_json
+from trtforge.errors import CheckpointError, GpuError
+from trtforge.gpu import (
+    KNOWN_GPUS,
+    check_arch_supports,
+    detect_gpus,
+    lookup_gpu,
+    parse_memory_size,
+    try_detect_gpus,
+)
+from trtforge.planner import DEFAULT_KV_FRACTION, MemoryPlan, PlanSettings, plan_memory
+
+GB = 1000**3
+
+
+def _gb(size: int | None) -> str:
+    return "—" if size is None else f"{size / GB:,.2f} GB"
+
+
+@app.command()
+def inspect(
+    model: Annotated[str, typer.Argument(help="Checkpoint directory or Hugging Face hub id (org/name).")],
+    revision: Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the inspection as JSON on stdout.")] = False,
+) -> None:
+    """Describe a checkpoint from its configs and safetensors headers (no weights loaded); exit 1 on problems."""
+    info = inspect_checkpoint(model, revision=revision)
+    problems = check_checkpoint(info)
+    if json_output:
+        print_json(info.to_json())
+    else:
+        _print_inspection(info, problems)
+    if problems:
+        raise typer.Exit(CheckpointError.exit_code)
+
+
+def _print_inspection(info: CheckpointInfo, problems: list[str]) -> None:
+    quant = info.quantization
+    summary = Table(title=escape(info.source), show_header=False, box=None)
+    summary.add_column(style="bold")
+    summary.add_column()
+    rows = [
+        ("architecture", info.architecture),
+        ("dtype", info.dtype),
+        ("layers / heads / kv heads / head_dim",
+         f"{info.text_config.get('num_hidden_layers')} / {info.text_config.get('num_attention_heads')} / "
+         f"{info.text_config.get('num_key_value_heads')} / {info.text_config.get('head_dim')}"),
+        ("parameters", f"{info.params_total / 1e9:,.2f} B ({info.params_total:,})"),
+        ("quantization", f"{info.quant_algo or 'none'}" + (f" (from {quant.source})" if quant else "")),
+        ("KV cache dtype", info.kv_cache_dtype),
+        ("excluded modules", ", ".join(quant.exclude_modules) if quant and quant.exclude_modules else "—"),
+        ("tensors", f"{len(info.tensors):,} in {len({t.file for t in info.tensors})} file(s)"),
+        ("weight bytes", _gb(info.weights_bytes)),
+    ]
+    for key, value in rows:
+        summary.add_row(key, escape(str(value)))
+    console.print(summary)
+
+    histogram = Table(title="tensor dtypes")
+    histogram.add_column("dtype")
+    histogram.add_column("tensors", justify="right")
+    histogram.add_column("bytes", justify="right")
+    for dtype, row in info.dtype_histogram().items():
+        histogram.add_row(dtype, f"{row['tensors']:,}", _gb(row["bytes"]))
+    console.print(histogram)
+    for problem in problems:
+        console.print(f"[bold red]problem:[/] {escape(problem)}")
+    if not problems:
+        console.print("[green]no problems found[/]")
+
+
+@app.command()
+def plan(
+    name_or_model: Annotated[
+        str, typer.Argument(help="Catalogue entry name, checkpoint directory or hub id.", metavar="NAME|MODEL")
+    ],
+    gpu: Annotated[
+        str | None, typer.Option(help=f"Plan for a known GPU: {', '.join(KNOWN_GPUS)} (default: NVML's GPU 0).")
+    ] = None,
+    gpu_memory: Annotated[str | None, typer.Option(help="Plan for this much GPU memory, e.g. 32GiB.")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Default: the catalogue entry's, else 8.")] = None,
+    max_seq_len: Annotated[int | None, typer.Option(help="Default: the catalogue entry's, else 16384.")] = None,
+    max_num_tokens: Annotated[int | None, typer.Option(help="Default: the catalogue entry's, else 8192.")] = None,
+    tp_size: Annotated[int | None, typer.Option(help="Default: the catalogue entry's, else 1.")] = None,
+    kv_cache_free_gpu_mem_fraction: Annotated[
+        float, typer.Option(help="Share of the memory left after weights that the KV cache takes.")
+    ] = DEFAULT_KV_FRACTION,
+    kv_cache_dtype: Annotated[
+        str | None, typer.Option(help="Override the checkpoint's KV-cache dtype (FP8, BF16) to compare.")
+    ] = None,
+    revision: Annotated[str | None, typer.Option(help="Hub revision.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the plan as JSON on stdout.")] = False,
+) -> None:
+    """Estimate engine size, KV cache capacity and whether max_batch_size × max_seq_len fits a GPU."""
+    from trtforge.catalog import load_catalog
+
+    catalog = load_catalog()
+    entry = catalog.get(name_or_model) if name_or_model in catalog else None
+    model = str(entry.local_model_dir or entry.model) if entry else name_or_model
+    info = inspect_checkpoint(model, revision=revision or (entry.revision if entry else None))
+
+    defaults = PlanSettings()
+    settings = PlanSettings(
+        max_batch_size=max_batch_size or (entry.max_batch_size if entry else defaults.max_batch_size),
+        max_seq_len=max_seq_len or (entry.max_seq_len if entry else defaults.max_seq_len),
+        max_num_tokens=max_num_tokens or (entry.max_num_tokens if entry else defaults.max_num_tokens),
+        tp_size=tp_size or (entry.tp_size if entry else defaults.tp_size),
+        kv_cache_free_gpu_mem_fraction=kv_cache_free_gpu_mem_fraction,
+        kv_cache_dtype=kv_cache_dtype.upper() if kv_cache_dtype else None,
+    )
+    gpu_name, memory, arch = _target_gpu(gpu, gpu_memory)
+    result = plan_memory(info, settings, gpu_memory_bytes=memory, gpu_name=gpu_name)
+    arch_problem = _arch_problem(arch, info)
+    if json_output:
+        print_json({**result.to_json(), "gpu_arch": arch, "arch_problem": arch_problem})
+    else:
+        _print_plan(result, arch_problem)
+
+
+def _target_gpu(gpu: str | None, gpu_memory: str | None) -> tuple[str | None, int | None, str | None]:
+    """(name, memory bytes, arch) from --gpu, --gpu-memory, or NVML; all None when nothing is known."""
+    if gpu and gpu_memory:
+        spec = lookup_gpu(gpu)
+        return spec.key, parse_memory_size(gpu_memory), spec.arch
+    if gpu:
+        spec = lookup_gpu(gpu)
+        return spec.key, spec.memory_bytes, spec.arch
+    if gpu_memory:
+        return None, parse_memory_size(gpu_memory), None
+    gpus = try_detect_gpus()
+    if gpus:
+        return gpus[0].name, gpus[0].memory_total_bytes, gpus[0].arch
+    return None, None, None
+
+
+def _arch_problem(arch: str | None, info: CheckpointInfo) -> str | None:
+    if arch is None:
+        return None
+    try:
+        check_arch_supports(arch, info.quant_algo)
+    except GpuError as exc:
+        return str(exc)
+    return None
+
+
+def _print_plan(result: MemoryPlan, arch_problem: str | None) -> None:
+    s = result.settings
+    parts = Table(title=f"engine per rank (tp_size {s.tp_size})")
+    for column in ("part", "tensors", "params", "total", "per rank"):
+        parts.add_column(column, justify="left" if column == "part" else "right")
+    for part in result.parts:
+        split = "" if part.split_by_tp or s.tp_size == 1 else " (replicated)"
+        parts.add_row(
+            part.role + split, f"{part.tensors:,}", f"{part.params / 1e9:,.2f} B",
+            _gb(part.bytes_total), _gb(part.bytes_per_rank),
+        )
+    parts.add_row("[bold]engine estimate[/]", "", f"{result.params_total / 1e9:,.2f} B",
+                  _gb(result.weights_bytes), f"[bold]{_gb(result.engine_bytes_estimate)}[/]")
+    console.print(parts)
+
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    gpu = result.gpu_name or ("declared memory" if result.gpu_memory_bytes else "unknown (no NVML; use --gpu)")
+    rows = [
+        ("GPU", f"{gpu} ({_gb(result.gpu_memory_bytes)})"),
+        ("settings", f"max_batch_size {s.max_batch_size}, max_seq_len {s.max_seq_len}, "
+                     f"max_num_tokens {s.max_num_tokens}, kv fraction {s.kv_cache_free_gpu_mem_fraction}"),
+        ("KV bytes / token / rank", f"{result.kv_bytes_per_token:,} ({result.kv_cache_dtype})"),
+        ("runtime + activation reserve", _gb(result.reserve_bytes)),
+        ("KV cache", _gb(result.kv_cache_bytes)),
+        ("KV tokens", "—" if result.kv_tokens_capacity is None else f"{result.kv_tokens_capacity:,}"),
+        ("concurrent max_seq_len sequences", str(result.max_concurrent_sequences or 0)
+         if result.max_concurrent_sequences is not None else "—"),
+        ("trtllm-bench heuristic", f"engine {_gb(result.trtllm_bench['engine_bytes_estimate'])}"
+         + (f", {result.trtllm_bench['max_concurrent_sequences']} sequences"
+            if "max_concurrent_sequences" in result.trtllm_bench else "")),
+    ]
+    for key, value in rows:
+        table.add_row(key, escape(value))
+    console.print(table)
+    if result.fits is None:
+        console.print("[yellow]fit unknown:[/] no GPU memory known; pass --gpu or --gpu-memory")
+    elif result.fits:
+        console.print("[green]fits[/]")
+    else:
+        console.print(f"[bold red]does not fit:[/] {escape(result.recommendation or '')}")
+    if arch_problem:
+        console.print(f"[bold red]GPU cannot run it:[/] {escape(arch_problem)}")
+
+
+@app.command()
+def gpus(
+    known: Annotated[bool, typer.Option("--known", help="List the GPUs trtforge knows instead of NVML's.")] = False,
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The GPUs NVML sees (name, compute capability, memory, driver); one-line error without a driver."""
+    if known:
+        rows = [
+            {"key": s.key, "name": s.name, "arch": s.arch, "memory_total_bytes": s.memory_bytes}
+            for s in KNOWN_GPUS.values()
+        ]
+    else:
+        rows = [g.to_json() for g in detect_gpus()]
+    if json_output:
+        print_json(rows)
+        return
+    table = Table()
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(
+            _gb(v) if k.startswith("memory") and isinstance(v, int) else escape(str(v)) for k, v in row.items()
+        ))
+    console.print(table)
