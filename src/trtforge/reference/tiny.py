@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -191,7 +192,7 @@ def _corpus_exchanges(text: str, dialogue_repeats: int) -> list[_Exchange]:
             exchanges.extend([exchange] * dialogue_repeats)
             continue
         sentences = re.split(r"(?<=[.!?])\s+", " ".join(line.strip() for line in lines))
-        exchanges.extend(_Exchange(a, b) for a, b in zip(sentences, sentences[1:]))
+        exchanges.extend(_Exchange(a, b) for a, b in itertools.pairwise(sentences))
     return exchanges
 
 
@@ -334,7 +335,9 @@ def _normalise_json_files(directory: Path) -> None:
             data.pop("backend", None)
             if "extra_special_tokens" in data:
                 data["additional_special_tokens"] = data.pop("extra_special_tokens")
-        path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        path.write_text(
+            json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
 
 
 def _write_engine_config(
