@@ -1,0 +1,224 @@
+"""TensorRT builds end to end, driving the real watchdog against the stand-in `trtllm-bench` (tests/standins)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from checkpoints import write_nvfp4_checkpoint
+from trtforge.build.pipeline import ensure_engine, plan_build
+from trtforge.build.watchdog import session_members
+from trtforge.catalog import add_entry, load_catalog
+from trtforge.errors import BuildFailedError, GpuError, InvalidEngineError
+from trtforge.store import EngineStore, resolve_engine, verify_engine
+
+STANDINS = Path(__file__).parent / "standins"
+REAP_BOUND_S = 5.0
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_nvfp4_checkpoint(tmp_path_factory.mktemp("ckpt") / "small-nvfp4", tiny=True)
+
+
+@pytest.fixture
+def builder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, checkpoint: Path) -> Path:
+    """The stand-in on the builder's PYTHONPATH, a target arch, a catalogue entry `small`; returns the pidfile."""
+    monkeypatch.setenv("PYTHONPATH", str(STANDINS))
+    monkeypatch.setenv("TRTFORGE_GPU_ARCH", "sm100")
+    pidfile = tmp_path / "builder.pids"
+    monkeypatch.setenv("TRTFORGE_STANDIN_PIDFILE", str(pidfile))
+    add_entry("small", model=str(checkpoint), quantization="NVFP4", max_seq_len=2048, max_num_tokens=2048)
+    return pidfile
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _assert_nothing_left(pidfile: Path) -> None:
+    pids = [int(line) for line in pidfile.read_text().split()] if pidfile.exists() else []
+    assert pids, "the stand-in recorded no pids"
+    assert [pid for pid in pids if _alive(pid)] == []
+    tmp = EngineStore().root / "tmp"
+    assert not tmp.exists() or list(tmp.iterdir()) == []
+
+
+def test_healthy_build_is_published_linked_and_cached(builder: Path, checkpoint: Path) -> None:
+    result = ensure_engine("small", stall_timeout_s=30)
+    assert not result.cached
+    assert result.path.parent == EngineStore().root
+    assert result.path.name == f"{result.hash}-trtllm-engine-small-1.0.0"
+    assert resolve_engine("small") == result.path
+    files = {p.name for p in result.path.iterdir()}
+    assert {"config.json", "rank0.engine", "tokenizer.json", "chat_template.jinja", "build.log"} <= files
+    assert (result.path / "chat_template.jinja").read_text() == (
+        checkpoint / "chat_template.jinja"
+    ).read_text()
+    manifest = json.loads((result.path / "trtforge.json").read_text())
+    assert manifest["inputs"]["gpu_arch"] == "sm100"
+    assert manifest["inputs"]["builder_version"] == "1.0.0"
+    assert manifest["inputs"]["model_revision"].startswith("dir:")
+    assert manifest["files"]["rank0.engine"]["size"] == 2 * 1024 * 1024
+    assert "ENGINE SAVED" in (result.path / "build.log").read_text()
+    verify_engine("small")
+    _assert_nothing_left(builder)
+
+    # Same inputs: no rebuild, even if the builder would now fail.
+    os.environ["TRTFORGE_STANDIN_MODE"] = "crash-oom"
+    try:
+        again = ensure_engine("small")
+    finally:
+        del os.environ["TRTFORGE_STANDIN_MODE"]
+    assert again.cached and again.path == result.path
+
+
+def test_hash_changes_with_every_input(builder: Path, checkpoint: Path) -> None:
+    entry = load_catalog().get("small")
+    base = plan_build(entry).hash
+    assert plan_build(entry, gpu_arch="sm120").hash != base
+    assert plan_build(entry.model_copy(update={"max_seq_len": 4096})).hash != base
+    assert plan_build(entry).hash == base
+
+
+@pytest.mark.parametrize("mode", ["hang-after-save", "hang-ignore-term", "hung-child"])
+def test_hung_builder_is_reaped_quickly(builder: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    monkeypatch.setenv("TRTFORGE_STANDIN_MODE", mode)
+    started = time.monotonic()
+    result = ensure_engine("small", stall_timeout_s=60)
+    timings = json.loads((result.path / "trtforge.json").read_text())["timings"]
+    assert timings["reap_s"] <= REAP_BOUND_S
+    assert time.monotonic() - started < 20
+    verify_engine(result.path)
+    _assert_nothing_left(builder)
+
+
+@pytest.mark.parametrize(
+    ("mode", "cause"),
+    [
+        ("crash-oom", "out_of_gpu_memory"),
+        ("crash-arch", "arch_unsupported"),
+        ("crash-gated", "gated_model"),
+        ("crash-disk", "disk_full"),
+        ("disk-full", "disk_full"),
+        ("partial-exit0", "unknown"),
+    ],
+)
+def test_failures_are_classified_and_leave_nothing(
+    builder: Path, monkeypatch: pytest.MonkeyPatch, mode: str, cause: str
+) -> None:
+    monkeypatch.setenv("TRTFORGE_STANDIN_MODE", mode)
+    with pytest.raises(BuildFailedError) as info:
+        ensure_engine("small", stall_timeout_s=30)
+    error = info.value
+    assert error.cause == cause
+    assert "\n" not in str(error)
+    assert error.log_path is not None and error.log_path.is_file()
+    assert str(error.log_path) in str(error)
+    assert error.log_tail
+    if mode == "partial-exit0":
+        assert "without a whole engine" in str(error)
+    assert EngineStore().scan().entries == ()
+    assert not (Path(os.environ["TRTLLM_ENGINE_PATH"]) / "small").exists()
+    _assert_nothing_left(builder)
+
+
+def test_half_copied_engine_is_never_done_and_a_stall_ends_the_build(
+    builder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRTFORGE_STANDIN_MODE", "partial")
+    with pytest.raises(BuildFailedError, match=r"no log output and no file growth for 1\.5 s") as info:
+        ensure_engine("small", stall_timeout_s=1.5)
+    assert info.value.cause == "stalled"
+    assert EngineStore().scan().entries == ()
+    _assert_nothing_left(builder)
+
+
+def test_slow_but_healthy_build_is_not_killed(builder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Log lines every 0.5 s for 1.5 s, then ~1.6 s of silent file growth per copy: longer than the stall timeout.
+    monkeypatch.setenv("TRTFORGE_STANDIN_MODE", "slow")
+    monkeypatch.setenv("TRTFORGE_STANDIN_ENGINE_BYTES", str(4 * 1024 * 1024))
+    monkeypatch.setenv("TRTFORGE_STANDIN_CHUNK_DELAY_S", "0.01")
+    started = time.monotonic()
+    result = ensure_engine("small", stall_timeout_s=1.2)
+    assert time.monotonic() - started > 3
+    verify_engine(result.path)
+
+
+def test_timeout_ends_the_build(builder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRTFORGE_STANDIN_MODE", "slow")
+    with pytest.raises(BuildFailedError, match="--timeout 1 s") as info:
+        ensure_engine("small", timeout_s=1)
+    assert info.value.cause == "timeout"
+    _assert_nothing_left(builder)
+
+
+def test_engine_with_the_wrong_quantization_is_refused(
+    builder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An old builder lets --quantization override the checkpoint: the seed's "garbage output" engine.
+    monkeypatch.setenv("TRTFORGE_STANDIN_MODE", "legacy-quant")
+    checkpoint = load_catalog().get("small").model
+    add_entry("wrong", model=checkpoint, quantization="FP8", max_seq_len=2048, max_num_tokens=2048)
+    with pytest.raises(InvalidEngineError, match=r"quant_algo FP8 .* says NVFP4"):
+        ensure_engine("wrong", force=True)
+    assert EngineStore().scan().entries == ()
+
+
+def test_without_a_gpu_arch_the_build_stops(builder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRTFORGE_GPU_ARCH")
+    with pytest.raises(GpuError, match="--gpu-arch"):
+        ensure_engine("small")
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "trtforge", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or dict(os.environ),
+    )
+
+
+def test_cli_build_json_and_concurrent_builds_build_once(builder: Path) -> None:
+    first, second = _cli("build", "small", "--json"), _cli("build", "small", "--json")
+    results = []
+    for proc in (first, second):
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out))
+    assert sorted(r["cached"] for r in results) == [False, True]
+    assert results[0]["path"] == results[1]["path"]
+    assert set(results[0]) == {"name", "path", "hash", "cached"}
+    plain = _cli("build", "small")
+    out, _ = plain.communicate(timeout=60)
+    assert out.strip() == results[0]["path"]
+
+
+def test_cli_build_failure_says_why_then_tail_then_log(builder: Path) -> None:
+    proc = _cli("build", "small", env={**os.environ, "TRTFORGE_STANDIN_MODE": "crash-oom", "COLUMNS": "300"})
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    lines = err.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("error:"))
+    assert "out of GPU memory" in lines[first]
+    assert any("CUDA out of memory" in line for line in lines[first + 1 :])
+    assert "full log:" in lines[-1]
+
+
+def test_no_builder_process_survives_in_the_session(builder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRTFORGE_STANDIN_MODE", "hung-child")
+    ensure_engine("small")
+    pids = [int(line) for line in builder.read_text().split()]
+    assert all(session_members(pid) == [] for pid in pids)
