@@ -446,6 +446,7 @@ def _read_log(log_path: Path | None) -> list[str]:
 
 def _clean_reason(reason: str) -> str:
     reason = reason.strip().rstrip('"').strip()
+    reason = reason.split("\\n\\nAt:")[0]  # the python backend appends the traceback location
     reason = reason.replace("\\n", " ").replace("\\'", "'")
     reason = re.sub(r"\s+", " ", reason)
     return reason[:400]
