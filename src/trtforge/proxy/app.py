@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from trtforge.constants import DEFAULT_PROXY_HOST, DEFAULT_PROXY_PORT
 from trtforge.errors import TrtforgeError
 from trtforge.proxy.backend import TritonBackend
-from trtforge.proxy.errors import ApiError, BackendUnavailableError
+from trtforge.proxy.errors import ApiError, TritonUnavailableError
 from trtforge.proxy.protocol import ChatCompletionRequest, CompletionRequest, ErrorInfo, ErrorResponse
 from trtforge.proxy.serving import OpenAIServing, Prepared, TextDelta, error_envelope
 from trtforge.proxy.settings import ProxySettings
@@ -131,7 +131,7 @@ async def list_models(request: Request) -> JSONResponse:
 async def health(request: Request) -> JSONResponse:
     serving = _serving(request)
     if not await serving.backend.is_ready(serving.settings.health_timeout_s):
-        raise BackendUnavailableError(
+        raise TritonUnavailableError(
             f"Triton at {serving.settings.triton_grpc_url} or its model `{serving.settings.triton_model}` is not ready"
         )
     return JSONResponse({"status": "ok"})

@@ -22,9 +22,9 @@ import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from trtforge.proxy.errors import (
-    BackendFailedError,
-    BackendTimeoutError,
-    BackendUnavailableError,
+    TritonRequestError,
+    TritonTimeoutError,
+    TritonUnavailableError,
 )
 
 logger = logging.getLogger(__name__)
@@ -171,9 +171,9 @@ class TritonBackend:
         """Yield the new token ids of each response until the final one.
 
         Raises:
-            BackendUnavailableError: Triton is unreachable or the model is not loaded.
-            BackendTimeoutError: the generation outlived the request timeout.
-            BackendFailedError: Triton answered with an error.
+            TritonUnavailableError: Triton is unreachable or the model is not loaded.
+            TritonTimeoutError: the generation outlived the request timeout.
+            TritonRequestError: Triton answered with an error.
         """
         done = asyncio.Event()
         request = build_infer_request(self.model, gen)
@@ -195,7 +195,7 @@ class TritonBackend:
                     yield ids
                 if final:
                     return
-            raise BackendFailedError("Triton closed the stream before the final response")
+            raise TritonRequestError("Triton closed the stream before the final response")
         except grpc.aio.AioRpcError as exc:
             raise _rpc_error(exc, self) from None
         finally:
@@ -207,14 +207,14 @@ class TritonBackend:
 def _rpc_error(exc: grpc.aio.AioRpcError, backend: TritonBackend) -> Exception:
     code = exc.code()
     if code == grpc.StatusCode.UNAVAILABLE:
-        return BackendUnavailableError(f"Triton is unreachable at {backend.url}")
+        return TritonUnavailableError(f"Triton is unreachable at {backend.url}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return BackendTimeoutError("the generation did not finish within the request timeout")
-    return BackendFailedError(f"Triton failed the request: {code.name}: {exc.details()}")
+        return TritonTimeoutError("the generation did not finish within the request timeout")
+    return TritonRequestError(f"Triton failed the request: {code.name}: {exc.details()}")
 
 
 def _response_error(message: str, backend: TritonBackend) -> Exception:
     lowered = message.lower()
     if "unknown model" in lowered or "not ready" in lowered or "not found" in lowered:
-        return BackendUnavailableError(f"Triton model `{backend.model}` is not available: {message}")
-    return BackendFailedError(f"Triton failed the request: {message}")
+        return TritonUnavailableError(f"Triton model `{backend.model}` is not available: {message}")
+    return TritonRequestError(f"Triton failed the request: {message}")

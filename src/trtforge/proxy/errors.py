@@ -43,21 +43,21 @@ class ModelNotFoundError(ApiError, LookupError):
         )
 
 
-class BackendUnavailableError(ApiError, ConnectionError):
+class TritonUnavailableError(ApiError, ConnectionError):
     """Triton is unreachable or its model is not ready."""
 
     status_code = 503
     error_type = "service_unavailable"
 
 
-class BackendTimeoutError(ApiError, TimeoutError):
+class TritonTimeoutError(ApiError, TimeoutError):
     """Triton did not finish the request within the proxy's request timeout."""
 
     status_code = 504
     error_type = "timeout"
 
 
-class BackendFailedError(ApiError, RuntimeError):
+class TritonRequestError(ApiError, RuntimeError):
     """Triton answered the request with an error."""
 
     status_code = 500
