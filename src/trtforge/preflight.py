@@ -56,6 +56,7 @@ def preflight_build(
     model_dir: Path | None,
     gpu_arch: str | None,
     force: bool,
+    gpu_memory_bytes: int | None = None,
 ) -> PreflightReport:
     """Inspect and validate the checkpoint, check the GPU architecture, and plan memory, before a build.
 
@@ -64,6 +65,7 @@ def preflight_build(
         model_dir: the local checkpoint directory, when the build already has one (else `entry.model`).
         gpu_arch: a declared architecture ("sm100"…); None → the GPU NVML reports, if any.
         force: log refusals as warnings instead of raising.
+        gpu_memory_bytes: memory of the target GPU when NVML cannot tell (e.g. `--gpu B200`'s); NVML wins.
 
     Raises:
         CheckpointError: the checkpoint would build into a broken engine (names the tensor or file).
@@ -110,7 +112,7 @@ def preflight_build(
 
     plan = None
     if info is not None:
-        plan = _plan(entry, info, gpu, note)
+        plan = _plan(entry, info, gpu, gpu_memory_bytes, note)
         if plan.fits is False:
             try:
                 require_fit(plan)
@@ -131,7 +133,11 @@ def _inspect(
 
 
 def _plan(
-    entry: _EntryLike | CatalogEntry, info: CheckpointInfo, gpu: GpuInfo | None, note: Callable[[str], None]
+    entry: _EntryLike | CatalogEntry,
+    info: CheckpointInfo,
+    gpu: GpuInfo | None,
+    gpu_memory_bytes: int | None,
+    note: Callable[[str], None],
 ) -> MemoryPlan:
     settings = PlanSettings(
         max_batch_size=entry.max_batch_size,
@@ -141,6 +147,8 @@ def _plan(
     )
     if entry.pp_size > 1:
         note(f"pp_size {entry.pp_size}: the plan assumes all layers on each rank (pessimistic)")
+    if gpu is None and gpu_memory_bytes is not None:
+        return plan_memory(info, settings, gpu_memory_bytes=gpu_memory_bytes, gpu_name="the declared GPU")
     if gpu is None:
         note("GPU memory unknown (no NVML): memory fit check skipped")
         return plan_memory(info, settings)
