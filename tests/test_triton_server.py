@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import queue
+import signal
 import sysconfig
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from trtforge.engine import read_engine
 from trtforge.errors import BackendUnavailableError, TritonError
 from trtforge.triton.distribution import TritonDistribution, find_tritonserver
 from trtforge.triton.repository import write_model_repository
-from trtforge.triton.server import ServerState, TritonServer, descendant_processes
+from trtforge.triton.server import ServerState, TritonServer, descendant_processes, stop_on_signals
 
 pytestmark = pytest.mark.triton
 
@@ -297,3 +300,16 @@ def test_broken_model_makes_wait_ready_name_the_model_and_the_reason(
     assert server.state is ServerState.FAILED
     assert _alive(processes) == []
     assert "\n" not in message
+
+
+def test_stop_on_signals_turns_sigterm_into_exit_and_stops_the_server(
+    tmp_path: Path, distribution: TritonDistribution
+) -> None:
+    server = TritonServer(tmp_path, **_ports(), distribution=distribution)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as caught, stop_on_signals(server):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # interrupted by the handler
+    assert caught.value.code == 128 + signal.SIGTERM
+    assert server.state is ServerState.STOPPED
+    assert signal.getsignal(signal.SIGTERM) is before

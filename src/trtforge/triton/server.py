@@ -52,6 +52,8 @@ _POLL_INTERVAL_S = 0.2
 _KILL_GRACE_S = 5.0
 # model_lifecycle.cc: "failed to load 'name' version 1: Internal: ValueError: ..."
 _FAILED_LOAD = re.compile(r"failed to load '(?P<model>[^']+)' version \d+: (?P<reason>.*)")
+# Talks to our own local server: never through an HTTP proxy from the environment.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _STATUS_ROW = re.compile(r"^\|\s*(?P<model>[^|\s]+)\s*\|\s*\d+\s*\|\s*UNAVAILABLE:\s*(?P<reason>.*?)\s*\|?$")
 
 
@@ -299,7 +301,7 @@ class TritonServer:
 
     def _is_ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as response:
+            with _LOCAL.open(f"{self.http_url}/v2/health/ready", timeout=2) as response:
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
@@ -465,7 +467,7 @@ def _failures_from_index(http_url: str) -> dict[str, str]:
     """Models the running server reports as not ready, from `POST /v2/repository/index`."""
     request = urllib.request.Request(f"{http_url}/v2/repository/index", data=b"{}", method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=2) as response:
+        with _LOCAL.open(request, timeout=2) as response:
             index = json.loads(response.read())
     except (urllib.error.URLError, OSError, ValueError):
         return {}
