@@ -181,8 +181,11 @@ def write_nvfp4_checkpoint(
         full_config["num_hidden_layers"] = layers
 
     specs = qwen3_tensor_specs(
-        full_config, quantized=quantized, kv_cache_scales=kv_cache_quant_algo is not None,
-        scale_dtype=scale_dtype, exclude_modules=exclude_modules,
+        full_config,
+        quantized=quantized,
+        kv_cache_scales=kv_cache_quant_algo is not None,
+        scale_dtype=scale_dtype,
+        exclude_modules=exclude_modules,
     )
     for name, spec in (overrides or {}).items():
         if spec is None:
@@ -264,7 +267,10 @@ def write_tokenizer_files(dest: Path, config: Mapping[str, Any]) -> None:
     )
     _write_json(
         dest / "generation_config.json",
-        {"bos_token_id": vocab["<|endoftext|>"], "eos_token_id": [vocab["<|im_end|>"], vocab["<|endoftext|>"]]},
+        {
+            "bos_token_id": vocab["<|endoftext|>"],
+            "eos_token_id": [vocab["<|im_end|>"], vocab["<|endoftext|>"]],
+        },
     )
     (dest / "chat_template.jinja").write_text(CHAT_TEMPLATE)
 

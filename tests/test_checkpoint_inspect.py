@@ -56,7 +56,10 @@ def test_inspect_reads_architecture_quantization_and_sizes(qwen3_32b_info: Check
     assert info.quantization is not None and info.quantization.exclude_modules == ("lm_head",)
     assert info.num_layers == 64 and info.num_kv_heads == 8 and info.head_dim == 128
     # Packed U8 weights count two parameters a byte; scales are not parameters.
-    assert info.params_total == QWEN3_32B_LINEAR_PARAMS + 2 * QWEN3_32B_EMBED_PARAMS + 64 * (4 * 5120 // 2 + 256) + 5120
+    assert (
+        info.params_total
+        == QWEN3_32B_LINEAR_PARAMS + 2 * QWEN3_32B_EMBED_PARAMS + 64 * (4 * 5120 // 2 + 256) + 5120
+    )
     assert 32.7e9 < info.params_total < 32.8e9
     histogram = info.dtype_histogram()
     assert histogram["U8"] == {"tensors": 448, "bytes": QWEN3_32B_LINEAR_PARAMS // 2}
@@ -81,15 +84,34 @@ def test_inspect_of_a_20_gb_checkpoint_reads_only_headers(qwen3_32b: Path) -> No
 
 def test_inspect_json_has_the_documented_keys(qwen3_32b_info: CheckpointInfo) -> None:
     data = qwen3_32b_info.to_json()
-    for key in ("architecture", "dtype", "params_total", "quant_algo", "kv_cache_dtype", "exclude_modules",
-                "dtype_histogram", "weights_bytes", "hf_quant_config", "quantization_config", "problems"):
+    for key in (
+        "architecture",
+        "dtype",
+        "params_total",
+        "quant_algo",
+        "kv_cache_dtype",
+        "exclude_modules",
+        "dtype_histogram",
+        "weights_bytes",
+        "hf_quant_config",
+        "quantization_config",
+        "problems",
+    ):
         assert key in data
     json.dumps(data)
 
 
 def test_single_file_checkpoint_without_index(tmp_path: Path) -> None:
-    config = {**QWEN3_32B_CONFIG, "num_hidden_layers": 1, "hidden_size": 64, "intermediate_size": 128,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 100}
+    config = {
+        **QWEN3_32B_CONFIG,
+        "num_hidden_layers": 1,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "vocab_size": 100,
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     write_safetensors(tmp_path / "model.safetensors", {"model.embed_tokens.weight": ("BF16", [100, 64])})
     info = inspect_checkpoint(tmp_path)
@@ -143,7 +165,10 @@ def test_hub_id_unreachable_is_one_line_and_fast(monkeypatch: pytest.MonkeyPatch
     env.pop("https_proxy", None)
     done = subprocess.run(
         [sys.executable, "-m", "trtforge", "inspect", "nvidia/Qwen3-32B-NVFP4"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 1
     assert "cannot reach the Hugging Face hub" in done.stderr
@@ -161,7 +186,10 @@ def test_hub_id_offline_reads_the_cached_snapshot(tmp_path: Path) -> None:
     env.pop("HF_HUB_CACHE", None)
     done = subprocess.run(
         [sys.executable, "-m", "trtforge", "inspect", "nvidia/Qwen3-32B-NVFP4", "--json"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)

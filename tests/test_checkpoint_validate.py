@@ -44,15 +44,21 @@ def test_wrong_block_scale_shape_names_the_tensor_and_file(tmp_path: Path) -> No
 
 
 def test_unpacked_weight_with_scales_is_refused(tmp_path: Path) -> None:
-    ckpt = write_nvfp4_checkpoint(tmp_path / "c", tiny=True, overrides={f"{Q_PROJ}.weight": ("BF16", [256, 256])})
+    ckpt = write_nvfp4_checkpoint(
+        tmp_path / "c", tiny=True, overrides={f"{Q_PROJ}.weight": ("BF16", [256, 256])}
+    )
     (problem,) = _problems(ckpt)
     assert f"{Q_PROJ}.weight is BF16 [256, 256], NVFP4 needs U8 [N, K/2]" in problem
 
 
 def test_missing_or_wrong_global_scale(tmp_path: Path) -> None:
     ckpt = write_nvfp4_checkpoint(
-        tmp_path / "c", tiny=True,
-        overrides={f"{Q_PROJ}.weight_scale_2": None, "model.layers.0.mlp.up_proj.weight_scale_2": ("BF16", [])},
+        tmp_path / "c",
+        tiny=True,
+        overrides={
+            f"{Q_PROJ}.weight_scale_2": None,
+            "model.layers.0.mlp.up_proj.weight_scale_2": ("BF16", []),
+        },
     )
     problems = _problems(ckpt)
     assert any(f"{Q_PROJ}.weight_scale_2 is missing" in p for p in problems)
@@ -61,7 +67,9 @@ def test_missing_or_wrong_global_scale(tmp_path: Path) -> None:
 
 def test_missing_hf_quant_config_is_the_garbage_case(tmp_path: Path) -> None:
     ckpt = write_nvfp4_checkpoint(tmp_path / "c", tiny=True, hf_quant_config=False)
-    with pytest.raises(CheckpointError, match=r"hf_quant_config\.json is missing, but .*weight is NVFP4-packed"):
+    with pytest.raises(
+        CheckpointError, match=r"hf_quant_config\.json is missing, but .*weight is NVFP4-packed"
+    ):
         validate_checkpoint(inspect_checkpoint(ckpt))
 
 
@@ -75,7 +83,9 @@ def test_config_quantization_config_must_agree(tmp_path: Path) -> None:
 
 def test_requested_quantization_must_match_the_checkpoint(tmp_path: Path) -> None:
     ckpt = write_nvfp4_checkpoint(tmp_path / "c", tiny=True)
-    with pytest.raises(CheckpointError, match="requested quantization FP8 contradicts the checkpoint's NVFP4"):
+    with pytest.raises(
+        CheckpointError, match="requested quantization FP8 contradicts the checkpoint's NVFP4"
+    ):
         validate_checkpoint(inspect_checkpoint(ckpt), quantization="FP8")
 
 
@@ -87,11 +97,17 @@ def test_declared_nvfp4_without_packed_tensors(tmp_path: Path) -> None:
 
 
 def test_unsupported_architecture_names_config_json(tmp_path: Path) -> None:
-    ckpt = write_nvfp4_checkpoint(tmp_path / "c", tiny=True, config={"architectures": ["Qwen3MoeForCausalLM"]})
-    with pytest.raises(CheckpointError, match=r"config\.json: architecture Qwen3MoeForCausalLM: .*PyTorch backend"):
+    ckpt = write_nvfp4_checkpoint(
+        tmp_path / "c", tiny=True, config={"architectures": ["Qwen3MoeForCausalLM"]}
+    )
+    with pytest.raises(
+        CheckpointError, match=r"config\.json: architecture Qwen3MoeForCausalLM: .*PyTorch backend"
+    ):
         validate_checkpoint(inspect_checkpoint(ckpt))
     other = write_nvfp4_checkpoint(tmp_path / "d", tiny=True, config={"architectures": ["FancyNewLM"]})
-    assert _problems(other) == ["config.json: architecture FancyNewLM: not supported by the TensorRT-LLM engine flow"]
+    assert _problems(other) == [
+        "config.json: architecture FancyNewLM: not supported by the TensorRT-LLM engine flow"
+    ]
 
 
 def test_inspect_cli_lists_problems_and_exits_1(tmp_path: Path) -> None:

@@ -38,7 +38,9 @@ def test_gpus_command_without_driver_exits_with_one_line() -> None:
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "trtforge", "gpus"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "trtforge", "gpus"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 1
     assert "no NVIDIA driver found" in done.stderr
     assert "Traceback" not in done.stderr
@@ -68,7 +70,9 @@ def test_unparsable_arch_is_a_usage_error() -> None:
 
 @pytest.mark.parametrize("arch", ["sm90", "sm89", "sm80"])
 def test_nvfp4_refused_before_blackwell(arch: str) -> None:
-    with pytest.raises(GpuError, match=rf"NVFP4 needs compute capability ≥ 10\.0 \(Blackwell\); {arch}") as caught:
+    with pytest.raises(
+        GpuError, match=rf"NVFP4 needs compute capability ≥ 10\.0 \(Blackwell\); {arch}"
+    ) as caught:
         check_arch_supports(arch, "NVFP4")
     assert "\n" not in str(caught.value)
 

@@ -25,8 +25,14 @@ from trtforge.planner import (
 
 GB = 1000**3
 JSON_KEYS = (
-    "params_total", "weights_bytes", "engine_bytes_estimate", "kv_bytes_per_token", "kv_tokens_capacity",
-    "max_concurrent_sequences", "fits", "recommendation",
+    "params_total",
+    "weights_bytes",
+    "engine_bytes_estimate",
+    "kv_bytes_per_token",
+    "kv_tokens_capacity",
+    "max_concurrent_sequences",
+    "fits",
+    "recommendation",
 )
 
 
@@ -109,7 +115,9 @@ def test_rtx_5090_does_not_fit_batch_8_and_recommends_settings_that_do(info: Che
     # Every recommended setting really fits.
     memory = KNOWN_GPUS["RTX5090"].memory_bytes
     for alt in plan.alternatives:
-        settings = replace(PlanSettings(max_batch_size=8, max_seq_len=16384), **{alt["change"]: alt[alt["change"]]})
+        settings = replace(
+            PlanSettings(max_batch_size=8, max_seq_len=16384), **{alt["change"]: alt[alt["change"]]}
+        )
         assert plan_memory(info, settings, gpu_memory_bytes=memory).fits is True
     with pytest.raises(PlanError, match="does not fit on RTX5090: KV cache holds") as caught:
         require_fit(plan)
@@ -119,7 +127,9 @@ def test_rtx_5090_does_not_fit_batch_8_and_recommends_settings_that_do(info: Che
 def test_bf16_kv_cache_recommends_fp8(tmp_path: Path) -> None:
     bf16_kv = inspect_checkpoint(write_nvfp4_checkpoint(tmp_path / "c", kv_cache_quant_algo=None))
     assert bf16_kv.kv_cache_dtype == "BF16"
-    plan = plan_memory(bf16_kv, PlanSettings(max_batch_size=4), gpu_memory_bytes=KNOWN_GPUS["RTX5090"].memory_bytes)
+    plan = plan_memory(
+        bf16_kv, PlanSettings(max_batch_size=4), gpu_memory_bytes=KNOWN_GPUS["RTX5090"].memory_bytes
+    )
     assert plan.kv_bytes_per_token == 262144
     assert plan.fits is False
     assert {"change": "kv_cache_dtype", "kv_cache_dtype": "FP8"} in plan.alternatives

@@ -38,7 +38,9 @@ def test_no_gpu_and_no_arch_skips_the_arch_check(qwen3_32b: Path) -> None:
 
 
 def test_hopper_is_refused_in_one_line(qwen3_32b: Path) -> None:
-    with pytest.raises(GpuError, match=r"q32: NVFP4 needs compute capability ≥ 10\.0 \(Blackwell\); sm90") as caught:
+    with pytest.raises(
+        GpuError, match=r"q32: NVFP4 needs compute capability ≥ 10\.0 \(Blackwell\); sm90"
+    ) as caught:
         preflight_build(_entry(qwen3_32b), model_dir=None, gpu_arch="sm90", force=False)
     assert "\n" not in str(caught.value)
 
@@ -46,7 +48,10 @@ def test_hopper_is_refused_in_one_line(qwen3_32b: Path) -> None:
 def test_force_turns_refusals_into_warnings(qwen3_32b: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="trtforge.preflight"):
         report = preflight_build(
-            _entry(qwen3_32b), model_dir=None, gpu_arch="sm90", force=True,
+            _entry(qwen3_32b),
+            model_dir=None,
+            gpu_arch="sm90",
+            force=True,
             gpu_memory_bytes=KNOWN_GPUS["RTX5090"].memory_bytes,
         )
     assert len(report.warnings) == 2
@@ -77,11 +82,17 @@ def test_requested_quantization_contradiction(tmp_path: Path) -> None:
 def test_declared_memory_that_does_not_fit_is_refused(qwen3_32b: Path) -> None:
     with pytest.raises(PlanError, match=r"does not fit on the declared GPU: .* fits with --max-batch-size 4"):
         preflight_build(
-            _entry(qwen3_32b), model_dir=None, gpu_arch="sm120", force=False,
+            _entry(qwen3_32b),
+            model_dir=None,
+            gpu_arch="sm120",
+            force=False,
             gpu_memory_bytes=KNOWN_GPUS["RTX5090"].memory_bytes,
         )
     report = preflight_build(
-        _entry(qwen3_32b, max_batch_size=4), model_dir=None, gpu_arch="sm120", force=False,
+        _entry(qwen3_32b, max_batch_size=4),
+        model_dir=None,
+        gpu_arch="sm120",
+        force=False,
         gpu_memory_bytes=KNOWN_GPUS["RTX5090"].memory_bytes,
     )
     assert report.plan is not None and report.plan.fits is True

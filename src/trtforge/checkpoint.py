@@ -41,19 +41,47 @@ SINGLE_FILE = "model.safetensors"
 
 # Bits per element of every safetensors dtype (F4 and the F6s are packed, hence bits, not bytes).
 DTYPE_BITS: dict[str, int] = {
-    "BOOL": 8, "U8": 8, "I8": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
-    "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "I64": 64, "U64": 64, "F64": 64,
+    "BOOL": 8,
+    "U8": 8,
+    "I8": 8,
+    "F8_E4M3": 8,
+    "F8_E5M2": 8,
+    "F8_E8M0": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "I64": 64,
+    "U64": 64,
+    "F64": 64,
 }
 TORCH_DTYPE_NAMES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32", "half": "F16", "float": "F32"}
 
 # Architectures the TensorRT-engine flow (`trtllm-bench build`, `tensorrt_llm._tensorrt_engine.LLM`) can build
 # from a Hugging Face checkpoint. Qwen3 dense joined around July 2025 (PR #5650); Qwen3-MoE did not (reference §3).
-SUPPORTED_ARCHITECTURES: frozenset[str] = frozenset({
-    "LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM",
-    "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-    "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM",
-    "Phi3ForCausalLM", "NemotronForCausalLM", "DeciLMForCausalLM", "FalconForCausalLM", "GPT2LMHeadModel",
-})
+SUPPORTED_ARCHITECTURES: frozenset[str] = frozenset(
+    {
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "MixtralForCausalLM",
+        "Qwen2ForCausalLM",
+        "Qwen3ForCausalLM",
+        "GemmaForCausalLM",
+        "Gemma2ForCausalLM",
+        "Gemma3ForCausalLM",
+        "Phi3ForCausalLM",
+        "NemotronForCausalLM",
+        "DeciLMForCausalLM",
+        "FalconForCausalLM",
+        "GPT2LMHeadModel",
+    }
+)
 UNSUPPORTED_HINTS: dict[str, str] = {
     "Qwen3MoeForCausalLM": "Qwen3-MoE runs only on the PyTorch backend, not the TensorRT engine flow",
     "DeepseekV3ForCausalLM": "DeepSeek-V3 runs only on the PyTorch backend, not the TensorRT engine flow",
@@ -134,8 +162,12 @@ class CheckpointInfo:
     @property
     def dtype(self) -> str:
         """The unquantized dtype (config's `torch_dtype`/`dtype`), as a safetensors dtype name."""
-        raw = str(self.config.get("torch_dtype") or self.text_config.get("torch_dtype")
-                  or self.config.get("dtype") or "bfloat16")
+        raw = str(
+            self.config.get("torch_dtype")
+            or self.text_config.get("torch_dtype")
+            or self.config.get("dtype")
+            or "bfloat16"
+        )
         return TORCH_DTYPE_NAMES.get(raw.removeprefix("torch."), raw.upper())
 
     def dim(self, key: str) -> int:
@@ -282,7 +314,9 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
                 raise CheckpointError(f"{path}: not a safetensors file (shorter than 8 bytes)")
             (length,) = struct.unpack("<Q", head)
             if length > 100 * 1024 * 1024:
-                raise CheckpointError(f"{path}: not a safetensors file (header length {length} is implausible)")
+                raise CheckpointError(
+                    f"{path}: not a safetensors file (header length {length} is implausible)"
+                )
             raw = f.read(length)
             size = os.fstat(f.fileno()).st_size
     except FileNotFoundError:
@@ -311,9 +345,13 @@ def _tensors_from_header(header: Mapping[str, Any], file_name: str) -> list[Tens
         if name == "__metadata__":
             continue
         try:
-            tensors.append(TensorInfo(name, str(meta["dtype"]), tuple(int(d) for d in meta["shape"]), file_name))
+            tensors.append(
+                TensorInfo(name, str(meta["dtype"]), tuple(int(d) for d in meta["shape"]), file_name)
+            )
         except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{file_name}: tensor {name!r} has no valid dtype/shape in the header") from None
+            raise CheckpointError(
+                f"{file_name}: tensor {name!r} has no valid dtype/shape in the header"
+            ) from None
     return tensors
 
 
@@ -525,7 +563,9 @@ def _hub_error(repo_id: str, exc: Exception) -> CheckpointError:
             f"{repo_id}: cannot reach the Hugging Face hub ({type(exc).__name__}); "
             "check the network, or set HF_HUB_OFFLINE=1 to use the cache, or pass a local checkpoint directory"
         )
-    return CheckpointError(f"{repo_id}: reading from the Hugging Face hub failed: {type(exc).__name__}: {exc}")
+    return CheckpointError(
+        f"{repo_id}: reading from the Hugging Face hub failed: {type(exc).__name__}: {exc}"
+    )
 
 
 # -- validation -------------------------------------------------------------------------------------------
@@ -614,7 +654,9 @@ def _check_nvfp4_layout(info: CheckpointInfo) -> list[str]:
         n, half_k = weight.shape
         expected = (n, half_k // 8)  # K/16 with K = 2 × half_k
         if scale.dtype != "F8_E4M3":
-            problems.append(f"{scale.name} is {scale.dtype}, NVFP4 block scales must be F8_E4M3 ({scale.file})")
+            problems.append(
+                f"{scale.name} is {scale.dtype}, NVFP4 block scales must be F8_E4M3 ({scale.file})"
+            )
         elif scale.shape != expected:
             problems.append(
                 f"{scale.name} has shape {list(scale.shape)}, expected {list(expected)} for "

@@ -137,7 +137,9 @@ def detect_gpus() -> list[GpuInfo]:
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError_LibraryNotFound:
-        raise GpuError("no NVIDIA driver found (NVML library not loadable): no GPU to build or run on") from None
+        raise GpuError(
+            "no NVIDIA driver found (NVML library not loadable): no GPU to build or run on"
+        ) from None
     except pynvml.NVMLError as exc:
         raise GpuError(f"NVIDIA driver present but NVML failed to initialise: {exc}") from None
     try:
@@ -208,14 +210,25 @@ def check_arch_supports(arch: str, quantization: str | None) -> None:
 
 
 _SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
-    "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
 }
 
 
 def parse_memory_size(text: str) -> int:
-    """"32GiB" → 34359738368, "96GB" → 96·10⁹, "183359MiB", or plain bytes."""
+    """ "32GiB" → 34359738368, "96GB" → 96·10⁹, "183359MiB", or plain bytes."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _SIZE_UNITS:

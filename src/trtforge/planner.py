@@ -147,7 +147,9 @@ def engine_parts(info: CheckpointInfo, tp_size: int) -> tuple[EnginePart, ...]:
     for role in sorted(totals, key=order.index):
         count, params, nbytes = totals[role]
         split = SPLIT_BY_TP[role]  # type: ignore[index]
-        parts.append(EnginePart(role, count, params, nbytes, math.ceil(nbytes / tp_size) if split else nbytes, split))
+        parts.append(
+            EnginePart(role, count, params, nbytes, math.ceil(nbytes / tp_size) if split else nbytes, split)
+        )
     return tuple(parts)
 
 
@@ -213,8 +215,15 @@ def _plan_core(info: CheckpointInfo, settings: PlanSettings, gpu_memory_bytes: i
     per_token = kv_bytes_per_token(info, tp_size=settings.tp_size, kv_cache_dtype=settings.kv_cache_dtype)
     reserve = reserve_bytes(info, settings)
     result: dict[str, Any] = {
-        "parts": parts, "engine": engine, "kv_per_token": per_token, "reserve": reserve,
-        "kv_cache": None, "capacity": None, "sequences": None, "fits": None, "weights_fit": None,
+        "parts": parts,
+        "engine": engine,
+        "kv_per_token": per_token,
+        "reserve": reserve,
+        "kv_cache": None,
+        "capacity": None,
+        "sequences": None,
+        "fits": None,
+        "weights_fit": None,
     }
     if gpu_memory_bytes is None:
         return result
@@ -223,7 +232,10 @@ def _plan_core(info: CheckpointInfo, settings: PlanSettings, gpu_memory_bytes: i
     capacity = kv_cache // per_token
     sequences = capacity // settings.max_seq_len
     result.update(
-        kv_cache=kv_cache, capacity=capacity, sequences=sequences, weights_fit=free > 0,
+        kv_cache=kv_cache,
+        capacity=capacity,
+        sequences=sequences,
+        weights_fit=free > 0,
         fits=free > 0 and sequences >= settings.max_batch_size,
     )
     return result
@@ -249,7 +261,11 @@ def _alternatives(
         if KV_DTYPE_BYTES.get(current_kv, 2) > 1 and fits(replace(settings, kv_cache_dtype="FP8")):
             found.append({"change": "kv_cache_dtype", "kv_cache_dtype": "FP8"})
     for tp in TP_CHOICES:
-        if tp > settings.tp_size and info.num_attention_heads % tp == 0 and fits(replace(settings, tp_size=tp)):
+        if (
+            tp > settings.tp_size
+            and info.num_attention_heads % tp == 0
+            and fits(replace(settings, tp_size=tp))
+        ):
             found.append({"change": "tp_size", "tp_size": tp})
             break
     return found

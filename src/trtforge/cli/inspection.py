@@ -35,7 +35,9 @@ def _gb(size: int | None) -> str:
 def inspect(
     model: Annotated[str, typer.Argument(help="Checkpoint directory or Hugging Face hub id (org/name).")],
     revision: Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit).")] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the inspection as JSON on stdout.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the inspection as JSON on stdout.")
+    ] = False,
 ) -> None:
     """Describe a checkpoint from its configs and safetensors headers (no weights loaded); exit 1 on problems."""
     info = inspect_checkpoint(model, revision=revision)
@@ -56,9 +58,11 @@ def _print_inspection(info: CheckpointInfo, problems: list[str]) -> None:
     rows = [
         ("architecture", info.architecture),
         ("dtype", info.dtype),
-        ("layers / heads / kv heads / head_dim",
-         f"{info.text_config.get('num_hidden_layers')} / {info.text_config.get('num_attention_heads')} / "
-         f"{info.text_config.get('num_key_value_heads')} / {info.text_config.get('head_dim')}"),
+        (
+            "layers / heads / kv heads / head_dim",
+            f"{info.text_config.get('num_hidden_layers')} / {info.text_config.get('num_attention_heads')} / "
+            f"{info.text_config.get('num_key_value_heads')} / {info.text_config.get('head_dim')}",
+        ),
         ("parameters", f"{info.params_total / 1e9:,.2f} B ({info.params_total:,})"),
         ("quantization", f"{info.quant_algo or 'none'}" + (f" (from {quant.source})" if quant else "")),
         ("KV cache dtype", info.kv_cache_dtype),
@@ -86,15 +90,23 @@ def _print_inspection(info: CheckpointInfo, problems: list[str]) -> None:
 @app.command()
 def plan(
     name_or_model: Annotated[
-        str, typer.Argument(help="Catalogue entry name, checkpoint directory or hub id.", metavar="NAME|MODEL")
+        str,
+        typer.Argument(help="Catalogue entry name, checkpoint directory or hub id.", metavar="NAME|MODEL"),
     ],
     gpu: Annotated[
-        str | None, typer.Option(help=f"Plan for a known GPU: {', '.join(KNOWN_GPUS)} (default: NVML's GPU 0).")
+        str | None,
+        typer.Option(help=f"Plan for a known GPU: {', '.join(KNOWN_GPUS)} (default: NVML's GPU 0)."),
     ] = None,
     gpu_memory: Annotated[str | None, typer.Option(help="Plan for this much GPU memory, e.g. 32GiB.")] = None,
-    max_batch_size: Annotated[int | None, typer.Option(help="Default: the catalogue entry's, else 8.")] = None,
-    max_seq_len: Annotated[int | None, typer.Option(help="Default: the catalogue entry's, else 16384.")] = None,
-    max_num_tokens: Annotated[int | None, typer.Option(help="Default: the catalogue entry's, else 8192.")] = None,
+    max_batch_size: Annotated[
+        int | None, typer.Option(help="Default: the catalogue entry's, else 8.")
+    ] = None,
+    max_seq_len: Annotated[
+        int | None, typer.Option(help="Default: the catalogue entry's, else 16384.")
+    ] = None,
+    max_num_tokens: Annotated[
+        int | None, typer.Option(help="Default: the catalogue entry's, else 8192.")
+    ] = None,
     tp_size: Annotated[int | None, typer.Option(help="Default: the catalogue entry's, else 1.")] = None,
     kv_cache_free_gpu_mem_fraction: Annotated[
         float, typer.Option(help="Share of the memory left after weights that the KV cache takes.")
@@ -165,30 +177,51 @@ def _print_plan(result: MemoryPlan, arch_problem: str | None) -> None:
     for part in result.parts:
         split = "" if part.split_by_tp or s.tp_size == 1 else " (replicated)"
         parts.add_row(
-            part.role + split, f"{part.tensors:,}", f"{part.params / 1e9:,.2f} B",
-            _gb(part.bytes_total), _gb(part.bytes_per_rank),
+            part.role + split,
+            f"{part.tensors:,}",
+            f"{part.params / 1e9:,.2f} B",
+            _gb(part.bytes_total),
+            _gb(part.bytes_per_rank),
         )
-    parts.add_row("[bold]engine estimate[/]", "", f"{result.params_total / 1e9:,.2f} B",
-                  _gb(result.weights_bytes), f"[bold]{_gb(result.engine_bytes_estimate)}[/]")
+    parts.add_row(
+        "[bold]engine estimate[/]",
+        "",
+        f"{result.params_total / 1e9:,.2f} B",
+        _gb(result.weights_bytes),
+        f"[bold]{_gb(result.engine_bytes_estimate)}[/]",
+    )
     console.print(parts)
 
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
-    gpu = result.gpu_name or ("declared memory" if result.gpu_memory_bytes else "unknown (no NVML; use --gpu)")
+    gpu = result.gpu_name or (
+        "declared memory" if result.gpu_memory_bytes else "unknown (no NVML; use --gpu)"
+    )
     rows = [
         ("GPU", f"{gpu} ({_gb(result.gpu_memory_bytes)})"),
-        ("settings", f"max_batch_size {s.max_batch_size}, max_seq_len {s.max_seq_len}, "
-                     f"max_num_tokens {s.max_num_tokens}, kv fraction {s.kv_cache_free_gpu_mem_fraction}"),
+        (
+            "settings",
+            f"max_batch_size {s.max_batch_size}, max_seq_len {s.max_seq_len}, "
+            f"max_num_tokens {s.max_num_tokens}, kv fraction {s.kv_cache_free_gpu_mem_fraction}",
+        ),
         ("KV bytes / token / rank", f"{result.kv_bytes_per_token:,} ({result.kv_cache_dtype})"),
         ("runtime + activation reserve", _gb(result.reserve_bytes)),
         ("KV cache", _gb(result.kv_cache_bytes)),
         ("KV tokens", "—" if result.kv_tokens_capacity is None else f"{result.kv_tokens_capacity:,}"),
-        ("concurrent max_seq_len sequences", str(result.max_concurrent_sequences or 0)
-         if result.max_concurrent_sequences is not None else "—"),
-        ("trtllm-bench heuristic", f"engine {_gb(result.trtllm_bench['engine_bytes_estimate'])}"
-         + (f", {result.trtllm_bench['max_concurrent_sequences']} sequences"
-            if "max_concurrent_sequences" in result.trtllm_bench else "")),
+        (
+            "concurrent max_seq_len sequences",
+            str(result.max_concurrent_sequences or 0) if result.max_concurrent_sequences is not None else "—",
+        ),
+        (
+            "trtllm-bench heuristic",
+            f"engine {_gb(result.trtllm_bench['engine_bytes_estimate'])}"
+            + (
+                f", {result.trtllm_bench['max_concurrent_sequences']} sequences"
+                if "max_concurrent_sequences" in result.trtllm_bench
+                else ""
+            ),
+        ),
     ]
     for key, value in rows:
         table.add_row(key, escape(value))
@@ -205,7 +238,9 @@ def _print_plan(result: MemoryPlan, arch_problem: str | None) -> None:
 
 @app.command()
 def gpus(
-    known: Annotated[bool, typer.Option("--known", help="List the GPUs trtforge knows instead of NVML's.")] = False,
+    known: Annotated[
+        bool, typer.Option("--known", help="List the GPUs trtforge knows instead of NVML's.")
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The GPUs NVML sees (name, compute capability, memory, driver); one-line error without a driver."""
@@ -223,7 +258,10 @@ def gpus(
     for column in rows[0]:
         table.add_column(column)
     for row in rows:
-        table.add_row(*(
-            _gb(v) if k.startswith("memory") and isinstance(v, int) else escape(str(v)) for k, v in row.items()
-        ))
+        table.add_row(
+            *(
+                _gb(v) if k.startswith("memory") and isinstance(v, int) else escape(str(v))
+                for k, v in row.items()
+            )
+        )
     console.print(table)
