@@ -81,13 +81,13 @@ def build(
             )
     except BuildFailedError as exc:
         # One line saying why, then the log tail, then where the whole log is.
-        console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         if exc.log_tail:
             console.print(f"[dim]--- last lines of {escape(str(exc.log_path))} ---[/]")
             console.print(escape(exc.log_tail), markup=False)
             console.print(f"[dim]--- full log: {escape(str(exc.log_path))} ---[/]")
         raise typer.Exit(exc.exit_code) from None
-    console.print(f"{'cached' if result.cached else 'built'}: {escape(str(result.path))}")
+    console.print(f"{'cached' if result.cached else 'built'}: {escape(str(result.path))}", soft_wrap=True)
     if json_output:
         print_json(result.to_json())
     else:
@@ -171,7 +171,7 @@ def link(
     """Point a name at an engine directory (atomic replacement of any old link)."""
     target = resolve_engine(path)
     link_path = link_engine(name, target)
-    console.print(f"{escape(str(link_path))} -> {escape(str(target))}")
+    console.print(f"{escape(str(link_path))} -> {escape(str(target))}", soft_wrap=True)
 
 
 @app.command()
@@ -179,7 +179,9 @@ def verify(name_or_path: Annotated[str, typer.Argument(help="Linked name or engi
     """Check every file of an engine against its manifest; non-zero exit on any missing or changed file."""
     report = verify_engine(name_or_path)
     note = "" if report.has_manifest else " (no manifest: structure only)"
-    console.print(f"[green]ok[/] {escape(str(report.path))}: {report.checked_files} files{note}")
+    console.print(
+        f"[green]ok[/] {escape(str(report.path))}: {report.checked_files} files{note}", soft_wrap=True
+    )
 
 
 @app.command()
