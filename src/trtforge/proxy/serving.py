@@ -204,7 +204,7 @@ class OpenAIServing:
         count = 0
         saw_eos = False
         started = time.monotonic()
-        finish: FinishReason = "stop"
+        outcome = "aborted"  # until a finish reason is known: client gone, error, server shutdown
         tokens = self.backend.generate(gen)
         try:
             async for ids in tokens:
@@ -215,6 +215,7 @@ class OpenAIServing:
                     saw_eos = True
                 check = stops.feed(detok.add(ids))
                 if check.stopped:
+                    outcome = "stop (stop string)"
                     yield TextDelta(check.text, count, "stop")
                     return
                 if check.text:
@@ -222,17 +223,19 @@ class OpenAIServing:
                 if saw_eos:
                     break
             check = stops.feed(detok.flush())
+            finish: FinishReason = "length" if count >= gen.max_tokens and not saw_eos else "stop"
             if check.stopped:
-                yield TextDelta(check.text, count, "stop")
-                return
-            finish = "length" if count >= gen.max_tokens and not saw_eos else "stop"
-            yield TextDelta(check.text + stops.flush(), count, finish)
+                outcome, finish, text = "stop (stop string)", "stop", check.text
+            else:
+                outcome, text = finish, check.text + stops.flush()
+            yield TextDelta(text, count, finish)
         finally:
             # Closing the token stream cancels the Triton request if it is still running.
             await tokens.aclose()  # type: ignore[attr-defined]
             logger.info(
-                "request %s: %d prompt tokens, %d completion tokens, %.3f s",
+                "request %s %s: %d prompt tokens, %d completion tokens, %.3f s",
                 gen.request_id,
+                outcome,
                 prepared.prompt_tokens,
                 count,
                 time.monotonic() - started,

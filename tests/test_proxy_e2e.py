@@ -1,0 +1,229 @@
+"""The proxy end to end: a real tritonserver serving the reference `tensorrt_llm` model with the tiny engine,
+the proxy on a free port, driven by the official `openai` SDK (and curl for the raw SSE framing)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from conftest import free_port
+from proxy_fixtures import serve_in_thread
+from trtforge.engine import EngineInfo, read_engine
+from trtforge.proxy import ProxySettings, make_server
+from trtforge.proxy.tokenizer import ProxyTokenizer
+from trtforge.reference.tiny import write_tiny_engine
+from trtforge.triton.repository import write_model_repository
+from trtforge.triton.server import TritonServer
+
+pytestmark = pytest.mark.triton
+
+MODEL = "tiny"
+MAX_SEQ_LEN = 256
+HELLO = [{"role": "user", "content": "Hello! How are you?"}]
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tmp_path_factory: pytest.TempPathFactory) -> EngineInfo:
+    dest = tmp_path_factory.mktemp("tiny-engine")
+    write_tiny_engine(dest, max_batch_size=4, max_seq_len=MAX_SEQ_LEN, max_num_tokens=MAX_SEQ_LEN)
+    return read_engine(dest)
+
+
+@pytest.fixture(scope="module")
+def triton(tiny_engine: EngineInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    root = tmp_path_factory.mktemp("triton")
+    repository = write_model_repository(tiny_engine, root / "repository")
+    server = TritonServer(
+        repository,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_path=root / "tritonserver.log",
+    )
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_engine: EngineInfo, triton: TritonServer) -> Iterator[str]:
+    settings = ProxySettings.from_engine(MODEL, tiny_engine, triton.grpc_url)
+    with serve_in_thread(make_server(settings, port=free_port(), log_level="warning")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def sdk(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0, timeout=120)
+
+
+def _stream_chat(
+    sdk: openai.OpenAI, **kwargs: object
+) -> tuple[list[openai.types.chat.ChatCompletionChunk], str]:
+    chunks = list(sdk.chat.completions.create(model=MODEL, messages=HELLO, stream=True, **kwargs))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return chunks, text
+
+
+def test_models_and_health(sdk: openai.OpenAI, base_url: str) -> None:
+    assert [m.id for m in sdk.models.list()] == [MODEL]
+    assert httpx.get(f"{base_url}/health").json() == {"status": "ok"}
+
+
+def test_chat_greedy_stops_at_eos_and_streams_the_same_text(
+    sdk: openai.OpenAI, tiny_engine: EngineInfo
+) -> None:
+    whole = sdk.chat.completions.create(model=MODEL, messages=HELLO, temperature=0)
+    choice = whole.choices[0]
+    assert choice.finish_reason == "stop"
+    assert choice.message.role == "assistant" and choice.message.content
+    assert "<|im_end|>" not in choice.message.content and "\ufffd" not in choice.message.content
+    prompt_ids = ProxyTokenizer.load(tiny_engine.tokenizer_dir).render_chat(HELLO)
+    assert whole.usage is not None and whole.usage.prompt_tokens == len(prompt_ids)
+    assert 0 < whole.usage.completion_tokens < MAX_SEQ_LEN - len(prompt_ids)
+
+    chunks, text = _stream_chat(sdk, temperature=0, stream_options={"include_usage": True})
+    assert text == choice.message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (
+        whole.usage.prompt_tokens,
+        whole.usage.completion_tokens,
+    )
+
+
+def test_max_tokens_cuts_with_finish_reason_length(sdk: openai.OpenAI) -> None:
+    whole = sdk.chat.completions.create(model=MODEL, messages=HELLO, temperature=0, max_completion_tokens=3)
+    assert whole.choices[0].finish_reason == "length"
+    assert whole.usage is not None and whole.usage.completion_tokens == 3
+    chunks, text = _stream_chat(sdk, temperature=0, max_tokens=3)
+    assert text == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+
+
+def test_completions_streamed_and_not(sdk: openai.OpenAI) -> None:
+    prompt = "The quick brown fox"
+    whole = sdk.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=12)
+    assert whole.choices[0].finish_reason in ("length", "stop")
+    assert whole.usage is not None and 0 < whole.usage.completion_tokens <= 12
+    if whole.choices[0].finish_reason == "length":
+        assert whole.usage.completion_tokens == 12
+    streamed = list(
+        sdk.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=12, stream=True)
+    )
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == whole.choices[0].text
+    assert streamed[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+    by_ids = sdk.completions.create(
+        model=MODEL, prompt=[int(i) for i in range(10, 20)], temperature=0, max_tokens=4
+    )
+    assert by_ids.usage is not None and by_ids.usage.prompt_tokens == 10
+
+
+def test_stop_string_truncates_and_finishes(sdk: openai.OpenAI) -> None:
+    full = (
+        sdk.chat.completions.create(model=MODEL, messages=HELLO, temperature=0).choices[0].message.content
+        or ""
+    )
+    assert len(full) >= 4, full
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    expected = full[: full.index(stop)]
+    for stream in (False, True):
+        if stream:
+            chunks, text = _stream_chat(sdk, temperature=0, stop=[stop])
+            finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+        else:
+            whole = sdk.chat.completions.create(model=MODEL, messages=HELLO, temperature=0, stop=stop)
+            text, finish = whole.choices[0].message.content, whole.choices[0].finish_reason
+        assert (text, finish) == (expected, "stop")
+
+
+def test_bad_requests_get_openai_errors_and_the_next_request_works(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError):
+        sdk.chat.completions.create(model=MODEL, messages=HELLO, temperature=-1)
+    with pytest.raises(openai.BadRequestError):
+        sdk.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=10 * MAX_SEQ_LEN)
+    with pytest.raises(openai.NotFoundError):
+        sdk.chat.completions.create(model="not-served", messages=HELLO)
+    ok = sdk.chat.completions.create(model=MODEL, messages=HELLO, temperature=0, max_tokens=2)
+    assert ok.usage is not None and ok.usage.completion_tokens == 2
+
+
+def test_unknown_fields_and_template_kwargs_are_accepted(sdk: openai.OpenAI) -> None:
+    response = sdk.chat.completions.create(
+        model=MODEL,
+        messages=HELLO,
+        temperature=0,
+        max_tokens=4,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}, "some_unknown_field": 1, "top_k": 5},
+    )
+    assert response.choices[0].finish_reason in ("stop", "length")
+
+
+def test_curl_sees_sse_framing(base_url: str) -> None:
+    assert shutil.which("curl"), "curl is part of the test environment"
+    body = {"model": MODEL, "messages": HELLO, "temperature": 0, "max_tokens": 5, "stream": True}
+    result = subprocess.run(
+        [
+            "curl",
+            "-sN",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            json.dumps(body),
+            f"{base_url}/v1/chat/completions",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    frames = result.stdout.split("\n\n")
+    assert frames[-1] == "" and frames[-2] == "data: [DONE]"
+    payloads = [json.loads(f.removeprefix("data: ")) for f in frames[:-2]]
+    assert all(f.startswith("data: ") for f in frames[:-1])
+    assert payloads[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert payloads[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_client_disconnect_cancels_the_generation(
+    sdk: openai.OpenAI, base_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trtforge.proxy.serving")
+    max_tokens = 200
+    body = {"model": MODEL, "prompt": "The quick brown fox", "temperature": 0, "stream": True}
+    payload = json.dumps({**body, "max_tokens": max_tokens, "min_tokens": max_tokens}).encode()
+    host, port = base_url.removeprefix("http://").split(":")
+    request = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(request)
+        received = b""
+        while b"data: " not in received:  # the headers may come alone, then the first frame
+            chunk = conn.recv(4096)
+            assert chunk, "the proxy closed the stream before the first frame"
+            received += chunk
+    # The proxy notices at once, stops reading and cancels the Triton call.
+    deadline = time.monotonic() + 10
+    aborted: list[str] = []
+    while not aborted and time.monotonic() < deadline:
+        aborted = [r.getMessage() for r in caplog.records if " aborted: " in r.getMessage()]
+        time.sleep(0.05)
+    assert aborted, "the proxy did not abort the generation"
+    count = int(aborted[0].split(" completion tokens")[0].rsplit(" ", 1)[1])
+    assert count < max_tokens
+    ok = sdk.completions.create(model=MODEL, prompt="fox", temperature=0, max_tokens=2)
+    assert ok.usage is not None and ok.usage.completion_tokens == 2
