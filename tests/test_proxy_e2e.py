@@ -92,6 +92,7 @@ def test_chat_greedy_stops_at_eos_and_streams_the_same_text(
 
     chunks, text = _stream_chat(sdk, temperature=0, stream_options={"include_usage": True})
     assert text == choice.message.content
+    assert not any("\ufffd" in (c.choices[0].delta.content or "") for c in chunks if c.choices)
     assert chunks[0].choices[0].delta.role == "assistant"
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == ["stop"]
