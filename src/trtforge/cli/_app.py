@@ -18,7 +18,7 @@ app = typer.Typer(
 )
 
 # Human output goes to stderr so that stdout stays clean for data (paths, --json).
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def print_json(data: Any) -> None:

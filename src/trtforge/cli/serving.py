@@ -1,5 +1,180 @@
-"""Commands registered on the shared app (see cli/__init__.py)."""
+"""`trtforge serve`, `proxy` and `up`: run Triton, the OpenAI proxy, or both, for one engine."""
 
 from __future__ import annotations
 
-from trtforge.cli._app import app  # noqa: F401
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.markup import escape
+
+from trtforge import constants
+from trtforge.catalog import load_catalog
+from trtforge.cli._app import app, console
+from trtforge.engine import EngineInfo, read_engine
+from trtforge.proxy.app import ProxyStartError, make_server
+from trtforge.proxy.settings import ProxySettings
+from trtforge.stack import TritonPorts, curl_example, prepare_triton
+from trtforge.store import resolve_engine
+from trtforge.triton import TritonServer, stop_on_signals
+
+NameArg = Annotated[
+    str, typer.Argument(help="Engine name (a catalogue entry or a link) or an engine directory.")
+]
+GrpcPort = Annotated[int, typer.Option("--triton-grpc-port", help="Triton gRPC port.")]
+HttpPort = Annotated[int, typer.Option("--triton-http-port", help="Triton HTTP port.")]
+MetricsPort = Annotated[int, typer.Option("--triton-metrics-port", help="Triton metrics port.")]
+ReadyTimeout = Annotated[
+    float, typer.Option("--ready-timeout", help="Seconds to wait for Triton to be ready.")
+]
+ProxyPort = Annotated[int, typer.Option("--port", help="Port of the OpenAI-compatible proxy.")]
+ProxyHost = Annotated[str, typer.Option("--host", help="Address the proxy binds (default loopback only).")]
+
+
+def _start_triton(
+    name: str, engine: EngineInfo, server: TritonServer, ports: TritonPorts, ready_timeout_s: float
+) -> None:
+    console.print(
+        f"starting tritonserver for [bold]{escape(name)}[/] ({engine.backend} backend, "
+        f"world size {engine.world_size}); log: {server.log_path}"
+    )
+    server.start()
+    started = time.monotonic()
+    server.wait_ready(timeout_s=ready_timeout_s)
+    console.print(
+        f"tritonserver ready in {time.monotonic() - started:.1f} s: "
+        f"gRPC 127.0.0.1:{ports.grpc}, HTTP 127.0.0.1:{ports.http}, metrics 127.0.0.1:{ports.metrics}"
+    )
+
+
+def _engine_for(name: str, *, build: bool) -> Path:
+    """The engine directory for `name`: built (or found cached) when the catalogue knows it and `build`."""
+    if build and name in load_catalog():
+        from trtforge.build.pipeline import ensure_engine
+        from trtforge.cli.engines import _build_progress as build_progress
+
+        with build_progress(name) as progress:
+            result = ensure_engine(name, progress=progress)
+        console.print(f"engine {'(cached)' if result.cached else 'built'}: {result.path}")
+        return result.path
+    return resolve_engine(name)
+
+
+def _watch_triton(server: TritonServer, proxy: uvicorn.Server) -> None:
+    """Stop the proxy when tritonserver dies under it, so `up` never serves 503s forever."""
+    while not proxy.should_exit:
+        if server.wait(timeout_s=1.0) is not None:
+            console.print(f"[bold red]error:[/] tritonserver exited unexpectedly; log: {server.log_path}")
+            proxy.should_exit = True
+            return
+
+
+def _demo_request(proxy: uvicorn.Server, port: int, model: str) -> None:
+    """Once the proxy listens, send one chat request and print the reply and a curl line."""
+    deadline = time.monotonic() + 60
+    while not proxy.started and time.monotonic() < deadline and not proxy.should_exit:
+        time.sleep(0.1)
+    if not proxy.started:
+        return
+    body = {"model": model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 32}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            reply = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        console.print(f"[bold red]demo request failed:[/] {escape(str(exc))}")
+        return
+    choice = reply["choices"][0]
+    console.print("\n[bold]user:[/] Hello")
+    console.print(f"[bold]{escape(model)}:[/] {escape(choice['message'].get('content') or '')}")
+    console.print(
+        f"[dim](finish_reason={choice['finish_reason']}, usage={reply['usage']}; "
+        f"`{escape(model)}` is a smoke model trained on a few sentences, not a real assistant)[/]"
+    )
+    console.print("\nTry it yourself:")
+    print(curl_example(port, model), flush=True)  # stdout, unwrapped: ready to paste
+    console.print("\nServing until Ctrl-C.")
+
+
+def _run_proxy(server: uvicorn.Server, name: str, host: str, port: int) -> None:
+    server.run()
+    if not server.started:
+        raise ProxyStartError(f"the proxy for `{name}` did not start on {host}:{port} (is the port taken?)")
+
+
+@app.command()
+def serve(
+    name: NameArg,
+    triton_grpc_port: GrpcPort = constants.DEFAULT_TRITON_GRPC_PORT,
+    triton_http_port: HttpPort = constants.DEFAULT_TRITON_HTTP_PORT,
+    triton_metrics_port: MetricsPort = constants.DEFAULT_TRITON_METRICS_PORT,
+    ready_timeout: ReadyTimeout = 600.0,
+) -> None:
+    """Generate the Triton model repository for an engine and run tritonserver until Ctrl-C."""
+    ports = TritonPorts(http=triton_http_port, grpc=triton_grpc_port, metrics=triton_metrics_port)
+    engine_dir = resolve_engine(name)
+    engine, server = prepare_triton(name, engine_dir, ports=ports)
+    with stop_on_signals(server):
+        _start_triton(name, engine, server, ports, ready_timeout)
+        console.print("Serving until Ctrl-C.")
+        code = server.wait()
+        console.print(f"[bold red]error:[/] tritonserver exited with status {code}; log: {server.log_path}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def proxy(
+    name: NameArg,
+    port: ProxyPort = constants.DEFAULT_PROXY_PORT,
+    host: ProxyHost = constants.DEFAULT_PROXY_HOST,
+    triton_grpc_port: GrpcPort = constants.DEFAULT_TRITON_GRPC_PORT,
+) -> None:
+    """Run the OpenAI-compatible proxy in front of an already running Triton."""
+    engine = read_engine(resolve_engine(name))
+    settings = ProxySettings.from_engine(name, engine, f"127.0.0.1:{triton_grpc_port}")
+    console.print(f"OpenAI-compatible API for [bold]{escape(name)}[/] on http://{host}:{port}/v1")
+    _run_proxy(make_server(settings, host=host, port=port), name, host, port)
+
+
+@app.command()
+def up(
+    name: Annotated[
+        str, typer.Argument(help="Engine to build (if missing) and serve.")
+    ] = constants.TINY_ENGINE_NAME,
+    port: ProxyPort = constants.DEFAULT_PROXY_PORT,
+    host: ProxyHost = constants.DEFAULT_PROXY_HOST,
+    triton_grpc_port: GrpcPort = constants.DEFAULT_TRITON_GRPC_PORT,
+    triton_http_port: HttpPort = constants.DEFAULT_TRITON_HTTP_PORT,
+    triton_metrics_port: MetricsPort = constants.DEFAULT_TRITON_METRICS_PORT,
+    ready_timeout: ReadyTimeout = 600.0,
+    build: Annotated[bool, typer.Option(help="Build the engine first when it is missing.")] = True,
+    demo: Annotated[
+        bool, typer.Option(help="Send one chat request once serving and print the reply.")
+    ] = False,
+) -> None:
+    """Build (if missing), start Triton and the proxy, and serve until Ctrl-C; then stop everything."""
+    ports = TritonPorts(http=triton_http_port, grpc=triton_grpc_port, metrics=triton_metrics_port)
+    if port in (ports.http, ports.grpc, ports.metrics):
+        raise typer.BadParameter(f"--port {port} collides with a Triton port")
+    engine_dir = _engine_for(name, build=build)
+    engine, server = prepare_triton(name, engine_dir, ports=ports)
+    with stop_on_signals(server):
+        _start_triton(name, engine, server, ports, ready_timeout)
+        settings = ProxySettings.from_engine(name, engine, ports.grpc_url)
+        proxy_server = make_server(settings, host=host, port=port, log_level="warning")
+        threading.Thread(target=_watch_triton, args=(server, proxy_server), daemon=True).start()
+        if demo:
+            threading.Thread(target=_demo_request, args=(proxy_server, port, name), daemon=True).start()
+        console.print(f"OpenAI-compatible API for [bold]{escape(name)}[/] on http://{host}:{port}/v1")
+        _run_proxy(proxy_server, name, host, port)
+    console.print("stopped tritonserver and the proxy")

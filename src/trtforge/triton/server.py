@@ -227,6 +227,15 @@ class TritonServer:
                 self._fail(f"tritonserver was not ready after {timeout_s:g} s")
             time.sleep(_POLL_INTERVAL_S)
 
+    def wait(self, timeout_s: float | None = None) -> int | None:
+        """Wait for tritonserver to exit on its own; its exit status, or None if still running at `timeout_s`."""
+        if self._process is None:
+            raise TritonError(f"wait() needs a started server (state {self._state.value})")
+        try:
+            return self._process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
     def stop(self) -> None:
         """Stop the server: SIGTERM to its group, SIGKILL after a grace period, then any leftover stub."""
         with self._lock:
