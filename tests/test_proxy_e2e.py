@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -228,3 +229,20 @@ def test_client_disconnect_cancels_the_generation(
     assert count < max_tokens
     ok = sdk.completions.create(model=MODEL, prompt="fox", temperature=0, max_tokens=2)
     assert ok.usage is not None and ok.usage.completion_tokens == 2
+
+
+def test_seeded_sampling_streams_the_same_text(sdk: openai.OpenAI) -> None:
+    kwargs = {"temperature": 1.5, "seed": 7, "max_tokens": 40}
+    prompt = "日本語 🎉 café"
+    whole = sdk.completions.create(model=MODEL, prompt=prompt, **kwargs)  # type: ignore[arg-type]
+    streamed = sdk.completions.create(model=MODEL, prompt=prompt, stream=True, **kwargs)  # type: ignore[arg-type]
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == whole.choices[0].text
+
+
+def test_concurrent_streams_keep_their_own_state(sdk: openai.OpenAI) -> None:
+    expected = (
+        sdk.chat.completions.create(model=MODEL, messages=HELLO, temperature=0).choices[0].message.content
+    )
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        texts = list(pool.map(lambda _: _stream_chat(sdk, temperature=0)[1], range(6)))
+    assert texts == [expected] * 6
