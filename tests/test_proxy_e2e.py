@@ -114,6 +114,17 @@ def test_max_tokens_cuts_with_finish_reason_length(sdk: openai.OpenAI) -> None:
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
 
 
+def test_ignore_eos_generates_exactly_max_tokens(sdk: openai.OpenAI) -> None:
+    natural = sdk.chat.completions.create(model=MODEL, messages=HELLO, temperature=0)
+    assert natural.usage is not None
+    wanted = natural.usage.completion_tokens + 10
+    forced = sdk.chat.completions.create(
+        model=MODEL, messages=HELLO, temperature=0, max_tokens=wanted, extra_body={"ignore_eos": True}
+    )
+    assert forced.choices[0].finish_reason == "length"
+    assert forced.usage is not None and forced.usage.completion_tokens == wanted
+
+
 def test_completions_streamed_and_not(sdk: openai.OpenAI) -> None:
     prompt = "The quick brown fox"
     whole = sdk.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=12)

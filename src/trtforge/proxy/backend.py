@@ -55,7 +55,7 @@ class GenerationRequest:
     request_id: str
     prompt_ids: tuple[int, ...]
     max_tokens: int
-    end_id: int
+    end_id: int | None  # None: never stop at EOS (`ignore_eos`)
     pad_id: int
     streaming: bool = True
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -81,7 +81,8 @@ def build_infer_request(model: str, gen: GenerationRequest) -> service_pb2.Model
     _tensor(request, "input_ids", "INT32", np.array([gen.prompt_ids], dtype=np.int32))
     _scalar(request, "input_lengths", "INT32", len(gen.prompt_ids))
     _scalar(request, "request_output_len", "INT32", gen.max_tokens)
-    _scalar(request, "end_id", "INT32", gen.end_id)
+    if gen.end_id is not None:
+        _scalar(request, "end_id", "INT32", gen.end_id)
     _scalar(request, "pad_id", "INT32", gen.pad_id)
     _scalar(request, "streaming", "BOOL", gen.streaming)
     _scalar(request, "exclude_input_in_output", "BOOL", True)

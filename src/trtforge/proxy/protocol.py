@@ -57,6 +57,7 @@ class SamplingFields(_Request):
     repetition_penalty: float | None = Field(default=None, gt=0.0)
     min_tokens: int | None = Field(default=None, ge=0)
     n: int = Field(default=1, ge=1)
+    ignore_eos: bool = False
     skip_special_tokens: bool = True
     stream: bool = False
     stream_options: StreamOptions | None = None

@@ -179,7 +179,7 @@ class OpenAIServing:
             request_id=uuid.uuid4().hex,
             prompt_ids=tuple(prompt_ids),
             max_tokens=output_len,
-            end_id=self.tokenizer.eos_id,
+            end_id=None if request.ignore_eos else self.tokenizer.eos_id,
             pad_id=self.tokenizer.pad_id,
             # Stop strings need token-by-token text so the request can be cancelled as soon as one matches.
             streaming=request.stream or bool(stops),
@@ -209,7 +209,7 @@ class OpenAIServing:
         try:
             async for ids in tokens:
                 count += len(ids)
-                if gen.end_id in ids:
+                if gen.end_id is not None and gen.end_id in ids:
                     # The EOS token ends the text; it is generated (counted) but never shown.
                     ids = ids[: ids.index(gen.end_id)]
                     saw_eos = True
