@@ -16,12 +16,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _isolate(mp: pytest.MonkeyPatch, root: Path) -> Path:
+    home = root / "trtforge-home"
+    mp.setenv("TRTFORGE_HOME", str(home))
+    mp.setenv("TRTLLM_ENGINE_PATH", str(root / "trtllm-engines"))
+    mp.setenv("TRTFORGE_CATALOG", str(root / "engines.toml"))
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    return home
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The same isolation for session- and module-scoped fixtures, which run before per-test fixtures."""
+    mp = pytest.MonkeyPatch()
+    try:
+        yield _isolate(mp, tmp_path_factory.mktemp("session"))
+    finally:
+        mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point TRTFORGE_HOME, the link directory and the catalogue at a per-test temporary directory."""
-    home = tmp_path / "trtforge-home"
-    monkeypatch.setenv("TRTFORGE_HOME", str(home))
-    monkeypatch.setenv("TRTLLM_ENGINE_PATH", str(tmp_path / "trtllm-engines"))
-    monkeypatch.setenv("TRTFORGE_CATALOG", str(tmp_path / "engines.toml"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    yield home
+    yield _isolate(monkeypatch, tmp_path)
