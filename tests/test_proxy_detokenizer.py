@@ -90,3 +90,10 @@ def test_work_is_linear_in_the_stream_length(tokenizer: Tokenizer) -> None:
     detok.flush()
     # Each step decodes a window of a few ids; a full re-decode per step would be ~len(ids)²/2.
     assert counter.decoded_ids < 10 * len(ids)
+
+
+def test_special_tokens_are_skipped_or_kept_on_request(tokenizer: Tokenizer) -> None:
+    ids = [*tokenizer.encode("hi").ids, tokenizer.token_to_id("<|im_end|>"), *tokenizer.encode(" there").ids]
+    for skip, expected in ((True, "hi there"), (False, "hi<|im_end|> there")):
+        detok = IncrementalDetokenizer(tokenizer, skip_special_tokens=skip)
+        assert "".join(detok.add([i]) for i in ids) + detok.flush() == expected

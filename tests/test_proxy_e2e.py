@@ -3,6 +3,7 @@ the proxy on a free port, driven by the official `openai` SDK (and curl for the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -257,3 +258,17 @@ def test_concurrent_streams_keep_their_own_state(sdk: openai.OpenAI) -> None:
     with ThreadPoolExecutor(max_workers=6) as pool:
         texts = list(pool.map(lambda _: _stream_chat(sdk, temperature=0)[1], range(6)))
     assert texts == [expected] * 6
+
+
+def test_request_timeout_is_a_504_envelope(tiny_engine: EngineInfo, triton: TritonServer) -> None:
+    settings = dataclasses.replace(
+        ProxySettings.from_engine(MODEL, tiny_engine, triton.grpc_url), request_timeout_s=0.05
+    )
+    with serve_in_thread(make_server(settings, port=free_port(), log_level="warning")) as url:
+        sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as info:
+            sdk.chat.completions.create(
+                model=MODEL, messages=HELLO, max_tokens=200, extra_body={"ignore_eos": True}
+            )
+    assert info.value.status_code == 504
+    assert info.value.body is not None and info.value.body["type"] == "timeout"  # type: ignore[index]

@@ -112,3 +112,31 @@ def test_an_error_mid_stream_is_an_error_frame_then_done(serving: OpenAIServing)
             "code": None,
         }
     }
+
+
+def test_settings_from_an_engine_directory(tmp_path: Path) -> None:
+    engine_dir = write_tokenizer_dir(tmp_path / "engine")
+    (engine_dir / "hf_model").mkdir()
+    config = {
+        "version": "reference",
+        "pretrained_config": {"architecture": "Qwen3ForCausalLM"},
+        "build_config": {
+            "max_seq_len": 512,
+            "max_input_len": 512,
+            "max_batch_size": 2,
+            "max_num_tokens": 512,
+        },
+    }
+    (engine_dir / "config.json").write_text(json.dumps(config))
+    settings = ProxySettings.from_engine("tiny", engine_dir, "127.0.0.1:8001")
+    assert (settings.model_name, settings.engine_dir, settings.triton_model) == (
+        "tiny",
+        engine_dir,
+        "tensorrt_llm",
+    )
+    # A prompt must leave room for at least one new token.
+    assert (settings.max_seq_len, settings.max_input_len) == (512, 511)
+    with pytest.raises(ValueError, match="max_input_len"):
+        ProxySettings(
+            model_name="x", engine_dir=engine_dir, triton_grpc_url="h:1", max_seq_len=8, max_input_len=9
+        )

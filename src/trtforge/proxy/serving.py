@@ -123,7 +123,7 @@ class OpenAIServing:
             tools=request.tools,
             template_kwargs=request.chat_template_kwargs,
         )
-        return self._prepare(request, prompt_ids, request.requested_max_tokens, prompt_param="messages")
+        return self._prepare(request, prompt_ids, prompt_param="messages")
 
     def prepare_completion(self, request: CompletionRequest) -> Prepared:
         self._check_model(request)
@@ -134,7 +134,7 @@ class OpenAIServing:
             vocab = self.tokenizer.decoder.get_vocab_size(with_added_tokens=True)
             if any(i < 0 or i >= vocab for i in prompt_ids):
                 raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
-        return self._prepare(request, prompt_ids, request.requested_max_tokens, prompt_param="prompt")
+        return self._prepare(request, prompt_ids, prompt_param="prompt")
 
     def _check_model(self, request: SamplingFields) -> None:
         if request.model != self.settings.model_name:
@@ -143,8 +143,10 @@ class OpenAIServing:
             logger.debug("ignoring unknown request fields: %s", sorted(request.model_extra))
 
     def _prepare(
-        self, request: SamplingFields, prompt_ids: list[int], max_tokens: int | None, *, prompt_param: str
+        self, request: ChatCompletionRequest | CompletionRequest, prompt_ids: list[int], *, prompt_param: str
     ) -> Prepared:
+        max_tokens = request.requested_max_tokens
+        max_tokens_param = "max_tokens" if request.max_tokens == max_tokens else "max_completion_tokens"
         limits = self.settings
         prompt_len = len(prompt_ids)
         if prompt_len == 0:
@@ -164,9 +166,9 @@ class OpenAIServing:
             )
         if max_tokens is not None and max_tokens > room:
             raise InvalidRequestError(
-                f"max_tokens {max_tokens} + {prompt_len} prompt tokens exceed the model's "
+                f"{max_tokens_param} {max_tokens} + {prompt_len} prompt tokens exceed the model's "
                 f"{limits.max_seq_len}-token context (at most {room} new tokens)",
-                param="max_tokens",
+                param=max_tokens_param,
                 code="context_length_exceeded",
             )
         output_len = max_tokens if max_tokens is not None else room
