@@ -36,7 +36,7 @@ class _RichProgress:
 
 
 @contextmanager
-def _build_progress(name: str) -> Iterator[BuildProgress]:
+def build_progress(name: str) -> Iterator[BuildProgress]:
     columns = (
         SpinnerColumn(),
         TextColumn(f"[bold]{escape(name)}[/] {{task.description}}"),
@@ -68,7 +68,7 @@ def build(
     if launcher not in LAUNCHERS:
         raise UsageError(f"--launcher must be one of {', '.join(LAUNCHERS)}")
     try:
-        with _build_progress(name) as progress:
+        with build_progress(name) as progress:
             result = ensure_engine(
                 name,
                 progress=progress,
