@@ -10,9 +10,10 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+import trtforge.reference
 from triton_helpers import load_bundled_model, write_engine_dir, write_tokenizer
 from trtforge.engine import read_engine
-from trtforge.errors import TritonError, UsageError
+from trtforge.errors import UsageError
 from trtforge.triton.repository import MARKER, RepositoryOptions, model_configs, write_model_repository
 
 MODELS = ("tensorrt_llm", "preprocessing", "postprocessing", "ensemble")
@@ -203,15 +204,11 @@ def test_preprocessing_word_lists_use_the_trtllm_layout(tmp_path: Path) -> None:
     assert pre.split_words(np.array([b'"a, b",c', b"d"], dtype=object)) == ["a, b", "c", "d"]
 
 
-def test_reference_repository_needs_the_reference_backend_model(tmp_path: Path) -> None:
+def test_reference_repository_carries_the_reference_backend_model(tmp_path: Path) -> None:
     engine = read_engine(write_engine_dir(tmp_path / "ref", backend="reference"))
-    try:
-        repo = write_model_repository(engine, tmp_path / "repo")
-    except TritonError as exc:  # until trtforge/reference/backend_model.py exists
-        assert "backend_model.py" in str(exc)
-        assert not (tmp_path / "repo").exists()
-    else:
-        assert (repo / "tensorrt_llm" / "1" / "model.py").is_file()
+    repo = write_model_repository(engine, tmp_path / "repo")
+    reference = Path(trtforge.reference.__file__).parent / "backend_model.py"
+    assert (repo / "tensorrt_llm" / "1" / "model.py").read_bytes() == reference.read_bytes()
 
 
 def _is_partial_utf8(fragment: bytes) -> bool:
