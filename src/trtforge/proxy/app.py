@@ -222,6 +222,8 @@ def make_server(
         port=port,
         log_level=log_level,
         lifespan="on",
+        # grpc.aio supports the standard asyncio loop; uvloop (picked when installed) is not a tested pairing.
+        loop="asyncio",
         access_log=False,
         timeout_graceful_shutdown=5,
     )
