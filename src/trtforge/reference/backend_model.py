@@ -1,0 +1,562 @@
+"""Reference `tensorrt_llm` model: the TensorRT-LLM backend's tensor contract, run by transformers on CPU/GPU.
+
+Copied into generated model repositories as `tensorrt_llm/1/model.py` (Triton python backend, decoupled), so it
+imports only numpy, torch, transformers, triton_python_backend_utils and the standard library.
+
+Behaviour follows the TensorRT-LLM backend:
+- `execute` only queues requests; one worker thread decodes all active requests, one token each in turn
+  (interleaved), each with its own KV cache. Triton's threads never wait on the model.
+- Streaming: one response per new token holding just that token, then an empty response flagged final.
+  Non-streaming: one response with every token (the prompt first unless `exclude_input_in_output`), then the
+  final flag. Errors: a response carrying the error, then the final flag.
+- Generation stops at `end_id` (the end token is not returned, like TensorRT-LLM's executor), at a stop word
+  (its tokens are returned), after `request_output_len` tokens, at the engine's max_seq_len, on cancellation of
+  the request, or on a request with the same id carrying `stop=true`. Without `end_id` it never stops at EOS.
+- Greedy unless sampling is asked for: temperature 0, top_k 1 or top_k = top_p = 0 (TensorRT-LLM's defaults)
+  mean greedy; otherwise top-k/top-p sampling seeded by `seed` (default 0, so repeatable).
+Prompt text is never logged.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+_FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class RequestError(ValueError):
+    """A request the contract does not allow; its message goes back to the client."""
+
+
+# --- parameters ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackendParameters:
+    """The backend parameters this model honours (others, like kv_cache_free_gpu_mem_fraction, mean nothing here)."""
+
+    gpt_model_path: str
+    max_beam_width: int = 1
+    exclude_input_in_output: bool = False
+    cancellation_check_period_ms: int = 100
+
+
+def _parameter_values(model_config: dict[str, Any]) -> dict[str, str]:
+    raw = model_config.get("parameters") or {}
+    return {key: str(value.get("string_value", "")) for key, value in raw.items() if isinstance(value, dict)}
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def parse_parameters(model_config: dict[str, Any], log: Any) -> BackendParameters:
+    """Read the string parameters; an unparsable or unfilled one falls back to its default with a log line."""
+    values = _parameter_values(model_config)
+    model_path = values.get("gpt_model_path", "")
+    if not model_path or model_path.startswith("${"):
+        raise pb_utils.TritonModelException("parameter gpt_model_path (the engine directory) is not set")
+    parsed: dict[str, Any] = {"gpt_model_path": model_path}
+    parsers = {
+        "max_beam_width": int,
+        "exclude_input_in_output": _parse_bool,
+        "cancellation_check_period_ms": int,
+    }
+    for name, parse in parsers.items():
+        text = values.get(name)
+        if text is None or text.startswith("${"):
+            continue
+        try:
+            parsed[name] = parse(text)
+        except ValueError:
+            default = getattr(BackendParameters, name)
+            log.log_warn(f"parameter {name}={text!r} is not valid; using the default {default}")
+    return BackendParameters(**parsed)
+
+
+# --- requests -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    min_tokens: int = 0
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1 or (self.top_k <= 0 and self.top_p <= 0.0)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One validated request, as plain Python values."""
+
+    input_ids: list[int]
+    max_new_tokens: int
+    end_id: int | None
+    streaming: bool
+    exclude_input_in_output: bool
+    return_log_probs: bool
+    return_num_input_tokens: bool
+    return_num_output_tokens: bool
+    sampling: SamplingSettings
+    stop_words: list[list[int]]
+    bad_words: list[list[int]]
+    embedding_bias: np.ndarray | None
+
+
+def _tensor(request: Any, name: str) -> np.ndarray | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else tensor.as_numpy()
+
+
+def _scalar(request: Any, name: str, default: Any) -> Any:
+    """A `[1]` input: it arrives as [batch] or [batch, 1] depending on the reshape; the batch must be 1."""
+    array = _tensor(request, name)
+    if array is None or array.size == 0:
+        return default
+    if array.size != 1:
+        raise RequestError(f"input {name} must hold one value per request, got shape {list(array.shape)}")
+    return array.reshape(-1)[0].item()
+
+
+def _word_list(request: Any, name: str) -> list[list[int]]:
+    """TensorRT-LLM word-list format: [2, N] (after an optional batch dim of 1): flattened ids, end offsets."""
+    array = _tensor(request, name)
+    if array is None or array.size == 0:
+        return []
+    if array.ndim == 3:
+        if array.shape[0] != 1:
+            raise RequestError(f"input {name} must be for one request, got shape {list(array.shape)}")
+        array = array[0]
+    if array.ndim != 2 or array.shape[0] != 2:
+        raise RequestError(f"input {name} must have shape [2, N], got {list(array.shape)}")
+    ids, offsets = array[0].tolist(), array[1].tolist()
+    words: list[list[int]] = []
+    start = 0
+    for end in offsets:
+        if end < 0:
+            break
+        if end < start or end > len(ids):
+            raise RequestError(f"input {name} has an invalid offset {end}")
+        if end > start:
+            words.append([int(i) for i in ids[start:end]])
+        start = end
+    return words
+
+
+def parse_request(request: Any, params: BackendParameters, max_input_len: int) -> GenerationRequest:
+    """Validate one request against the contract; raises RequestError with a one-line reason."""
+    input_ids = _tensor(request, "input_ids")
+    if input_ids is None:
+        raise RequestError("input input_ids is required")
+    if input_ids.ndim == 2 and input_ids.shape[0] != 1:
+        raise RequestError(f"one sequence per request: input_ids has batch size {input_ids.shape[0]}")
+    ids = [int(i) for i in input_ids.reshape(-1).tolist()]
+    input_length = _scalar(request, "input_lengths", None)
+    if input_length is None:
+        raise RequestError("input input_lengths is required")
+    if not 0 < input_length <= len(ids):
+        raise RequestError(f"input_lengths {input_length} does not fit input_ids of length {len(ids)}")
+    ids = ids[: int(input_length)]
+    if len(ids) > max_input_len:
+        raise RequestError(f"the prompt has {len(ids)} tokens; this engine takes at most {max_input_len}")
+    output_len = _scalar(request, "request_output_len", None)
+    if output_len is None:
+        raise RequestError("input request_output_len is required")
+    if output_len < 1:
+        raise RequestError(f"request_output_len must be at least 1, not {output_len}")
+    beam_width = int(_scalar(request, "beam_width", 1))
+    if beam_width != 1:
+        raise RequestError(
+            f"beam_width {beam_width} is not supported: the reference backend decodes beam 1 only"
+        )
+    sequences = int(_scalar(request, "num_return_sequences", 1))
+    if sequences != 1:
+        raise RequestError(f"num_return_sequences {sequences} is not supported: only 1")
+    end_id = _scalar(request, "end_id", None)
+    bias = _tensor(request, "embedding_bias")
+    return GenerationRequest(
+        input_ids=ids,
+        max_new_tokens=int(output_len),
+        end_id=None if end_id is None else int(end_id),
+        streaming=bool(_scalar(request, "streaming", False)),
+        exclude_input_in_output=bool(
+            _scalar(request, "exclude_input_in_output", params.exclude_input_in_output)
+        ),
+        return_log_probs=bool(_scalar(request, "return_log_probs", False)),
+        return_num_input_tokens=bool(_scalar(request, "return_num_input_tokens", False)),
+        return_num_output_tokens=bool(_scalar(request, "return_num_output_tokens", False)),
+        sampling=SamplingSettings(
+            temperature=float(_scalar(request, "temperature", 1.0)),
+            top_k=int(_scalar(request, "runtime_top_k", 0)),
+            top_p=float(_scalar(request, "runtime_top_p", 0.0)),
+            repetition_penalty=float(_scalar(request, "repetition_penalty", 1.0)),
+            presence_penalty=float(_scalar(request, "presence_penalty", 0.0)),
+            frequency_penalty=float(_scalar(request, "frequency_penalty", 0.0)),
+            min_tokens=int(_scalar(request, "min_tokens", 0)),
+            seed=int(_scalar(request, "seed", 0)),
+        ),
+        stop_words=_word_list(request, "stop_words_list"),
+        bad_words=_word_list(request, "bad_words_list"),
+        embedding_bias=None if bias is None or bias.size == 0 else bias.reshape(-1).astype(np.float32),
+    )
+
+
+# --- decoding -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sequence:
+    """One request being decoded: its sender, its cache and what it has produced so far."""
+
+    request: Any
+    sender: Any
+    request_id: str
+    spec: GenerationRequest
+    max_new_tokens: int
+    cache: Any = None
+    next_logits: torch.Tensor | None = None
+    tokens: list[int] = field(default_factory=list)
+    log_probs: list[float] = field(default_factory=list)
+    generator: torch.Generator | None = None
+    last_cancel_check: float = 0.0
+    stopped: bool = False
+
+
+class Decoder:
+    """Runs the transformers model: prefill, one decoding step, token choice. Used from one thread only."""
+
+    def __init__(self, model_dir: Path, device: torch.device) -> None:
+        from transformers import AutoModelForCausalLM, DynamicCache
+
+        self.device = device
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+        self.vocab_size = int(self.model.config.vocab_size)
+        # transformers 5.x renamed forward's `past_key_values` to `cache`; use whichever this version has.
+        forward_args = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
+        self._new_cache = DynamicCache
+
+    def make_cache(self) -> Any:
+        try:
+            return self._new_cache(config=self.model.config)
+        except TypeError:
+            return self._new_cache()
+
+    @torch.inference_mode()
+    def forward(self, ids: list[int], cache: Any) -> torch.Tensor:
+        """Feed `ids` after what `cache` holds; returns the float32 logits of the last position."""
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        outputs = self.model(
+            input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache}
+        )
+        return outputs.logits[0, -1].float()
+
+    def choose(self, seq: Sequence) -> tuple[int, float]:
+        """Pick the next token from `seq.next_logits`; returns it with its log probability."""
+        spec, sampling = seq.spec, seq.spec.sampling
+        logits = seq.next_logits.clone()
+        if spec.embedding_bias is not None and spec.embedding_bias.size == logits.numel():
+            logits += torch.from_numpy(spec.embedding_bias).to(logits.device)
+        self._penalise(logits, seq)
+        for word in spec.bad_words:
+            if len(word) == 1 or seq.tokens[-(len(word) - 1) :] == word[:-1]:
+                logits[word[-1]] = -math.inf
+        if (
+            spec.end_id is not None
+            and len(seq.tokens) < sampling.min_tokens
+            and 0 <= spec.end_id < logits.numel()
+        ):
+            logits[spec.end_id] = -math.inf
+        if sampling.greedy:
+            log_probs = torch.log_softmax(logits, dim=-1)
+            token = int(torch.argmax(logits))
+            return token, float(log_probs[token])
+        logits = logits / max(sampling.temperature, 1e-5)
+        if sampling.top_k > 0:
+            kth = torch.topk(logits, min(sampling.top_k, logits.numel())).values[-1]
+            logits[logits < kth] = -math.inf
+        if 0.0 < sampling.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True)
+            cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+            drop = cumulative - torch.softmax(sorted_logits, dim=-1) > sampling.top_p
+            logits[order[drop]] = -math.inf
+        log_probs = torch.log_softmax(logits, dim=-1)
+        if seq.generator is None:
+            seq.generator = torch.Generator(device=logits.device).manual_seed(sampling.seed)
+        token = int(torch.multinomial(log_probs.exp(), 1, generator=seq.generator))
+        return token, float(log_probs[token])
+
+    @staticmethod
+    def _penalise(logits: torch.Tensor, seq: Sequence) -> None:
+        """Repetition penalty over prompt and output; presence and frequency penalties over the output."""
+        sampling = seq.spec.sampling
+        if sampling.repetition_penalty != 1.0:
+            seen = torch.tensor(sorted(set(seq.spec.input_ids) | set(seq.tokens)), device=logits.device)
+            seen = seen[seen < logits.numel()]
+            values = logits[seen]
+            logits[seen] = torch.where(
+                values > 0, values / sampling.repetition_penalty, values * sampling.repetition_penalty
+            )
+        if seq.tokens and (sampling.presence_penalty or sampling.frequency_penalty):
+            counts = torch.bincount(torch.tensor(seq.tokens, device=logits.device), minlength=logits.numel())[
+                : logits.numel()
+            ].float()
+            logits -= sampling.frequency_penalty * counts + sampling.presence_penalty * (counts > 0).float()
+
+
+# --- responses ----------------------------------------------------------------------------------------------------
+
+
+def _output(name: str, array: np.ndarray) -> Any:
+    return pb_utils.Tensor(name, array)
+
+
+def build_response(seq: Sequence, tokens: list[int], log_probs: list[float]) -> Any:
+    """A response in the backend's output shapes: [batch=1, beam=1, ...]."""
+    spec = seq.spec
+    outputs = [
+        _output("output_ids", np.array([[tokens]], dtype=np.int32).reshape(1, 1, len(tokens))),
+        _output("sequence_length", np.array([[len(tokens)]], dtype=np.int32)),
+        _output(
+            "cum_log_probs", np.array([[sum(seq.log_probs) if spec.return_log_probs else 0.0]], np.float32)
+        ),
+        _output(
+            "output_log_probs",
+            np.array([[log_probs if spec.return_log_probs else [0.0] * len(log_probs)]], np.float32).reshape(
+                1, 1, len(log_probs)
+            ),
+        ),
+    ]
+    if spec.return_num_input_tokens:
+        outputs.append(_output("num_input_tokens", np.array([[len(spec.input_ids)]], dtype=np.int32)))
+    if spec.return_num_output_tokens:
+        outputs.append(_output("num_output_tokens", np.array([[len(seq.tokens)]], dtype=np.int32)))
+    return pb_utils.InferenceResponse(output_tensors=outputs)
+
+
+def _empty_response() -> Any:
+    """No tokens: the answer to a stop request."""
+    return pb_utils.InferenceResponse(
+        output_tensors=[
+            _output("output_ids", np.zeros((1, 1, 0), dtype=np.int32)),
+            _output("sequence_length", np.zeros((1, 1), dtype=np.int32)),
+        ]
+    )
+
+
+def send_error(sender: Any, message: str) -> None:
+    sender.send(
+        pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)), flags=_FINAL
+    )
+
+
+# --- the worker ---------------------------------------------------------------------------------------------------
+
+
+class Scheduler:
+    """A worker thread that admits queued requests and decodes the active ones a token at a time, in turn."""
+
+    def __init__(
+        self, decoder: Decoder, params: BackendParameters, *, max_seq_len: int, max_input_len: int, log: Any
+    ) -> None:
+        self.decoder = decoder
+        self.params = params
+        self.max_seq_len = max_seq_len
+        self.max_input_len = max_input_len
+        self.log = log
+        self.inbox: queue.Queue[Any] = queue.Queue()
+        self.active: list[Sequence] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="reference-decoder", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: Any) -> None:
+        self.inbox.put((request, request.get_response_sender()))
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        self.inbox.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._admit(block=not self.active)
+            for seq in list(self.active):
+                try:
+                    self._advance(seq)
+                except Exception as exc:  # a failing request must not take the model down
+                    self.log.log_error(f"request {seq.request_id or '-'} failed: {type(exc).__name__}: {exc}")
+                    self.active.remove(seq)
+                    self._safe_error(seq.sender, f"generation failed: {type(exc).__name__}: {exc}")
+        for seq in self.active:
+            self._safe_error(seq.sender, "the model is being unloaded")
+
+    def _admit(self, *, block: bool) -> None:
+        while True:
+            try:
+                item = self.inbox.get(timeout=0.5) if block else self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if item is None:
+                return
+            block = False
+            request, sender = item
+            try:
+                self._start(request, sender)
+            except RequestError as exc:
+                self._safe_error(sender, str(exc))
+            except Exception as exc:
+                self.log.log_error(f"request could not start: {type(exc).__name__}: {exc}")
+                self._safe_error(sender, f"request could not start: {type(exc).__name__}: {exc}")
+
+    def _start(self, request: Any, sender: Any) -> None:
+        request_id = request.request_id()
+        if bool(_scalar(request, "stop", False)):
+            self._stop_by_id(request_id)
+            sender.send(_empty_response(), flags=_FINAL)
+            return
+        spec = parse_request(request, self.params, self.max_input_len)
+        room = self.max_seq_len - len(spec.input_ids)
+        if spec.max_new_tokens > room:
+            self.log.log_warn(
+                f"request_output_len {spec.max_new_tokens} + prompt exceeds max_seq_len {self.max_seq_len}; "
+                f"generating at most {room} tokens"
+            )
+        seq = Sequence(
+            request=request,
+            sender=sender,
+            request_id=request_id,
+            spec=spec,
+            max_new_tokens=min(spec.max_new_tokens, room),
+            last_cancel_check=time.monotonic(),
+        )
+        seq.cache = self.decoder.make_cache()
+        seq.next_logits = self.decoder.forward(spec.input_ids, seq.cache)
+        self.active.append(seq)
+
+    def _stop_by_id(self, request_id: str) -> None:
+        for seq in self.active:
+            if request_id and seq.request_id == request_id:
+                seq.stopped = True
+
+    def _advance(self, seq: Sequence) -> None:
+        """One step for `seq`: check cancellation, pick a token, send it, finish when a stop condition holds."""
+        if seq.stopped or self._is_cancelled(seq):
+            self._finish(seq)
+            return
+        token, log_prob = self.decoder.choose(seq)
+        spec = seq.spec
+        if spec.end_id is not None and token == spec.end_id:
+            self._finish(seq)  # the end token itself is not returned
+            return
+        seq.tokens.append(token)
+        seq.log_probs.append(log_prob)
+        if len(seq.tokens) >= seq.max_new_tokens or any(seq.tokens[-len(w) :] == w for w in spec.stop_words):
+            self._finish(seq, with_last_token=True)
+            return
+        if spec.streaming:
+            seq.sender.send(build_response(seq, [token], [log_prob]))
+        seq.next_logits = self.decoder.forward([token], seq.cache)
+
+    def _is_cancelled(self, seq: Sequence) -> bool:
+        now = time.monotonic()
+        if (now - seq.last_cancel_check) * 1000 < self.params.cancellation_check_period_ms:
+            return False
+        seq.last_cancel_check = now
+        return bool(seq.request.is_cancelled())
+
+    def _finish(self, seq: Sequence, *, with_last_token: bool = False) -> None:
+        """Send the last response, flagged final (a final response without outputs never reaches aio clients).
+
+        Streaming: the last token if it has not been sent, else no tokens. Non-streaming: everything.
+        """
+        self.active.remove(seq)
+        seq.cache = None
+        if seq.spec.streaming:
+            tokens = seq.tokens[-1:] if with_last_token else []
+            log_probs = seq.log_probs[-1:] if with_last_token else []
+        else:
+            prompt = [] if seq.spec.exclude_input_in_output else seq.spec.input_ids
+            tokens, log_probs = prompt + seq.tokens, [0.0] * len(prompt) + seq.log_probs
+        seq.sender.send(build_response(seq, tokens, log_probs), flags=_FINAL)
+
+    def _safe_error(self, sender: Any, message: str) -> None:
+        try:
+            send_error(sender, message)
+        except Exception as exc:  # the client may be gone already
+            self.log.log_warn(f"could not send an error response: {exc}")
+
+
+# --- the Triton model ---------------------------------------------------------------------------------------------
+
+
+def _engine_limits(engine_dir: Path, hf_max_positions: int) -> tuple[int, int]:
+    """max_seq_len and max_input_len from the engine's config.json build_config."""
+    try:
+        build = json.loads((engine_dir / "config.json").read_text()).get("build_config", {})
+    except (OSError, ValueError):
+        build = {}
+    max_seq_len = int(build.get("max_seq_len") or hf_max_positions)
+    max_input_len = int(build.get("max_input_len") or max_seq_len - 1)
+    return max_seq_len, min(max_input_len, max_seq_len - 1)
+
+
+class TritonPythonModel:
+    """The `tensorrt_llm` model of a trtforge model repository serving a reference engine."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        self.log = pb_utils.Logger
+        model_config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(model_config):
+            raise pb_utils.TritonModelException(
+                "the reference tensorrt_llm model needs model_transaction_policy { decoupled: true }"
+            )
+        params = parse_parameters(model_config, self.log)
+        if params.max_beam_width != 1:
+            self.log.log_warn(f"max_beam_width {params.max_beam_width} ignored: the reference backend uses 1")
+        engine_dir = Path(params.gpt_model_path)
+        model_dir = engine_dir / "hf_model"
+        if not model_dir.is_dir():
+            raise pb_utils.TritonModelException(f"{model_dir} does not exist: not a reference engine")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        decoder = Decoder(model_dir, device)
+        max_seq_len, max_input_len = _engine_limits(engine_dir, decoder.model.config.max_position_embeddings)
+        self.scheduler = Scheduler(
+            decoder, params, max_seq_len=max_seq_len, max_input_len=max_input_len, log=self.log
+        )
+        self.log.log_info(f"reference tensorrt_llm model ready on {device} (engine {engine_dir})")
+
+    def execute(self, requests: list[Any]) -> None:
+        for request in requests:
+            self.scheduler.submit(request)
+        return None
+
+    def finalize(self) -> None:
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            scheduler.shutdown()
