@@ -39,3 +39,16 @@ def isolated_session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point TRTFORGE_HOME, the link directory and the catalogue at a per-test temporary directory."""
     yield _isolate(monkeypatch, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in tiny reference engine with its default build settings, written once per session (~20 s).
+
+    Read-only: tests that change files or need other build settings write their own.
+    """
+    from trtforge.reference.tiny import TINY_DEFAULTS, write_tiny_engine
+
+    dest = tmp_path_factory.mktemp("tiny-engine")
+    write_tiny_engine(dest, **TINY_DEFAULTS)
+    return dest
