@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,6 @@ from tritonclient.grpc import aio as grpcclient
 
 from conftest import free_port
 from trtforge.engine import read_engine
-from trtforge.reference.tiny import write_tiny_engine
 from trtforge.triton.repository import TENSORRT_LLM, RepositoryOptions, model_configs
 from trtforge.triton.server import TritonServer
 
@@ -25,13 +26,6 @@ pytestmark = pytest.mark.triton
 
 MODEL = TENSORRT_LLM
 BACKEND_MODEL = Path(__file__).parents[1] / "src" / "trtforge" / "reference" / "backend_model.py"
-
-
-@pytest.fixture(scope="session")
-def tiny_engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    engine = tmp_path_factory.mktemp("tiny-engine")
-    write_tiny_engine(engine, max_batch_size=8, max_seq_len=256, max_num_tokens=256)
-    return engine
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +147,16 @@ def generate(url: str, request: dict[str, Any], outputs: tuple[str, ...] = ()) -
     return asyncio.run(asyncio.wait_for(run_stream(url, request, outputs=outputs), timeout=60))[
         request["request_id"]
     ]
+
+
+def _wait_for_log(server: TritonServer, pattern: str, timeout_s: float = 10.0) -> int:
+    """Wait for the server log to show `pattern`; returns its first group as an int."""
+    assert server.log_path is not None
+    deadline = time.monotonic() + timeout_s
+    while (match := re.search(pattern, server.log_path.read_text())) is None:
+        assert time.monotonic() < deadline, f"no log line matching {pattern!r}"
+        time.sleep(0.05)
+    return int(match.group(1))
 
 
 def test_non_streaming_returns_prompt_then_tokens(server: TritonServer, tokenizer: Any) -> None:
@@ -325,6 +329,7 @@ def test_cancelling_the_stream_stops_generation(server: TritonServer, tokenizer:
         return received
 
     assert asyncio.run(asyncio.wait_for(cancel_after_a_few(), timeout=60)) == 3
+    assert _wait_for_log(server, r"request k cancelled after (\d+) tokens") < 900
     # The server goes on serving.
     outcome = generate(
         server.grpc_url,
@@ -394,7 +399,9 @@ def test_bad_request_gets_an_error_and_the_server_keeps_serving(
     assert len(good.tokens) == 4
 
 
-def test_repository_config_is_what_the_model_reads(tiny_engine: Path) -> None:
-    """The model reads gpt_model_path and the engine limits the generator writes."""
-    config = json.loads((tiny_engine / "config.json").read_text())
-    assert config["build_config"]["max_seq_len"] == 256
+def test_prompt_longer_than_the_engine_takes_is_refused(server: TritonServer, tiny_engine: Path) -> None:
+    max_input_len = json.loads((tiny_engine / "config.json").read_text())["build_config"]["max_input_len"]
+    outcome = generate(
+        server.grpc_url, make_request([5] * (max_input_len + 1), output_len=4, request_id="long")
+    )
+    assert len(outcome.errors) == 1 and f"at most {max_input_len}" in outcome.errors[0]

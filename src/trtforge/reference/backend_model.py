@@ -467,6 +467,8 @@ class Scheduler:
     def _advance(self, seq: Sequence) -> None:
         """One step for `seq`: check cancellation, pick a token, send it, finish when a stop condition holds."""
         if seq.stopped or self._is_cancelled(seq):
+            reason = "stopped" if seq.stopped else "cancelled"
+            self.log.log_info(f"request {seq.request_id or '-'} {reason} after {len(seq.tokens)} tokens")
             self._finish(seq)
             return
         token, log_prob = self.decoder.choose(seq)
