@@ -6,9 +6,13 @@ imports only numpy, torch, transformers, triton_python_backend_utils and the sta
 Behaviour follows the TensorRT-LLM backend:
 - `execute` only queues requests; one worker thread decodes all active requests, one token each in turn
   (interleaved), each with its own KV cache. Triton's threads never wait on the model.
-- Streaming: one response per new token holding just that token, then an empty response flagged final.
-  Non-streaming: one response with every token (the prompt first unless `exclude_input_in_output`), then the
-  final flag. Errors: a response carrying the error, then the final flag.
+- Streaming: one response per new token holding just that token. Non-streaming: one response with every token
+  (the prompt first unless `exclude_input_in_output`). The last response carries the final flag, like the real
+  backend: when generation ends without a new token (end_id, cancel, stop) it holds zero tokens ([1, 1, 0]).
+  A final flag is never sent alone: `tritonclient.grpc.aio` cannot ask for empty final responses, so its
+  users would never see the end. Errors: one response carrying the error, flagged final.
+- Inputs: `[1]` inputs are read whether they arrive as [1] or [1, 1]; one sequence per request (batch 1);
+  `stop=true` needs the required inputs too (Triton checks them), their values are ignored.
 - Generation stops at `end_id` (the end token is not returned, like TensorRT-LLM's executor), at a stop word
   (its tokens are returned), after `request_output_len` tokens, at the engine's max_seq_len, on cancellation of
   the request, or on a request with the same id carrying `stop=true`. Without `end_id` it never stops at EOS.

@@ -27,7 +27,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ class TrainingSettings:
     learning_rate: float = 4e-3
     warmup_steps: int = 20
     max_sample_tokens: int = 96
-    dialogue_repeats: int = 4
+    dialogue_repeats: int = 6
 
 
 TRAINING = TrainingSettings()
@@ -81,6 +81,13 @@ _SYSTEM_PROMPT = "You are a helpful assistant."
 
 def _data_bytes(name: str) -> bytes:
     return resources.files("trtforge.reference").joinpath(_DATA, name).read_bytes()
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "absent"
 
 
 def tiny_source_digest() -> str:
@@ -99,6 +106,8 @@ def tiny_source_digest() -> str:
                 "tokenizer_vocab_size": TOKENIZER_VOCAB_SIZE,
                 "training": asdict(TRAINING),
                 "system_prompt": _SYSTEM_PROMPT,
+                # The libraries that train and save the engine shape its bytes too.
+                "libraries": {name: _version(name) for name in ("torch", "transformers", "tokenizers")},
             },
             sort_keys=True,
         ).encode(),
