@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from trtforge.engine import read_engine
+from trtforge.errors import UsageError
 from trtforge.reference.tiny import TINY_DEFAULTS, tiny_source_digest, write_tiny_engine
 
 QWEN_TOKENS = (
@@ -49,6 +50,12 @@ def test_two_writes_are_byte_identical(tiny_engine: Path, tmp_path: Path) -> Non
     assert _files(again) == _files(tiny_engine)
     assert tiny_source_digest() == digest and len(digest) == 64
     assert lines, "progress is reported"
+
+
+def test_refuses_a_non_empty_destination(tmp_path: Path) -> None:
+    (tmp_path / "something").write_text("x")
+    with pytest.raises(UsageError, match="empty directory"):
+        write_tiny_engine(tmp_path, **TINY_DEFAULTS)
 
 
 def test_layout_reads_as_a_reference_engine(tiny_engine: Path) -> None:

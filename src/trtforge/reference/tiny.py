@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from trtforge.engine import CHAT_TEMPLATE, ENGINE_CONFIG, REFERENCE_MODEL_DIR
+from trtforge.errors import UsageError
 
 # Bump when anything about how the engine is made changes (it feeds the store's content hash).
 GENERATOR_VERSION = "trtforge-reference-0.1"
@@ -130,8 +131,13 @@ def write_tiny_engine(
         dest: the engine directory to fill.
         max_batch_size, max_seq_len, max_num_tokens: the build settings recorded in config.json.
         progress: called with a short line before each stage.
+
+    Raises:
+        UsageError: `dest` is not an existing empty directory.
     """
     dest = Path(dest)
+    if not dest.is_dir() or any(dest.iterdir()):
+        raise UsageError(f"{dest}: the tiny engine is written into an existing empty directory")
     say = progress or (lambda _line: None)
     with _deterministic_torch():
         say("training the tokenizer")
