@@ -12,17 +12,17 @@ import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from conftest import free_port
+from conftest import copy_engine_with, free_port
 from proxy_fixtures import serve_in_thread
 from trtforge.engine import EngineInfo, read_engine
 from trtforge.proxy import ProxySettings, make_server
 from trtforge.proxy.tokenizer import ProxyTokenizer
-from trtforge.reference.tiny import write_tiny_engine
 from trtforge.triton.repository import write_model_repository
 from trtforge.triton.server import TritonServer
 
@@ -34,16 +34,16 @@ HELLO = [{"role": "user", "content": "Hello! How are you?"}]
 
 
 @pytest.fixture(scope="module")
-def tiny_engine(tmp_path_factory: pytest.TempPathFactory) -> EngineInfo:
-    dest = tmp_path_factory.mktemp("tiny-engine")
-    write_tiny_engine(dest, max_batch_size=4, max_seq_len=MAX_SEQ_LEN, max_num_tokens=MAX_SEQ_LEN)
+def tiny(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> EngineInfo:
+    dest = tmp_path_factory.mktemp("tiny-proxy") / "engine"
+    copy_engine_with(tiny_engine, dest, max_batch_size=4, max_seq_len=MAX_SEQ_LEN, max_num_tokens=MAX_SEQ_LEN)
     return read_engine(dest)
 
 
 @pytest.fixture(scope="module")
-def triton(tiny_engine: EngineInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+def triton(tiny: EngineInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     root = tmp_path_factory.mktemp("triton")
-    repository = write_model_repository(tiny_engine, root / "repository")
+    repository = write_model_repository(tiny, root / "repository")
     server = TritonServer(
         repository,
         http_port=free_port(),
@@ -56,8 +56,8 @@ def triton(tiny_engine: EngineInfo, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
-def base_url(tiny_engine: EngineInfo, triton: TritonServer) -> Iterator[str]:
-    settings = ProxySettings.from_engine(MODEL, tiny_engine, triton.grpc_url)
+def base_url(tiny: EngineInfo, triton: TritonServer) -> Iterator[str]:
+    settings = ProxySettings.from_engine(MODEL, tiny, triton.grpc_url)
     with serve_in_thread(make_server(settings, port=free_port(), log_level="warning")) as url:
         yield url
 
@@ -80,15 +80,13 @@ def test_models_and_health(sdk: openai.OpenAI, base_url: str) -> None:
     assert httpx.get(f"{base_url}/health").json() == {"status": "ok"}
 
 
-def test_chat_greedy_stops_at_eos_and_streams_the_same_text(
-    sdk: openai.OpenAI, tiny_engine: EngineInfo
-) -> None:
+def test_chat_greedy_stops_at_eos_and_streams_the_same_text(sdk: openai.OpenAI, tiny: EngineInfo) -> None:
     whole = sdk.chat.completions.create(model=MODEL, messages=HELLO, temperature=0)
     choice = whole.choices[0]
     assert choice.finish_reason == "stop"
     assert choice.message.role == "assistant" and choice.message.content
     assert "<|im_end|>" not in choice.message.content and "\ufffd" not in choice.message.content
-    prompt_ids = ProxyTokenizer.load(tiny_engine.tokenizer_dir).render_chat(HELLO)
+    prompt_ids = ProxyTokenizer.load(tiny.tokenizer_dir).render_chat(HELLO)
     assert whole.usage is not None and whole.usage.prompt_tokens == len(prompt_ids)
     assert 0 < whole.usage.completion_tokens < MAX_SEQ_LEN - len(prompt_ids)
 
@@ -264,9 +262,9 @@ def test_concurrent_streams_keep_their_own_state(sdk: openai.OpenAI) -> None:
     assert texts == [expected] * 6
 
 
-def test_request_timeout_is_a_504_envelope(tiny_engine: EngineInfo, triton: TritonServer) -> None:
+def test_request_timeout_is_a_504_envelope(tiny: EngineInfo, triton: TritonServer) -> None:
     settings = dataclasses.replace(
-        ProxySettings.from_engine(MODEL, tiny_engine, triton.grpc_url), request_timeout_s=0.05
+        ProxySettings.from_engine(MODEL, tiny, triton.grpc_url), request_timeout_s=0.05
     )
     with serve_in_thread(make_server(settings, port=free_port(), log_level="warning")) as url:
         sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)

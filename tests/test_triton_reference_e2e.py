@@ -12,9 +12,8 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from conftest import free_port
+from conftest import copy_engine_with, free_port
 from trtforge.engine import EngineInfo, read_engine
-from trtforge.reference.tiny import write_tiny_engine
 from trtforge.triton import TritonServer, write_model_repository
 from trtforge.triton.server import ServerState, descendant_processes
 
@@ -33,10 +32,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def tiny(home: Path) -> EngineInfo:
-    dest = home / "tiny"
-    dest.mkdir()
-    write_tiny_engine(dest, max_batch_size=4, max_seq_len=256, max_num_tokens=256)
+def tiny(home: Path, tiny_engine: Path) -> EngineInfo:
+    dest = copy_engine_with(tiny_engine, home / "tiny", max_batch_size=4, max_seq_len=256, max_num_tokens=256)
     return read_engine(dest)
 
 
