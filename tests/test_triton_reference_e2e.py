@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import queue
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from conftest import copy_engine_with, free_port
+from triton_clients import generate_with_ensemble
 from trtforge.engine import EngineInfo, read_engine
 from trtforge.triton import TritonServer, write_model_repository
 from trtforge.triton.server import ServerState, descendant_processes
@@ -45,35 +43,6 @@ def server(tiny: EngineInfo, home: Path) -> Iterator[TritonServer]:
         yield running
 
 
-def _generate(server: TritonServer, *, stream: bool) -> list[bytes]:
-    responses: queue.Queue = queue.Queue()
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    inputs = []
-    for name, value, dtype in (
-        ("text_input", np.array([[PROMPT.encode()]], dtype=object), "BYTES"),
-        ("max_tokens", np.array([[MAX_TOKENS]], dtype=np.int32), "INT32"),
-        ("stream", np.array([[stream]], dtype=bool), "BOOL"),
-    ):
-        tensor = grpcclient.InferInput(name, list(value.shape), dtype)
-        tensor.set_data_from_numpy(value)
-        inputs.append(tensor)
-    client.start_stream(callback=lambda result, error: responses.put((result, error)))
-    try:
-        client.async_stream_infer("ensemble", inputs, enable_empty_final_response=True)
-        chunks = []
-        while True:
-            result, error = responses.get(timeout=120)
-            assert error is None, error
-            output = result.as_numpy("text_output")
-            if output is not None:
-                chunks.append(output.reshape(-1)[0])
-            if result.get_response().parameters["triton_final_response"].bool_param:
-                return chunks
-    finally:
-        client.stop_stream()
-        client.close()
-
-
 def test_reference_engine_is_served_by_the_python_reference_backend(server: TritonServer) -> None:
     model_dir = server.repository / "tensorrt_llm"
     config = model_config_pb2.ModelConfig()
@@ -83,8 +52,8 @@ def test_reference_engine_is_served_by_the_python_reference_backend(server: Trit
 
 
 def test_ensemble_streams_the_same_text_it_returns_whole(server: TritonServer) -> None:
-    streamed = _generate(server, stream=True)
-    whole = _generate(server, stream=False)
+    streamed = generate_with_ensemble(server.grpc_url, PROMPT, stream=True, max_tokens=MAX_TOKENS)
+    whole = generate_with_ensemble(server.grpc_url, PROMPT, stream=False, max_tokens=MAX_TOKENS)
     assert 1 < len(streamed) < MAX_TOKENS  # one response per token, and it stopped at <|im_end|> (end_id)
     text = b"".join(streamed).decode("utf-8")
     assert text.strip()

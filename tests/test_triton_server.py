@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import sysconfig
 import textwrap
@@ -11,11 +10,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
 from conftest import free_port
+from triton_clients import generate_with_ensemble
 from triton_helpers import write_engine_dir
 from trtforge.engine import read_engine
 from trtforge.errors import BackendUnavailableError, TritonError
@@ -126,35 +125,6 @@ def server(
         yield running
 
 
-def _stream_ensemble(server: TritonServer, prompt: str, *, stream: bool) -> list[bytes]:
-    responses: queue.Queue = queue.Queue()
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    inputs = []
-    for name, value, dtype in (
-        ("text_input", np.array([[prompt.encode()]], dtype=object), "BYTES"),
-        ("max_tokens", np.array([[16]], dtype=np.int32), "INT32"),
-        ("stream", np.array([[stream]], dtype=bool), "BOOL"),
-    ):
-        tensor = grpcclient.InferInput(name, list(value.shape), dtype)
-        tensor.set_data_from_numpy(value)
-        inputs.append(tensor)
-    client.start_stream(callback=lambda result, error: responses.put((result, error)))
-    try:
-        client.async_stream_infer("ensemble", inputs, enable_empty_final_response=True)
-        chunks = []
-        while True:
-            result, error = responses.get(timeout=60)
-            assert error is None, error
-            output = result.as_numpy("text_output")
-            if output is not None:
-                chunks.append(output.reshape(-1)[0])
-            if result.get_response().parameters["triton_final_response"].bool_param:
-                return chunks
-    finally:
-        client.stop_stream()
-        client.close()
-
-
 # -- distribution ----------------------------------------------------------------------------------------
 
 
@@ -259,10 +229,10 @@ def test_server_becomes_ready_and_serves_the_generated_repository(server: Triton
 
 def test_ensemble_streams_text_without_losing_spaces_or_splitting_characters(server: TritonServer) -> None:
     prompt = "  Hello wörld, 日本語 🚀 naïve façade"
-    chunks = _stream_ensemble(server, prompt, stream=True)
+    chunks = generate_with_ensemble(server.grpc_url, prompt, stream=True, timeout_s=60)
     assert len(chunks) > 5  # one response per token
     assert b"".join(chunks).decode("utf-8") == prompt
-    whole = _stream_ensemble(server, prompt, stream=False)
+    whole = generate_with_ensemble(server.grpc_url, prompt, stream=False, timeout_s=60)
     assert b"".join(whole).decode("utf-8") == prompt
 
 

@@ -15,9 +15,7 @@ A user entry with a built-in's name overrides that built-in field by field.
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any, Literal
 import tomlkit
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from trtforge.atomic import write_text_atomic
 from trtforge.constants import TINY_ENGINE_NAME, catalog_path
 from trtforge.errors import CatalogError
 
@@ -261,15 +260,5 @@ def add_entry(
         table[key] = value
     table["model"] = entry.model  # always written, even if it ever got a default
     engines[name] = table
-    _write_atomic(path, tomlkit.dumps(document))
+    write_text_atomic(path, tomlkit.dumps(document))
     return entry
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -33,6 +33,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from trtforge.atomic import write_text_atomic
 from trtforge.constants import engine_link_dirs, store_dir
 from trtforge.engine import ENGINE_CONFIG, MANIFEST, EngineBackend, is_engine_config
 from trtforge.errors import EngineNotFoundError, StoreError, VerifyError
@@ -164,15 +165,6 @@ def read_manifest(entry_dir: Path) -> Manifest:
         raise StoreError(f"{entry_dir}: no {MANIFEST}") from None
     except (OSError, ValidationError, ValueError) as exc:
         raise StoreError(f"{path}: unreadable manifest: {str(exc).splitlines()[0]}") from None
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --- records -----------------------------------------------------------------------------------------------
