@@ -9,13 +9,16 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from trtforge import constants
 from trtforge.engine import EngineInfo, read_engine
+from trtforge.errors import UsageError
 from trtforge.triton import RepositoryOptions, TritonServer, write_model_repository
 
 
@@ -35,6 +38,24 @@ class TritonPorts:
     @property
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc}"
+
+
+def check_ports_free(ports: dict[str, int], host: str = "127.0.0.1") -> None:
+    """Fail in one line, before anything starts, when a port we are about to bind is taken.
+
+    Args:
+        ports: port number by the option that sets it (named in the error).
+    """
+    for option, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                reason = "already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+                raise UsageError(
+                    f"port {port} on {host} ({option}) is {reason}; pick another with {option}"
+                ) from None
 
 
 def repository_path(name: str, engine: EngineInfo) -> Path:

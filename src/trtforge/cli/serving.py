@@ -18,9 +18,10 @@ from trtforge import constants
 from trtforge.catalog import load_catalog
 from trtforge.cli._app import app, console
 from trtforge.engine import EngineInfo, read_engine
+from trtforge.errors import UsageError
 from trtforge.proxy.app import ProxyStartError, make_server
 from trtforge.proxy.settings import ProxySettings
-from trtforge.stack import TritonPorts, curl_example, prepare_triton
+from trtforge.stack import TritonPorts, check_ports_free, curl_example, prepare_triton
 from trtforge.store import resolve_engine
 from trtforge.triton import TritonServer, stop_on_signals
 
@@ -35,6 +36,14 @@ ReadyTimeout = Annotated[
 ]
 ProxyPort = Annotated[int, typer.Option("--port", help="Port of the OpenAI-compatible proxy.")]
 ProxyHost = Annotated[str, typer.Option("--host", help="Address the proxy binds (default loopback only).")]
+
+
+def _triton_port_options(ports: TritonPorts) -> dict[str, int]:
+    return {
+        "--triton-http-port": ports.http,
+        "--triton-grpc-port": ports.grpc,
+        "--triton-metrics-port": ports.metrics,
+    }
 
 
 def _start_triton(
@@ -123,6 +132,7 @@ def serve(
     """Generate the Triton model repository for an engine and run tritonserver until Ctrl-C."""
     ports = TritonPorts(http=triton_http_port, grpc=triton_grpc_port, metrics=triton_metrics_port)
     engine_dir = resolve_engine(name)
+    check_ports_free(_triton_port_options(ports))
     engine, server = prepare_triton(name, engine_dir, ports=ports)
     with stop_on_signals(server):
         _start_triton(name, engine, server, ports, ready_timeout)
@@ -141,6 +151,7 @@ def proxy(
 ) -> None:
     """Run the OpenAI-compatible proxy in front of an already running Triton."""
     engine = read_engine(resolve_engine(name))
+    check_ports_free({"--port": port}, host=host)
     settings = ProxySettings.from_engine(name, engine, f"127.0.0.1:{triton_grpc_port}")
     console.print(f"OpenAI-compatible API for [bold]{escape(name)}[/] on http://{host}:{port}/v1")
     _run_proxy(make_server(settings, host=host, port=port), name, host, port)
@@ -165,7 +176,9 @@ def up(
     """Build (if missing), start Triton and the proxy, and serve until Ctrl-C; then stop everything."""
     ports = TritonPorts(http=triton_http_port, grpc=triton_grpc_port, metrics=triton_metrics_port)
     if port in (ports.http, ports.grpc, ports.metrics):
-        raise typer.BadParameter(f"--port {port} collides with a Triton port")
+        raise UsageError(f"--port {port} is also a Triton port; pick another")
+    check_ports_free({"--port": port}, host=host)
+    check_ports_free(_triton_port_options(ports))
     engine_dir = _engine_for(name, build=build)
     engine, server = prepare_triton(name, engine_dir, ports=ports)
     with stop_on_signals(server):
