@@ -146,7 +146,7 @@ def write_tiny_engine(
         _normalise_json_files(dest)
         say("training the model")
         model = _train_model(tokenizer, max_seq_len)
-        model.save_pretrained(dest / REFERENCE_MODEL_DIR)
+        _save_quietly(model, dest / REFERENCE_MODEL_DIR)
         _normalise_json_files(dest / REFERENCE_MODEL_DIR)
     (dest / CHAT_TEMPLATE).write_bytes(_data_bytes(_TEMPLATE))
     _write_engine_config(
@@ -263,6 +263,19 @@ def _training_batches(tokenizer: Any, settings: TrainingSettings) -> list[tuple[
         ids = (prompt_ids + reply_ids)[: settings.max_sample_tokens]
         samples.append((ids, len(prompt_ids)))
     return samples
+
+
+def _save_quietly(model: Any, dest: Path) -> None:
+    """`save_pretrained` without its shard progress bar (our own progress line says what is happening)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(dest)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _train_model(tokenizer: Any, max_seq_len: int) -> Any:
