@@ -222,3 +222,23 @@ def test_no_builder_process_survives_in_the_session(builder: Path, monkeypatch: 
     ensure_engine("small")
     pids = [int(line) for line in builder.read_text().split()]
     assert all(session_members(pid) == [] for pid in pids)
+
+
+def test_hub_build_preflight_reads_the_hub_not_the_config_only_snapshot(builder: Path, tmp_path: Path) -> None:
+    # The build caches only a hub model's small files (configs, tokenizer) for its checks; preflight must not
+    # take that snapshot for the checkpoint and refuse it for its "missing" weight shards.
+    from conftest import free_port
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--nvidia--Small-NVFP4"
+    snapshot = write_nvfp4_checkpoint(repo / "snapshots" / commit, tiny=True)
+    for shard in snapshot.glob("*.safetensors"):
+        shard.unlink()
+    add_entry("hubby", model="nvidia/Small-NVFP4", revision=commit, max_seq_len=2048, max_num_tokens=2048)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
+    for key in ("HF_HUB_CACHE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        env.pop(key, None)
+    _, err = _cli("build", "hubby", env=env).communicate(timeout=60)
+    assert "cannot reach the Hugging Face hub" in err
+    assert "is missing" not in err

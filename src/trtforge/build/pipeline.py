@@ -109,7 +109,10 @@ def plan_build(
         python = resolve_python(trtllm_python)
         version = probe_trtllm_version(python)
         model_dir, revision = _resolve_model(entry)
-        _preflight(entry, model_dir=model_dir, gpu_arch=arch, force=force)
+        # A hub model's `model_dir` holds only its small files: preflight reads the weights' headers from the hub,
+        # at the revision being built.
+        checked = entry if entry.local_model_dir else entry.model_copy(update={"revision": revision})
+        _preflight(checked, model_dir=entry.local_model_dir, gpu_arch=arch, force=force)
     inputs = BuildInputs(entry.build_fields(), revision, version, arch)
     digest = inputs.digest()
     return BuildPlan(
