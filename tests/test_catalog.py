@@ -86,3 +86,12 @@ def test_add_entry_keeps_comments_and_validates(tmp_path: Path) -> None:
         add_entry("broken", model="org/B", tp_size=0)
     assert "broken" not in load_catalog()
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".engines")] == []
+
+
+@pytest.mark.parametrize("text", ["[engines.x\n", "engines = 3\n"])
+def test_add_to_a_broken_file_is_one_line_and_leaves_it_alone(text: str) -> None:
+    path = Path(os.environ["TRTFORGE_CATALOG"])
+    path.write_text(text)
+    with pytest.raises(CatalogError, match=str(path)):
+        add_entry("mine", model="org/Mine")
+    assert path.read_text() == text

@@ -247,6 +247,7 @@ def add_entry(
         model = str(local.resolve())
     entry = _validate(name, {"model": model, **given}, path)
 
+    _read_user_entries(path)  # a broken file is reported in one line, not overwritten or tracebacked
     document = tomlkit.parse(path.read_text()) if path.exists() else tomlkit.document()
     engines = document.get("engines")
     if engines is None:
