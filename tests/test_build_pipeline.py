@@ -224,7 +224,9 @@ def test_no_builder_process_survives_in_the_session(builder: Path, monkeypatch: 
     assert all(session_members(pid) == [] for pid in pids)
 
 
-def test_hub_build_preflight_reads_the_hub_not_the_config_only_snapshot(builder: Path, tmp_path: Path) -> None:
+def test_hub_build_preflight_reads_the_hub_not_the_config_only_snapshot(
+    builder: Path, tmp_path: Path
+) -> None:
     # The build caches only a hub model's small files (configs, tokenizer) for its checks; preflight must not
     # take that snapshot for the checkpoint and refuse it for its "missing" weight shards.
     from conftest import free_port
