@@ -95,3 +95,11 @@ def test_add_to_a_broken_file_is_one_line_and_leaves_it_alone(text: str) -> None
     with pytest.raises(CatalogError, match=str(path)):
         add_entry("mine", model="org/Mine")
     assert path.read_text() == text
+
+
+@pytest.mark.parametrize("option", ["tp_size", "max_seq_len", "workspace"])
+def test_builder_options_cannot_shadow_the_flags_trtforge_sets(option: str) -> None:
+    path = Path(os.environ["TRTFORGE_CATALOG"])
+    path.write_text(f'[engines.mine]\nmodel = "org/Mine"\nbuilder_options = {{ {option} = 4 }}\n')
+    with pytest.raises(CatalogError, match=rf"\[engines.mine\] builder_options: option '{option}' is set by"):
+        load_catalog()

@@ -35,6 +35,14 @@ BUILTIN_MODEL_PREFIX = "builtin:"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 BuilderOption = str | int | float | bool
+# Flags trtforge itself passes (from the entry's own fields, or as global options before `build`): a second
+# copy in builder_options would silently win over the entry (click keeps the last) or be rejected after `build`.
+_MANAGED_FLAGS = frozenset(
+    {
+        "model", "model_path", "workspace", "revision", "quantization", "tp_size", "pp_size",
+        "max_batch_size", "max_num_tokens", "max_seq_len", "trust_remote_code",
+    }
+)  # fmt: skip
 
 
 class CatalogEntry(BaseModel):
@@ -88,6 +96,8 @@ class CatalogEntry(BaseModel):
                 raise ValueError(
                     f"option {key!r} must be a builder flag name without dashes, e.g. 'max_beam_width'"
                 )
+            if key in _MANAGED_FLAGS:
+                raise ValueError(f"option {key!r} is set by trtforge: use the entry's own field instead")
         return value
 
     @model_validator(mode="after")
