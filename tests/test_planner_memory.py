@@ -189,3 +189,10 @@ def test_plan_cli_without_gpu_gives_sizes_only(qwen3_32b: Path) -> None:
     data = json.loads(result.stdout)
     assert data["fits"] is None and data["kv_tokens_capacity"] is None
     assert 19 * GB <= data["engine_bytes_estimate"] <= 22 * GB
+
+
+@pytest.mark.parametrize("flag", ["--max-batch-size", "--max-seq-len", "--max-num-tokens", "--tp-size"])
+def test_plan_cli_zero_is_refused_not_replaced_by_the_default(qwen3_32b: Path, flag: str) -> None:
+    result = CliRunner().invoke(app, ["plan", str(qwen3_32b), "--gpu", "B200", flag, "0", "--json"])
+    assert isinstance(result.exception, UsageError), result.output
+    assert "must be at least 1" in str(result.exception)

@@ -125,12 +125,12 @@ def plan(
     model = str(entry.local_model_dir or entry.model) if entry else name_or_model
     info = inspect_checkpoint(model, revision=revision or (entry.revision if entry else None))
 
-    defaults = PlanSettings()
+    base = entry or PlanSettings()  # a flag given as 0 must reach PlanSettings' check, not fall back
     settings = PlanSettings(
-        max_batch_size=max_batch_size or (entry.max_batch_size if entry else defaults.max_batch_size),
-        max_seq_len=max_seq_len or (entry.max_seq_len if entry else defaults.max_seq_len),
-        max_num_tokens=max_num_tokens or (entry.max_num_tokens if entry else defaults.max_num_tokens),
-        tp_size=tp_size or (entry.tp_size if entry else defaults.tp_size),
+        max_batch_size=base.max_batch_size if max_batch_size is None else max_batch_size,
+        max_seq_len=base.max_seq_len if max_seq_len is None else max_seq_len,
+        max_num_tokens=base.max_num_tokens if max_num_tokens is None else max_num_tokens,
+        tp_size=base.tp_size if tp_size is None else tp_size,
         kv_cache_free_gpu_mem_fraction=kv_cache_free_gpu_mem_fraction,
         kv_cache_dtype=kv_cache_dtype.upper() if kv_cache_dtype else None,
     )
