@@ -251,6 +251,8 @@ def test_seeded_sampling_streams_the_same_text(sdk: openai.OpenAI) -> None:
     whole = sdk.completions.create(model=MODEL, prompt=prompt, **kwargs)  # type: ignore[arg-type]
     streamed = sdk.completions.create(model=MODEL, prompt=prompt, stream=True, **kwargs)  # type: ignore[arg-type]
     assert "".join(c.choices[0].text for c in streamed if c.choices) == whole.choices[0].text
+    greedy = sdk.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=40)
+    assert whole.choices[0].text != greedy.choices[0].text, "a temperature alone must sample, not decode greedily"
 
 
 def test_concurrent_streams_keep_their_own_state(sdk: openai.OpenAI) -> None:

@@ -92,6 +92,14 @@ def test_temperature_zero_is_greedy_top_k_one() -> None:
     assert sampled.temperature == 0.7 and sampled.top_k is None
 
 
+def test_a_temperature_without_top_k_or_top_p_samples_from_the_whole_distribution() -> None:
+    # TensorRT-LLM is greedy when top-k and top-p are both unset: a temperature alone must send top_p 1.
+    sampled = to_sampling(ChatCompletionRequest.model_validate({**CHAT, "temperature": 0.8}))
+    assert (sampled.temperature, sampled.top_p, sampled.top_k) == (0.8, 1.0, None)
+    with_top_k = to_sampling(ChatCompletionRequest.model_validate({**CHAT, "temperature": 0.8, "top_k": 20}))
+    assert (with_top_k.top_p, with_top_k.top_k) == (None, 20)
+
+
 def test_sse_frames() -> None:
     chunk = ChatCompletionChunk(
         id="c", created=1, model="m", choices=[ChatChunkChoice(delta=DeltaMessage(content="a\nb"))]

@@ -76,12 +76,19 @@ def error_envelope(exc: ApiError) -> ErrorResponse:
 
 
 def to_sampling(request: SamplingFields) -> SamplingParams:
-    """OpenAI sampling fields as `tensorrt_llm` inputs. Temperature 0 means greedy: top-k 1, no temperature."""
+    """OpenAI sampling fields as `tensorrt_llm` inputs. Temperature 0 means greedy: top-k 1, no temperature.
+
+    TensorRT-LLM decodes greedily when top-k and top-p are both unset (0), whatever the temperature; OpenAI's
+    default is top_p 1. So a request that asks for a temperature above 0 without top-k/top-p sends top_p 1.
+    """
     greedy = request.temperature == 0.0
     top_k = 1 if greedy else request.top_k
+    top_p = request.top_p
+    if not greedy and request.temperature is not None and top_p is None and not (top_k and top_k > 0):
+        top_p = 1.0
     return SamplingParams(
         temperature=None if greedy else request.temperature,
-        top_p=None if greedy else request.top_p,
+        top_p=None if greedy else top_p,
         top_k=top_k if top_k and top_k > 0 else None,
         seed=request.seed,
         presence_penalty=request.presence_penalty,
