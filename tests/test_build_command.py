@@ -102,3 +102,14 @@ def test_python_choice_and_version_probe(monkeypatch: pytest.MonkeyPatch) -> Non
 )
 def test_failure_classification(text: str, cause: str) -> None:
     assert classify_failure(f"line before\n{text}\nline after").cause == cause
+
+
+@pytest.mark.parametrize("flags", [["--timeout", "0"], ["--stall-timeout", "-5"]])
+def test_cli_build_refuses_non_positive_limits_before_anything_runs(flags: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from trtforge.cli import app
+
+    result = CliRunner().invoke(app, ["build", "no-such-entry", *flags])
+    assert isinstance(result.exception, UsageError), result.output
+    assert flags[0] in str(result.exception)

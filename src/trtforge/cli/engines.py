@@ -67,6 +67,11 @@ def build(
     """Build an engine into the store (or find it there) and link its name; prints the store path."""
     if launcher not in LAUNCHERS:
         raise UsageError(f"--launcher must be one of {', '.join(LAUNCHERS)}")
+    # A zero or negative limit would stop the builder at its first poll, reported as a stall or a timeout.
+    if timeout is not None and timeout <= 0:
+        raise UsageError("--timeout must be a positive number of seconds")
+    if stall_timeout <= 0:
+        raise UsageError("--stall-timeout must be a positive number of seconds")
     try:
         with build_progress(name) as progress:
             result = ensure_engine(
