@@ -67,7 +67,9 @@ def test_validation_errors_are_400_envelopes(client: httpx.Client) -> None:
     bad_json = client.post(
         "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
     )
-    _assert_envelope(bad_json, 400)
+    error = _assert_envelope(bad_json, 400)
+    # The position of the syntax error is not a request field.
+    assert error["param"] is None and "invalid JSON" in str(error["message"])
 
 
 def test_unknown_model_and_route_are_404_envelopes(client: httpx.Client) -> None:

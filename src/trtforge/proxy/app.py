@@ -64,6 +64,10 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(loc) or None
     message = str(first.get("msg", "invalid request"))
+    if first.get("type") == "json_invalid":
+        # loc is ("body", offset): the offset of the syntax error, not a field.
+        param = None
+        message = f"invalid JSON in the request body at character {loc[0] if loc else '?'}"
     if param:
         message = f"{param}: {message}"
     if len(errors) > 1:
