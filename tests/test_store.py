@@ -156,3 +156,18 @@ def test_gc_leaves_a_build_in_progress_alone(tiny: Path) -> None:
     with store.lock("3" * 32):
         assert store.plan_gc().incomplete == ()
     assert building.exists()
+
+
+def test_gc_keeps_an_entry_linked_only_from_a_later_link_dir(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `tiny` in the first link dir shadows `tiny` in the second, but the second still points at its entry.
+    first, second = tmp_path / "links-a", tmp_path / "links-b"
+    other = EngineStore().root / f"{'4' * 32}-trtllm-engine-tiny-0.0"
+    shutil.copytree(tiny, other)
+    monkeypatch.setenv("TRTLLM_ENGINE_PATH", f"{second}")
+    link_engine("tiny", other)
+    monkeypatch.setenv("TRTLLM_ENGINE_PATH", f"{first}{os.pathsep}{second}")
+    link_engine("tiny", tiny)
+    assert resolve_engine("tiny") == tiny
+    assert EngineStore().plan_gc().entries == ()

@@ -234,7 +234,7 @@ class GcPlan:
     def execute(self) -> int:
         """Delete the planned paths (skipping any that are now linked or being built); returns bytes freed."""
         freed = 0
-        linked = {link.target for link in self.store.links()}
+        linked = {link.target for link in self.store.links(shadowed=True)}
         for entry in self.entries:
             if entry.path.resolve() in linked:
                 continue
@@ -316,7 +316,7 @@ class EngineStore:
         entries: list[EngineRecord] = []
         warnings: list[str] = []
         links_by_target: dict[Path, list[LinkRecord]] = {}
-        for link in self.links():
+        for link in self.links(shadowed=True):
             links_by_target.setdefault(link.target, []).append(link)
         if not self.root.is_dir():
             return StoreScan((), (), ())
@@ -348,17 +348,22 @@ class EngineStore:
         incomplete = tuple(sorted(tmp.iterdir())) if tmp.is_dir() else ()
         return StoreScan(tuple(entries), incomplete, tuple(warnings))
 
-    def links(self) -> list[LinkRecord]:
-        """Every name link in the link directories (the first directory wins for a name)."""
-        found: dict[str, LinkRecord] = {}
+    def links(self, *, shadowed: bool = False) -> list[LinkRecord]:
+        """Every name link in the link directories (the first directory wins for a name).
+
+        `shadowed=True` also returns the links a directory earlier in the path hides: they still pin their
+        targets against `gc`.
+        """
+        found: dict[str | Path, LinkRecord] = {}
         for directory in engine_link_dirs():
             if not directory.is_dir():
                 continue
             for link in sorted(directory.iterdir()):
-                if link.name.startswith(".") or link.name in found or not link.is_symlink():
+                key = link if shadowed else link.name
+                if link.name.startswith(".") or key in found or not link.is_symlink():
                     continue
                 target = Path(os.path.realpath(link))
-                found[link.name] = LinkRecord(name=link.name, link=link, target=target)
+                found[key] = LinkRecord(name=link.name, link=link, target=target)
         return list(found.values())
 
     def verify(self, path: Path) -> VerifyReport:
