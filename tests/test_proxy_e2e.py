@@ -276,3 +276,22 @@ def test_request_timeout_is_a_504_envelope(tiny: EngineInfo, triton: TritonServe
             )
     assert info.value.status_code == 504
     assert info.value.body is not None and info.value.body["type"] == "timeout"  # type: ignore[index]
+
+
+def test_shutdown_ends_open_streams_at_once_with_an_error_and_done(
+    tiny: EngineInfo, triton: TritonServer
+) -> None:
+    settings = ProxySettings.from_engine(MODEL, tiny, triton.grpc_url)
+    server = make_server(settings, port=free_port(), log_level="warning")
+    body = {"model": MODEL, "prompt": "fox", "max_tokens": 800, "ignore_eos": True, "stream": True}
+    with serve_in_thread(server) as url, httpx.stream("POST", f"{url}/v1/completions", json=body) as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        server.should_exit = True
+        started = time.monotonic()
+        frames = [line.removeprefix("data: ") for line in lines if line]
+        elapsed_s = time.monotonic() - started
+    # Without the proxy ending it, the stream runs on through uvicorn's 5 s graceful wait, then is cut.
+    assert elapsed_s < 3, elapsed_s
+    assert frames[-1] == "[DONE]"
+    assert json.loads(frames[-2])["error"]["message"] == "the server is shutting down"

@@ -28,7 +28,7 @@ from trtforge.proxy.errors import ApiError, TritonUnavailableError
 from trtforge.proxy.protocol import ChatCompletionRequest, CompletionRequest, ErrorInfo, ErrorResponse
 from trtforge.proxy.serving import OpenAIServing, Prepared, TextDelta, error_envelope
 from trtforge.proxy.settings import ProxySettings
-from trtforge.proxy.sse import SSE_MEDIA_TYPE
+from trtforge.proxy.sse import DONE_FRAME, SSE_MEDIA_TYPE, format_event
 from trtforge.proxy.tokenizer import ProxyTokenizer
 
 logger = logging.getLogger(__name__)
@@ -117,6 +117,58 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None
     return task.result()
 
 
+# ------------------------------------------------------------------------------------------------ shutdown
+
+
+async def _until_shutdown(frames: AsyncIterator[str], shutting_down: asyncio.Event) -> AsyncIterator[str]:
+    """Forward SSE frames; when the server shuts down, cancel the generation and end the stream properly.
+
+    uvicorn otherwise lets a stream run for its whole graceful timeout, then cancels it: the client gets a cut
+    stream without `[DONE]` and the terminal a traceback per stream.
+    """
+    stop = asyncio.ensure_future(shutting_down.wait())
+    frame: asyncio.Future[str] | None = None
+    try:
+        while True:
+            frame = asyncio.ensure_future(anext(frames))
+            await asyncio.wait({frame, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not frame.done():
+                break
+            try:
+                text = frame.result()
+            except StopAsyncIteration:
+                return
+            yield text
+        logger.info("server shutting down; stream ended")
+        await _cancel(frame)  # unwinds the stream generator, which cancels the Triton request
+        yield format_event(error_envelope(TritonUnavailableError("the server is shutting down")))
+        yield DONE_FRAME
+    finally:
+        stop.cancel()
+        if frame is not None:
+            await _cancel(frame)  # the client left or the task was cancelled while a frame was awaited
+        await frames.aclose()  # type: ignore[attr-defined]
+
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+        await task
+
+
+class _ProxyServer(uvicorn.Server):
+    """uvicorn's server, telling open streams when shutdown begins (before its graceful wait)."""
+
+    def __init__(self, config: uvicorn.Config, shutting_down: asyncio.Event) -> None:
+        super().__init__(config)
+        self._shutting_down = shutting_down
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        self._shutting_down.set()
+        await super().shutdown(sockets)
+
+
 # ------------------------------------------------------------------------------------------------- routes
 
 router = APIRouter()
@@ -153,7 +205,8 @@ async def _respond(
         deltas = await _unless_disconnected(request, serving.start_stream(prepared))
         if deltas is None:
             return Response(status_code=499)
-        return StreamingResponse(stream(prepared, deltas), media_type=SSE_MEDIA_TYPE, headers=_SSE_HEADERS)
+        frames = _until_shutdown(stream(prepared, deltas), request.app.state.shutting_down)
+        return StreamingResponse(frames, media_type=SSE_MEDIA_TYPE, headers=_SSE_HEADERS)
     result = await _unless_disconnected(request, whole(prepared))
     if result is None:
         return Response(status_code=499)
@@ -204,6 +257,7 @@ def build_app(settings: ProxySettings) -> FastAPI:
             await backend.close()
 
     app = FastAPI(title="trtforge OpenAI proxy", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.shutting_down = asyncio.Event()  # set by the server that runs the app (`make_server`)
     app.include_router(router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -220,8 +274,9 @@ def make_server(
     log_level: str = "info",
 ) -> uvicorn.Server:
     """A uvicorn server for the proxy; `.run()` in the foreground, or set `.should_exit` from elsewhere."""
+    app = build_app(settings)
     config = uvicorn.Config(
-        build_app(settings),
+        app,
         host=host,
         port=port,
         log_level=log_level,
@@ -231,7 +286,7 @@ def make_server(
         access_log=False,
         timeout_graceful_shutdown=5,
     )
-    return uvicorn.Server(config)
+    return _ProxyServer(config, app.state.shutting_down)
 
 
 def run_proxy(
