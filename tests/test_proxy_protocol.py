@@ -45,6 +45,11 @@ def test_unknown_fields_are_accepted_and_kept_aside() -> None:
         ("seed", -1),
         ("presence_penalty", 3),
         ("repetition_penalty", 0),
+        ("repetition_penalty", 1e308),  # would become inf as FP32
+        ("top_k", 2**32 + 1),  # would wrap to 1 (greedy) as INT32
+        ("min_tokens", 2**31),
+        ("max_tokens", 2**31),
+        ("max_completion_tokens", 2**31),
         ("n", 2),
         ("logprobs", True),
         ("messages", []),

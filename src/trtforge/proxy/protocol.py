@@ -21,6 +21,8 @@ from pydantic import (
 )
 
 UINT64_MAX = 2**64 - 1
+INT32_MAX = 2**31 - 1
+FP32_MAX = 3.4028234663852886e38
 
 
 def new_id(prefix: str) -> str:
@@ -46,16 +48,17 @@ class SamplingFields(_Request):
     """The fields chat and completions requests share."""
 
     model: str
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=-1)  # -1 and 0 both mean "no top-k"
+    # Integer fields travel as INT32 tensors: bound them so a huge value is a 400, not a wrapped cast.
+    top_k: int | None = Field(default=None, ge=-1, le=INT32_MAX)  # -1 and 0 both mean "no top-k"
     seed: int | None = Field(default=None, ge=0, le=UINT64_MAX)
     stop: str | list[str] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0)
-    min_tokens: int | None = Field(default=None, ge=0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=FP32_MAX)
+    min_tokens: int | None = Field(default=None, ge=0, le=INT32_MAX)
     n: int = Field(default=1, ge=1)
     ignore_eos: bool = False
     skip_special_tokens: bool = True
@@ -113,7 +116,7 @@ class ResponseFormat(_Request):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     chat_template_kwargs: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
