@@ -26,8 +26,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from checkpoints import write_nvfp4_checkpoint  # noqa: E402
 from trtforge.build.command import build_command  # noqa: E402
-from trtforge.build.watchdog import BuildWatchdog, session_members  # noqa: E402
+from trtforge.build.watchdog import BuildWatchdog  # noqa: E402
 from trtforge.catalog import CatalogEntry  # noqa: E402
+from trtforge.processes import session_members  # noqa: E402
 
 MODES = ("hang-after-save", "hang-ignore-term", "hung-child")
 MONO_TO_WALL = time.time() - time.monotonic()

@@ -13,9 +13,9 @@ import pytest
 
 from checkpoints import write_nvfp4_checkpoint
 from trtforge.build.pipeline import ensure_engine, plan_build
-from trtforge.build.watchdog import session_members
 from trtforge.catalog import add_entry, load_catalog
 from trtforge.errors import BuildFailedError, GpuError, InvalidEngineError
+from trtforge.processes import session_members
 from trtforge.store import EngineStore, resolve_engine, verify_engine
 
 STANDINS = Path(__file__).parent / "standins"

@@ -12,8 +12,9 @@ from tritonclient.grpc import model_config_pb2
 from conftest import copy_engine_with, free_port
 from triton_clients import generate_with_ensemble
 from trtforge.engine import EngineInfo, read_engine
+from trtforge.processes import descendant_processes
 from trtforge.triton import TritonServer, write_model_repository
-from trtforge.triton.server import ServerState, descendant_processes
+from trtforge.triton.server import ServerState
 
 pytestmark = pytest.mark.triton
 

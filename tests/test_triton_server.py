@@ -18,9 +18,10 @@ from triton_clients import generate_with_ensemble
 from triton_helpers import write_engine_dir
 from trtforge.engine import read_engine
 from trtforge.errors import BackendUnavailableError, TritonError
+from trtforge.processes import descendant_processes
 from trtforge.triton.distribution import TritonDistribution, find_tritonserver
 from trtforge.triton.repository import write_model_repository
-from trtforge.triton.server import ServerState, TritonServer, descendant_processes, stop_on_signals
+from trtforge.triton.server import ServerState, TritonServer, stop_on_signals
 
 pytestmark = pytest.mark.triton
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from trtforge.engine import ENGINE_CONFIG, is_engine_config, rank_file_name
+from trtforge.processes import session_members
 
 LLM_WORKSPACE_GLOB = "tmp*-llm-workspace"
 LLM_TMP_ENGINE = "tmp.engine"
@@ -244,28 +245,6 @@ class BuildWatchdog:
 
 
 # --- ending a session --------------------------------------------------------------------------------------
-
-
-def session_members(sid: int) -> list[int]:
-    """Live (non-zombie) processes of a session, from /proc (Linux); children that left the process group by
-    `setpgid` are still in the session."""
-    members = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return members
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read().decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 3 and fields[0] != "Z" and int(fields[3]) == sid:
-            members.append(int(entry))
-    return members
 
 
 def _signal_session(sid: int, sig: signal.Signals) -> None:

@@ -38,12 +38,12 @@ from tritonclient.grpc import model_config_pb2
 
 from trtforge import constants
 from trtforge.errors import BackendUnavailableError, TritonError
+from trtforge.processes import descendant_processes, start_time
 from trtforge.triton.distribution import TritonDistribution, find_tritonserver
 
 __all__ = [
     "ServerState",
     "TritonServer",
-    "descendant_processes",
     "required_backends",
     "stop_on_signals",
 ]
@@ -344,13 +344,13 @@ class TritonServer:
             self._children.update(descendant_processes(self._process.pid))
 
     def _kill_leftover_children(self) -> None:
-        alive = {pid: start for pid, start in self._children.items() if _start_time(pid) == start}
+        alive = {pid: start for pid, start in self._children.items() if start_time(pid) == start}
         for pid in alive:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 2.0
         while alive and time.monotonic() < deadline:
-            alive = {pid: start for pid, start in alive.items() if _start_time(pid) == start}
+            alive = {pid: start for pid, start in alive.items() if start_time(pid) == start}
             time.sleep(0.05)
         self._children.clear()
 
@@ -393,47 +393,6 @@ def stop_on_signals(server: TritonServer) -> Iterator[TritonServer]:
             server.stop()
         finally:
             signal.signal(signal.SIGTERM, previous)
-
-
-def descendant_processes(root_pid: int) -> dict[int, str]:
-    """Every live descendant of `root_pid` (from /proc), as pid -> start time (to recognise a reused pid)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        parent = _parent_pid(int(entry.name))
-        if parent is not None:
-            children.setdefault(parent, []).append(int(entry.name))
-    found: dict[int, str] = {}
-    pending = list(children.get(root_pid, []))
-    while pending:
-        pid = pending.pop()
-        start = _start_time(pid)
-        if start is not None and pid not in found:
-            found[pid] = start
-            pending.extend(children.get(pid, []))
-    return found
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (which may contain spaces and parentheses)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rfind(")") + 2 :].split()
-
-
-def _parent_pid(pid: int) -> int | None:
-    fields = _stat_fields(pid)
-    return int(fields[1]) if fields else None
-
-
-def _start_time(pid: int) -> str | None:
-    fields = _stat_fields(pid)
-    if not fields or fields[0] == "Z":  # a zombie is already dead
-        return None
-    return fields[19]
 
 
 def _signal_group(pgid: int, signum: int) -> None:
