@@ -19,7 +19,7 @@ from trtforge.catalog import load_catalog
 from trtforge.cli._app import app, console
 from trtforge.engine import EngineInfo, read_engine
 from trtforge.errors import UsageError
-from trtforge.proxy.app import ProxyStartError, make_server
+from trtforge.proxy.app import make_server, run_server
 from trtforge.proxy.settings import ProxySettings
 from trtforge.stack import TritonPorts, check_ports_free, curl_example, prepare_triton
 from trtforge.store import resolve_engine
@@ -115,12 +115,6 @@ def _demo_request(proxy: uvicorn.Server, port: int, model: str) -> None:
     console.print("\nServing until Ctrl-C.")
 
 
-def _run_proxy(server: uvicorn.Server, name: str, host: str, port: int) -> None:
-    server.run()
-    if not server.started:
-        raise ProxyStartError(f"the proxy for `{name}` did not start on {host}:{port} (is the port taken?)")
-
-
 @app.command()
 def serve(
     name: NameArg,
@@ -152,9 +146,11 @@ def proxy(
     """Run the OpenAI-compatible proxy in front of an already running Triton."""
     engine = read_engine(resolve_engine(name))
     check_ports_free({"--port": port}, host=host)
-    settings = ProxySettings.from_engine(name, engine, f"127.0.0.1:{triton_grpc_port}")
+    settings = ProxySettings.from_engine(
+        name, engine, f"127.0.0.1:{triton_grpc_port}"
+    )  # Triton binds loopback
     console.print(f"OpenAI-compatible API for [bold]{escape(name)}[/] on http://{host}:{port}/v1")
-    _run_proxy(make_server(settings, host=host, port=port), name, host, port)
+    run_server(make_server(settings, host=host, port=port))
 
 
 @app.command()
@@ -189,5 +185,5 @@ def up(
         if demo:
             threading.Thread(target=_demo_request, args=(proxy_server, port, name), daemon=True).start()
         console.print(f"OpenAI-compatible API for [bold]{escape(name)}[/] on http://{host}:{port}/v1")
-        _run_proxy(proxy_server, name, host, port)
+        run_server(proxy_server)
     console.print("stopped tritonserver and the proxy")

@@ -6,7 +6,7 @@ run_proxy(settings, host="127.0.0.1", port=9000)      # foreground, until SIGINT
 
 from __future__ import annotations
 
-from trtforge.proxy.app import ProxyStartError, build_app, make_server, run_proxy
+from trtforge.proxy.app import ProxyStartError, build_app, make_server, run_proxy, run_server
 from trtforge.proxy.settings import ProxySettings
 
-__all__ = ["ProxySettings", "ProxyStartError", "build_app", "make_server", "run_proxy"]
+__all__ = ["ProxySettings", "ProxyStartError", "build_app", "make_server", "run_proxy", "run_server"]

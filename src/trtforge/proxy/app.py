@@ -301,7 +301,16 @@ def run_proxy(
     Raises:
         ProxyStartError: the server could not start (port taken, tokenizer unreadable, ...).
     """
-    server = make_server(settings, host=host, port=port, log_level=log_level)
+    run_server(make_server(settings, host=host, port=port, log_level=log_level))
+
+
+def run_server(server: uvicorn.Server) -> None:
+    """Run a server from `make_server` in the foreground until SIGINT/SIGTERM (or `.should_exit`).
+
+    Raises:
+        ProxyStartError: the server could not start (port taken, tokenizer unreadable, ...).
+    """
     server.run()
     if not server.started:
-        raise ProxyStartError(f"the proxy for `{settings.model_name}` did not start on {host}:{port}")
+        config = server.config
+        raise ProxyStartError(f"the proxy did not start on {config.host}:{config.port} (is the port taken?)")
