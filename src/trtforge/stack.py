@@ -15,11 +15,14 @@ import json
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trtforge import constants
 from trtforge.engine import EngineInfo, read_engine
 from trtforge.errors import UsageError
-from trtforge.triton import RepositoryOptions, TritonServer, write_model_repository
+
+if TYPE_CHECKING:
+    from trtforge.triton import RepositoryOptions, TritonServer
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ def prepare_triton(
     log_path: Path | None = None,
 ) -> tuple[EngineInfo, TritonServer]:
     """Read the engine, write its model repository, and return a not-yet-started `TritonServer`."""
+    from trtforge.triton import TritonServer, write_model_repository  # tritonclient/grpc: only when serving
+
     engine = read_engine(engine_dir)
     repository = write_model_repository(engine, repository_path(name, engine), options=options)
     server = TritonServer(

@@ -8,10 +8,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-import uvicorn
 from rich.markup import escape
 
 from trtforge import constants
@@ -19,11 +18,16 @@ from trtforge.catalog import load_catalog
 from trtforge.cli._app import app, console
 from trtforge.engine import EngineInfo, read_engine
 from trtforge.errors import UsageError
-from trtforge.proxy.app import make_server, run_server
-from trtforge.proxy.settings import ProxySettings
 from trtforge.stack import TritonPorts, check_ports_free, curl_example, prepare_triton
 from trtforge.store import resolve_engine
-from trtforge.triton import TritonServer, stop_on_signals
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from trtforge.triton import TritonServer
+
+# The proxy (FastAPI, uvicorn) and Triton (tritonclient, grpc) are imported inside the commands that use them:
+# every other command, and `--help`, starts without paying for them.
 
 NameArg = Annotated[
     str, typer.Argument(help="Engine name (a catalogue entry or a link) or an engine directory.")
@@ -124,6 +128,8 @@ def serve(
     ready_timeout: ReadyTimeout = 600.0,
 ) -> None:
     """Generate the Triton model repository for an engine and run tritonserver until Ctrl-C."""
+    from trtforge.triton import stop_on_signals
+
     ports = TritonPorts(http=triton_http_port, grpc=triton_grpc_port, metrics=triton_metrics_port)
     engine_dir = resolve_engine(name)
     check_ports_free(_triton_port_options(ports))
@@ -144,6 +150,8 @@ def proxy(
     triton_grpc_port: GrpcPort = constants.DEFAULT_TRITON_GRPC_PORT,
 ) -> None:
     """Run the OpenAI-compatible proxy in front of an already running Triton."""
+    from trtforge.proxy import ProxySettings, make_server, run_server
+
     engine = read_engine(resolve_engine(name))
     check_ports_free({"--port": port}, host=host)
     settings = ProxySettings.from_engine(
@@ -170,6 +178,9 @@ def up(
     ] = False,
 ) -> None:
     """Build (if missing), start Triton and the proxy, and serve until Ctrl-C; then stop everything."""
+    from trtforge.proxy import ProxySettings, make_server, run_server
+    from trtforge.triton import stop_on_signals
+
     ports = TritonPorts(http=triton_http_port, grpc=triton_grpc_port, metrics=triton_metrics_port)
     if port in (ports.http, ports.grpc, ports.metrics):
         raise UsageError(f"--port {port} is also a Triton port; pick another")
