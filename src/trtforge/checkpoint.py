@@ -19,7 +19,6 @@ and `validate_checkpoint` raises the first of those as one `CheckpointError` lin
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -33,11 +32,23 @@ from typing import Any, Literal
 
 from trtforge.constants import hf_hub_offline
 from trtforge.errors import CheckpointError
+from trtforge.untrusted import (
+    INDEX_LIMIT,
+    SAFETENSORS_HEADER_LIMIT,
+    inside,
+    open_regular,
+    parse_json_object,
+    read_json_object,
+)
 
 CONFIG_FILE = "config.json"
 HF_QUANT_CONFIG_FILE = "hf_quant_config.json"
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+# No real tensor has more dimensions than this (convolutions have 5); more is a hostile header.
+MAX_TENSOR_RANK = 8
+# A config dimension beyond this is not a model (and would overflow the planner's arithmetic into nonsense).
+MAX_DIMENSION = 1 << 40
 
 # Bits per element of every safetensors dtype (F4 and the F6s are packed, hence bits, not bytes).
 DTYPE_BITS: dict[str, int] = {
@@ -157,7 +168,9 @@ class CheckpointInfo:
     @property
     def architecture(self) -> str:
         architectures = self.config.get("architectures") or []
-        return str(architectures[0]) if architectures else "unknown"
+        if not isinstance(architectures, list) or not architectures or not isinstance(architectures[0], str):
+            return "unknown"
+        return architectures[0]
 
     @property
     def dtype(self) -> str:
@@ -171,10 +184,22 @@ class CheckpointInfo:
         return TORCH_DTYPE_NAMES.get(raw.removeprefix("torch."), raw.upper())
 
     def dim(self, key: str) -> int:
-        value = self.text_config.get(key)
+        """A positive integer dimension of the model's config (one-line `CheckpointError` otherwise)."""
+        value = self.optional_dim(key)
         if value is None:
             raise CheckpointError(f"{self.source}: {CONFIG_FILE} has no {key!r}")
-        return int(value)
+        return value
+
+    def optional_dim(self, key: str) -> int | None:
+        """`dim`, or None when the config does not set it (null counts as unset)."""
+        value = self.text_config.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIMENSION:
+            raise CheckpointError(
+                f"{self.source}: {CONFIG_FILE} {key} is {_short(value)}, expected a positive integer"
+            )
+        return value
 
     @property
     def num_layers(self) -> int:
@@ -186,13 +211,20 @@ class CheckpointInfo:
 
     @property
     def num_kv_heads(self) -> int:
-        value = self.text_config.get("num_key_value_heads")
-        return int(value) if value is not None else self.num_attention_heads
+        value = self.optional_dim("num_key_value_heads")
+        return value if value is not None else self.num_attention_heads
 
     @property
     def head_dim(self) -> int:
-        value = self.text_config.get("head_dim")
-        return int(value) if value else self.dim("hidden_size") // self.num_attention_heads
+        value = self.optional_dim("head_dim")
+        if value is not None:
+            return value
+        head_dim = self.dim("hidden_size") // self.num_attention_heads
+        if head_dim < 1:
+            raise CheckpointError(
+                f"{self.source}: {CONFIG_FILE} hidden_size is smaller than num_attention_heads"
+            )
+        return head_dim
 
     # -- quantization ------------------------------------------------------------------------------------
     @property
@@ -304,34 +336,39 @@ def classify_tensors(tensors: tuple[TensorInfo, ...] | list[TensorInfo]) -> dict
 def read_safetensors_header(path: Path) -> dict[str, Any]:
     """The JSON header of a safetensors file (8-byte little-endian length, then JSON), without the data.
 
+    Only a regular file is read (a FIFO or device is refused, never waited on), and at most
+    `SAFETENSORS_HEADER_LIMIT` bytes of header. Every tensor entry is checked (see `_check_header_entry`).
+
     Raises:
-        CheckpointError: the file is missing, truncated or not safetensors — naming the file.
+        CheckpointError: the file is missing, truncated, not safetensors or malformed — naming the file.
     """
-    try:
-        with path.open("rb") as f:
+    with os.fdopen(open_regular(path), "rb") as f:
+        try:
             head = f.read(8)
             if len(head) < 8:
                 raise CheckpointError(f"{path}: not a safetensors file (shorter than 8 bytes)")
             (length,) = struct.unpack("<Q", head)
-            if length > 100 * 1024 * 1024:
+            if length > SAFETENSORS_HEADER_LIMIT:
                 raise CheckpointError(
-                    f"{path}: not a safetensors file (header length {length} is implausible)"
+                    f"{path}: not a safetensors file (header length {length:,} is above the "
+                    f"{SAFETENSORS_HEADER_LIMIT:,}-byte limit)"
                 )
-            raw = f.read(length)
             size = os.fstat(f.fileno()).st_size
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise CheckpointError(f"{path}: unreadable: {exc.strerror or exc}") from None
+            if size < 8 + length:
+                raise CheckpointError(f"{path}: truncated safetensors header ({size - 8} of {length} bytes)")
+            raw = f.read(length)
+        except OSError as exc:
+            raise CheckpointError(f"{path}: unreadable: {exc.strerror or exc}") from None
     if len(raw) < length:
         raise CheckpointError(f"{path}: truncated safetensors header ({len(raw)} of {length} bytes)")
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: corrupt safetensors header: {exc}") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header: not a JSON object")
-    data_end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        header = parse_json_object(raw, path)
+    except CheckpointError as exc:
+        raise CheckpointError(str(exc).replace("not valid JSON", "corrupt safetensors header", 1)) from None
+    data_end = 0
+    for name, meta in header.items():
+        if name != "__metadata__":
+            data_end = max(data_end, _check_header_entry(path, name, meta))
     if size < 8 + length + data_end:
         raise CheckpointError(
             f"{path}: truncated: {size} bytes on disk, the header describes {8 + length + data_end}"
@@ -339,32 +376,51 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     return header
 
 
+def _check_header_entry(path: Path, name: str, meta: Any) -> int:
+    """Refuse a tensor entry that is not {dtype: str, shape: [int ≥ 0…], data_offsets: [begin ≤ end]}.
+
+    Returns the entry's end offset.
+    """
+    where = f"{path.name}: tensor {_short(name)}"
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{where}: header entry is {type(meta).__name__}, not an object")
+    dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise CheckpointError(f"{where}: dtype is {_short(dtype)}, not a dtype name")
+    if not isinstance(shape, list) or len(shape) > MAX_TENSOR_RANK or not all(_is_count(d) for d in shape):
+        raise CheckpointError(
+            f"{where}: shape is {_short(shape)}, expected at most {MAX_TENSOR_RANK} non-negative integers"
+        )
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+        raise CheckpointError(f"{where}: data_offsets is {_short(offsets)}, expected [begin, end]")
+    begin, end = offsets
+    if begin > end:
+        raise CheckpointError(f"{where}: data_offsets {offsets} end before they begin")
+    return int(end)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A value quoted for an error line, cut so a hostile file cannot flood the terminal."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…"
+
+
 def _tensors_from_header(header: Mapping[str, Any], file_name: str) -> list[TensorInfo]:
-    tensors = []
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            tensors.append(
-                TensorInfo(name, str(meta["dtype"]), tuple(int(d) for d in meta["shape"]), file_name)
-            )
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(
-                f"{file_name}: tensor {name!r} has no valid dtype/shape in the header"
-            ) from None
-    return tensors
+    """Tensors of a header `read_safetensors_header` has checked."""
+    return [
+        TensorInfo(name, meta["dtype"], tuple(meta["shape"]), file_name)
+        for name, meta in header.items()
+        if name != "__metadata__"
+    ]
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise CheckpointError(f"{path}: unreadable: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
+def _read_json(path: Path, *, limit: int | None = None) -> dict[str, Any]:
+    """A JSON object from a config file, bounded in size and nesting (one-line `CheckpointError`)."""
+    return read_json_object(path) if limit is None else read_json_object(path, limit=limit)
 
 
 def _quant_from_hf_quant_config(data: Mapping[str, Any]) -> QuantizationInfo:
@@ -384,11 +440,18 @@ def _quant_info(quant: Mapping[str, Any], source: str) -> QuantizationInfo:
     kv = quant.get("kv_cache_quant_algo")
     group = quant.get("group_size")
     excluded = quant.get("exclude_modules") or quant.get("ignore") or []
+    for key, value in (("quant_algo", algo), ("kv_cache_quant_algo", kv)):
+        if value is not None and not isinstance(value, str):
+            raise CheckpointError(f"{source}: {key} is {_short(value)}, expected a string")
+    if group is not None and not (_is_count(group) and group > 0):
+        raise CheckpointError(f"{source}: group_size is {_short(group)}, expected a positive integer")
+    if not isinstance(excluded, list) or not all(isinstance(m, str) for m in excluded):
+        raise CheckpointError(f"{source}: exclude_modules is {_short(excluded)}, expected a list of names")
     return QuantizationInfo(
-        quant_algo=str(algo).upper() if algo else None,
-        kv_cache_quant_algo=str(kv).upper() if kv else None,
-        group_size=int(group) if group else None,
-        exclude_modules=tuple(str(m) for m in excluded),
+        quant_algo=algo.upper() if algo else None,
+        kv_cache_quant_algo=kv.upper() if kv else None,
+        group_size=group or None,
+        exclude_modules=tuple(excluded),
         source=source,
     )
 
@@ -419,18 +482,22 @@ def _looks_like_repo_id(text: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text)) and not text.startswith((".", "/", "~"))
 
 
-def _inspect_dir(path: Path, *, source: str, revision: str | None) -> CheckpointInfo:
-    config_path = path / CONFIG_FILE
-    if not config_path.is_file():
+def _inspect_dir(
+    path: Path, *, source: str, revision: str | None, root: Path | None = None
+) -> CheckpointInfo:
+    """Read a checkpoint directory; only regular files inside `root` (default: the directory) are read."""
+    root = root or path
+    config_path = _inside(root, path / CONFIG_FILE)
+    if config_path is None:
         raise CheckpointError(f"{path}: no {CONFIG_FILE}: not a Hugging Face checkpoint directory")
     config = _read_json(config_path)
-    hf_quant_path = path / HF_QUANT_CONFIG_FILE
-    hf_quant = _quant_from_hf_quant_config(_read_json(hf_quant_path)) if hf_quant_path.is_file() else None
+    hf_quant_path = _inside(root, path / HF_QUANT_CONFIG_FILE)
+    hf_quant = _quant_from_hf_quant_config(_read_json(hf_quant_path)) if hf_quant_path else None
 
-    shard_names, missing = _local_shards(path)
+    shards, missing = _local_shards(path, root)
     tensors: list[TensorInfo] = []
-    for name in shard_names:
-        tensors.extend(_tensors_from_header(read_safetensors_header(path / name), name))
+    for name, shard in shards:
+        tensors.extend(_tensors_from_header(read_safetensors_header(shard), name))
     return CheckpointInfo(
         source=source,
         path=path,
@@ -444,20 +511,35 @@ def _inspect_dir(path: Path, *, source: str, revision: str | None) -> Checkpoint
     )
 
 
-def _local_shards(path: Path) -> tuple[list[str], list[str]]:
-    """Shard files to read (from the index when there is one) and the ones the index names but are absent."""
-    index_path = path / INDEX_FILE
-    if index_path.is_file():
-        weight_map = _read_json(index_path).get("weight_map")
+def _inside(root: Path, path: Path) -> Path | None:
+    """`untrusted.inside` for a path already under `root`."""
+    return inside(root, path.relative_to(root))
+
+
+def _local_shards(path: Path, root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
+    """(name, real path) of the shards to read (from the index when there is one) and the names it lacks."""
+    index_path = _inside(root, path / INDEX_FILE)
+    if index_path is not None:
+        weight_map = _read_json(index_path, limit=INDEX_LIMIT).get("weight_map")
         if not isinstance(weight_map, Mapping) or not weight_map:
-            raise CheckpointError(f"{index_path}: no weight_map")
+            raise CheckpointError(f"{path / INDEX_FILE}: no weight_map")
         names = sorted(set(map(str, weight_map.values())))
-        present = [n for n in names if (path / n).is_file()]
-        return present, [n for n in names if n not in present]
-    names = sorted(p.name for p in path.glob("*.safetensors"))
-    if not names:
+        present: list[tuple[str, Path]] = []
+        missing: list[str] = []
+        for name in names:
+            if "/" in name or "\\" in name or name in ("", ".", ".."):
+                raise CheckpointError(f"{path / INDEX_FILE}: shard name {_short(name)} is not a file name")
+            real = _inside(root, path / name)
+            if real is None:
+                missing.append(name)
+            else:
+                present.append((name, real))
+        return present, missing
+    shards = [(p.name, _inside(root, p)) for p in sorted(path.glob("*.safetensors"))]
+    found = [(name, real) for name, real in shards if real is not None]
+    if not found:
         raise CheckpointError(f"{path}: no *.safetensors files and no {INDEX_FILE}")
-    return names, []
+    return found, []
 
 
 def _inspect_hub(repo_id: str, *, revision: str | None) -> CheckpointInfo:
@@ -537,7 +619,9 @@ def _inspect_cached_snapshot(repo_id: str, *, revision: str | None) -> Checkpoin
             f"{repo_id}: not in the Hugging Face cache ({hf_constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set: "
             "unset HF_HUB_OFFLINE to read it from the hub, or pass a local checkpoint directory"
         ) from None
-    return _inspect_dir(snapshot, source=repo_id, revision=revision)
+    # Hub cache snapshots are links into the repository's blobs/: confine reads to the repository folder.
+    snapshot = snapshot.resolve()
+    return _inspect_dir(snapshot, source=repo_id, revision=revision, root=snapshot.parent.parent)
 
 
 def _hub_error(repo_id: str, exc: Exception) -> CheckpointError:

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from trtforge.atomic import write_text_atomic
 from trtforge.constants import engine_link_dirs, store_dir
 from trtforge.engine import ENGINE_CONFIG, MANIFEST, EngineBackend, is_engine_config
 from trtforge.errors import EngineNotFoundError, StoreError, VerifyError
+from trtforge.untrusted import read_bounded, sha256_regular
 
 ENTRY_INFIX = "-trtllm-engine-"
 TMP_DIR = "tmp"
@@ -47,6 +49,8 @@ MANIFEST_FORMAT = 1
 HASH_CHARS = 32
 _ENTRY_RE = re.compile(rf"^(?P<hash>[0-9a-f]{{{HASH_CHARS}}}){ENTRY_INFIX}(?P<rest>.+)$")
 _CHUNK = 4 << 20
+# A manifest lists a few files per rank; even a TP×PP = 8 engine's is a few kilobytes.
+MANIFEST_LIMIT = 16 << 20
 
 
 # --- hashing -----------------------------------------------------------------------------------------------
@@ -66,14 +70,6 @@ def iter_files(root: Path, *, exclude: Iterable[str] = ()) -> Iterator[Path]:
     for path in sorted(root.rglob("*")):
         if path.is_file() and not path.is_symlink() and path.relative_to(root).parts[0] not in skip:
             yield path
-
-
-def hash_directory(root: Path) -> str:
-    """A content hash of a directory tree: relative paths and file contents (used for local checkpoints)."""
-    digest = hashlib.sha256()
-    for path in iter_files(root):
-        digest.update(f"{path.relative_to(root).as_posix()}\0{sha256_file(path)}\n".encode())
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -124,6 +120,22 @@ class Manifest(BaseModel):
     command: list[str] = []
     created_at: str
 
+    @field_validator("files")
+    @classmethod
+    def _check_paths(cls, files: dict[str, FileRecord]) -> dict[str, FileRecord]:
+        for relative in files:
+            if not is_clean_relative(relative) or relative == MANIFEST:
+                raise ValueError(f"file path {relative!r} is not a normalised relative path inside the entry")
+        return files
+
+
+def is_clean_relative(relative: str) -> bool:
+    """`a/b.c`, never `/a`, `a/../b`, `./a`, `a//b` or a backslash: a path that can only name a file inside."""
+    parts = relative.split("/")
+    return (
+        all(part not in ("", ".", "..") for part in parts) and "\\" not in relative and "\0" not in relative
+    )
+
 
 def record_files(root: Path) -> dict[str, FileRecord]:
     return {
@@ -158,13 +170,99 @@ def write_manifest(
 
 
 def read_manifest(entry_dir: Path) -> Manifest:
+    """The entry's manifest: a regular file (not a link), bounded in size, every file path inside the entry."""
     path = entry_dir / MANIFEST
+    if not os.path.lexists(path):
+        raise StoreError(f"{entry_dir}: no {MANIFEST}")
+    raw = read_bounded(path, MANIFEST_LIMIT, error=StoreError, what="manifest", follow=False)
     try:
-        return Manifest.model_validate_json(path.read_bytes())
-    except FileNotFoundError:
-        raise StoreError(f"{entry_dir}: no {MANIFEST}") from None
-    except (OSError, ValidationError, ValueError) as exc:
+        return Manifest.model_validate_json(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        raise StoreError(f"{path}: unreadable manifest: {where}: {message}") from None
+    except ValueError as exc:
         raise StoreError(f"{path}: unreadable manifest: {str(exc).splitlines()[0]}") from None
+
+
+def identity_problems(entry_dir: Path, manifest: Manifest) -> list[str]:
+    """Why the manifest does not describe this directory: its name, recorded hash and inputs must agree.
+
+    The directory name is `<hash>-trtllm-engine-<name>-<version>` of the manifest's own fields, and the hash is
+    recomputed from the recorded inputs: a directory renamed to another hash, or a manifest copied from another
+    entry, is caught.
+    """
+    problems: list[str] = []
+    expected = EngineStore.entry_dir_name(manifest.hash, manifest.name, manifest.builder_version)
+    if entry_dir.name != expected:
+        problems.append(f"{MANIFEST}: describes {expected}, not {entry_dir.name}")
+    inputs = manifest.inputs
+    try:
+        digest = BuildInputs(
+            spec=dict(inputs["spec"]),
+            model_revision=str(inputs["model_revision"]),
+            builder_version=str(inputs["builder_version"]),
+            gpu_arch=str(inputs["gpu_arch"]),
+        ).digest()
+    except (KeyError, TypeError, ValueError):
+        return [*problems, f"{MANIFEST}: inputs are incomplete"]
+    if digest != manifest.hash:
+        problems.append(f"{MANIFEST}: its inputs hash to {digest}, not to the recorded {manifest.hash}")
+    if inputs["spec"].get("name") != manifest.name:
+        problems.append(
+            f"{MANIFEST}: its inputs are for {inputs['spec'].get('name')!r}, not {manifest.name!r}"
+        )
+    return problems
+
+
+def file_problem(root: Path, relative: str, record: FileRecord, *, content: bool) -> str | None:
+    """What is wrong with one listed file of an entry (`root` resolved), reading only a regular file.
+
+    `content=False` checks type and size only (cheap: the cache-hit check); True also compares the sha256.
+    """
+    file = root / relative
+    if os.path.islink(file):
+        return f"{relative}: swapped for a symlink (to {os.readlink(file)})"
+    if os.path.realpath(file) != str(file):
+        return f"{relative}: reached through a symlinked directory"
+    try:
+        info = os.lstat(file)
+    except FileNotFoundError:
+        return f"{relative}: missing"
+    except OSError as exc:
+        return f"{relative}: unreadable: {exc.strerror or exc}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{relative}: not a regular file"
+    if info.st_size != record.size:
+        kind = "truncated" if info.st_size < record.size else "grown"
+        return f"{relative}: {kind} ({info.st_size} bytes, expected {record.size})"
+    if content:
+        try:
+            if sha256_regular(file, error=StoreError, follow=False) != record.sha256:
+                return f"{relative}: changed (sha256 differs)"
+        except StoreError as exc:
+            return f"{relative}: {str(exc).split(': ', 1)[-1]}"
+    return None
+
+
+def unlisted_problems(root: Path, manifest: Manifest) -> list[str]:
+    """Files, links and special files in the entry that its manifest does not list (nothing is followed)."""
+    problems: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = Path(dirpath)
+        for name in sorted([*filenames, *(d for d in dirnames if os.path.islink(base / d))]):
+            path = base / name
+            relative = path.relative_to(root).as_posix()
+            if relative == MANIFEST or relative in manifest.files:
+                continue
+            if os.path.islink(path):
+                problems.append(f"{relative}: added symlink (to {os.readlink(path)})")
+            elif not stat.S_ISREG(os.lstat(path).st_mode):
+                problems.append(f"{relative}: not a regular file, not in the manifest")
+            else:
+                problems.append(f"{relative}: not in the manifest")
+    return problems
 
 
 # --- records -----------------------------------------------------------------------------------------------
@@ -273,13 +371,32 @@ class EngineStore:
         return self.root / self.entry_dir_name(digest, name, version)
 
     def find(self, digest: str) -> Path | None:
-        """The published entry for a hash, if any."""
+        """The published entry for a hash, if any: one whose manifest matches it (see `entry_problems`).
+
+        A directory that merely has the hash in its name (empty, renamed from another entry, half-deleted) is not
+        a cache hit.
+        """
         if not self.root.is_dir():
             return None
-        for path in self.root.glob(f"{digest}{ENTRY_INFIX}*"):
-            if path.is_dir():
+        for path in sorted(self.root.glob(f"{digest}{ENTRY_INFIX}*")):
+            if path.is_dir() and not path.is_symlink() and not self.entry_problems(path):
                 return path
         return None
+
+    def entry_problems(self, path: Path) -> list[str]:
+        """Cheap checks of a published entry: manifest readable and describing this directory, every listed
+        file present as a regular file of the recorded size (contents are `verify`'s job)."""
+        try:
+            manifest = read_manifest(path)
+        except StoreError as exc:
+            return [str(exc)]
+        root = Path(os.path.realpath(path))
+        problems = identity_problems(path, manifest)
+        for relative, record in sorted(manifest.files.items()):
+            problem = file_problem(root, relative, record, content=False)
+            if problem:
+                problems.append(problem)
+        return problems
 
     def lock(self, digest: str, *, timeout_s: float = -1) -> FileLock:
         locks = self.root / LOCKS_DIR
@@ -304,8 +421,13 @@ class EngineStore:
 
     def publish(self, incomplete: Path, final: Path) -> Path:
         """Rename a checked build directory into place (atomic; the caller holds the hash's lock)."""
-        if final.exists():
-            raise StoreError(f"{final}: already published")
+        if os.path.lexists(final):
+            if not self.entry_problems(final):
+                raise StoreError(f"{final}: already published")
+            # Something with the entry's name that is not the entry: move it out of the way (gc removes it).
+            os.replace(
+                final, self.root / TMP_DIR / f"{final.name.split('-')[0]}.{uuid.uuid4().hex[:8]}.invalid"
+            )
         os.replace(incomplete, final)
         return final
 
@@ -333,6 +455,8 @@ class EngineStore:
             except StoreError as exc:
                 warnings.append(str(exc))
                 manifest = None
+            if manifest is not None:
+                warnings.extend(f"{path}: {problem}" for problem in identity_problems(path, manifest))
             name = manifest.name if manifest else match["rest"].rsplit("-", 1)[0]
             entries.append(
                 EngineRecord(
@@ -367,7 +491,9 @@ class EngineStore:
         return list(found.values())
 
     def verify(self, path: Path) -> VerifyReport:
-        """Check every file against the manifest (sizes first, then sha256); lists every problem."""
+        """Check the manifest describes this directory, then every file against it (type and size first, then
+        sha256, reading only regular files and following no link); lists every problem, unlisted files and
+        symlinks included."""
         path = Path(path)
         problems: list[str] = []
         try:
@@ -377,24 +503,13 @@ class EngineStore:
             if not is_engine_config(config):
                 problems.append(f"{ENGINE_CONFIG}: missing or not an engine config")
             return VerifyReport(path, 0, (*problems, str(exc)), has_manifest=False)
+        problems.extend(identity_problems(path, manifest))
+        root = Path(os.path.realpath(path))
         for relative, record in sorted(manifest.files.items()):
-            file = path / relative
-            try:
-                size = file.stat().st_size
-            except FileNotFoundError:
-                problems.append(f"{relative}: missing")
-                continue
-            if size != record.size:
-                kind = "truncated" if size < record.size else "grown"
-                problems.append(f"{relative}: {kind} ({size} bytes, expected {record.size})")
-            elif sha256_file(file) != record.sha256:
-                problems.append(f"{relative}: changed (sha256 differs)")
-        extra = sorted(
-            p.relative_to(path).as_posix()
-            for p in iter_files(path, exclude=[MANIFEST])
-            if p.relative_to(path).as_posix() not in manifest.files
-        )
-        problems.extend(f"{relative}: not in the manifest" for relative in extra)
+            problem = file_problem(root, relative, record, content=True)
+            if problem:
+                problems.append(problem)
+        problems.extend(unlisted_problems(root, manifest))
         return VerifyReport(path, len(manifest.files), tuple(problems), has_manifest=True)
 
     # gc

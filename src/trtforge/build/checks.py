@@ -10,6 +10,7 @@ from typing import Any
 from trtforge.catalog import CatalogEntry
 from trtforge.engine import CHAT_TEMPLATE, EngineInfo, rank_file_name, read_engine
 from trtforge.errors import CheckpointError, InvalidEngineError
+from trtforge.untrusted import copy_bounded, inside, read_json_object
 
 HF_QUANT_CONFIG = "hf_quant_config.json"
 TOKENIZER_FILES = (
@@ -30,14 +31,12 @@ def checkpoint_quant_algo(model_dir: Path | None) -> str | None:
     """The quant_algo a ModelOpt checkpoint declares in `hf_quant_config.json` (reference §3), or None."""
     if model_dir is None:
         return None
-    path = model_dir / HF_QUANT_CONFIG
-    try:
-        data: Any = json.loads(path.read_text())
-    except FileNotFoundError:
+    path = inside(model_dir.resolve(), HF_QUANT_CONFIG)
+    if path is None:
         return None
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable: {exc}") from None
-    algo = (data.get("quantization") or {}).get("quant_algo") if isinstance(data, dict) else None
+    data: Any = read_json_object(path)
+    quantization = data.get("quantization")
+    algo = quantization.get("quant_algo") if isinstance(quantization, dict) else None
     return str(algo).upper() if algo else None
 
 
@@ -82,17 +81,23 @@ def copy_tokenizer_files(
 ) -> list[str]:
     """Copy the tokenizer files and chat template from the checkpoint beside the engine.
 
-    Files missing locally are downloaded from the hub (hub models only). Returns the names copied.
+    Only regular files inside the checkpoint are copied (a hub snapshot's links into its repository's blobs
+    count as inside), bounded in size, as new files of our own mode. Files missing locally are downloaded from
+    the hub (hub models only). Returns the names copied.
 
     Raises:
-        CheckpointError: no tokenizer could be found for the engine.
+        CheckpointError: no tokenizer could be found for the engine, or a tokenizer file is a link outside the
+            checkpoint, a FIFO or device, or too large.
     """
     copied: list[str] = []
-    for name in (*TOKENIZER_FILES, CHAT_TEMPLATE):
-        source = model_dir / name if model_dir is not None else None
-        if source is not None and source.is_file():
-            shutil.copyfile(source, engine_dir / name)
-            copied.append(name)
+    if model_dir is not None:
+        directory = model_dir.resolve()
+        root = directory.parent.parent if hub_model else directory
+        for name in (*TOKENIZER_FILES, CHAT_TEMPLATE):
+            source = inside(root, (directory / name).relative_to(root))
+            if source is not None:
+                copy_bounded(source, engine_dir / name)
+                copied.append(name)
     if hub_model and not any((engine_dir / name).is_file() for name in TOKENIZER_REQUIRED):
         copied += _download_tokenizer(engine_dir, hub_model, revision)
     if not any((engine_dir / name).is_file() for name in TOKENIZER_REQUIRED):

@@ -24,7 +24,8 @@ from trtforge.build.watchdog import BuildWatchdog, Outcome, WatchResult
 from trtforge.catalog import CatalogEntry, load_catalog
 from trtforge.constants import DEFAULT_STALL_TIMEOUT_S, gpu_arch_override, logs_dir
 from trtforge.errors import BuildFailedError, CheckpointError, GpuError, TrtforgeError
-from trtforge.store import BUILD_LOG, BuildInputs, EngineStore, hash_directory, link_engine, write_manifest
+from trtforge.store import BUILD_LOG, BuildInputs, EngineStore, link_engine, write_manifest
+from trtforge.untrusted import hash_tree, inside, read_json_object
 
 REFERENCE_ARCH = "cpu"
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -158,7 +159,12 @@ def _resolve_model(entry: CatalogEntry) -> tuple[Path | None, str]:
     if local is not None:
         if not local.is_dir():
             raise CheckpointError(f"{local}: checkpoint directory not found (entry {entry.name!r})")
-        return local, f"dir:{hash_directory(local)}"
+        # The cheap check first: a directory without a valid config.json is refused before hashing gigabytes.
+        config = inside(local, "config.json")
+        if config is None:
+            raise CheckpointError(f"{local}: no config.json: not a Hugging Face checkpoint directory")
+        read_json_object(config)
+        return local, f"dir:{hash_tree(local)}"
     sha = resolve_hub_revision(entry.model, entry.revision)
     return _hub_snapshot(entry.model, sha), sha
 
