@@ -1,0 +1,532 @@
+"""Benchmark: what the OpenAI proxy costs per streamed token, next to a direct gRPC client of the same Triton.
+
+One embedded tritonserver whose `tensorrt_llm` model is `benchmarks/emitter_model.py` (the tensor contract,
+tokens of real text as fast as the CPU allows, or at `--pace-ms` per token per stream), and the proxy
+(`trtforge proxy`, a separate process whose CPU time is read from /proc). For each concurrency, the clients
+run one after another, in a rotating order, `--repeats` times:
+
+- `direct`: a `grpc.aio` client of Triton's `ModelStreamInfer` (what the proxy itself does, without HTTP);
+- `httpx`: `httpx.AsyncClient` streaming `/v1/chat/completions` through the proxy;
+- `raw`: a minimal asyncio-socket HTTP client through the proxy (the client's own cost is small).
+
+Each of N streams sends requests back to back (closed loop), `--max-tokens` tokens each; the prompts are the
+same chat messages (the direct client sends the ids the proxy's chat template makes). Figures:
+tokens/s and its ratio to the direct client in the same repeat, proxy CPU µs per token, client CPU µs per
+token, time to first token (TTFT) p50/p90: at one stream over all requests, under load over every request
+but each stream's first (those start together).
+
+    .venv/bin/python benchmarks/proxy.py [--streams 1,16,64] [--repeats 3] [--max-tokens 256]
+        [--tokens-per-run 16384] [--pace-ms 0] [--workers 1] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+from tritonclient.grpc import service_pb2_grpc
+
+from trtforge.engine import read_engine
+from trtforge.proxy.backend import GenerationRequest, build_infer_request, is_final
+from trtforge.proxy.tokenizer import ProxyTokenizer
+from trtforge.reference.tiny import _corpus_text, _make_tokenizer
+from trtforge.triton import TritonServer, write_model_repository
+
+HERE = Path(__file__).resolve().parent
+CLIENTS = ("direct", "httpx", "raw")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MESSAGES = [
+    {"role": "user", "content": "Tell me a long story about the sea, the wind and the old lighthouse."}
+]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ------------------------------------------------------------------------------------------------ /proc
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid` and its live descendants (all their threads)."""
+    tree = _children()
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        todo.extend(tree.get(current, []))
+        try:
+            with open(f"/proc/{current}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+# ------------------------------------------------------------------------------------------------ the stack
+
+
+def write_engine(dest: Path) -> Path:
+    """A reference-layout engine directory: config.json, an empty hf_model/, the tiny tokenizer + template."""
+    dest.mkdir(parents=True)
+    (dest / "hf_model").mkdir()
+    config = {
+        "version": "bench",
+        "pretrained_config": {
+            "architecture": "Qwen3ForCausalLM",
+            "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1},
+            "quantization": {"quant_algo": "NVFP4"},
+        },
+        "build_config": {
+            "max_batch_size": 256,
+            "max_seq_len": 8192,
+            "max_input_len": 4096,
+            "max_num_tokens": 8192,
+            "max_beam_width": 1,
+        },
+    }
+    (dest / "config.json").write_text(json.dumps(config))
+    tokenizer = _make_tokenizer(8192)
+    tokenizer.save_pretrained(str(dest))
+    (dest / "chat_template.jinja").write_text(tokenizer.chat_template)
+    return dest
+
+
+def write_repository(engine_dir: Path, dest: Path, pace_s: float) -> Path:
+    """The generated repository with only `tensorrt_llm`, its model.py replaced by the emitter."""
+    write_model_repository(read_engine(engine_dir), dest)
+    for name in ("preprocessing", "postprocessing", "ensemble"):
+        shutil.rmtree(dest / name)
+    version = dest / "tensorrt_llm" / "1"
+    shutil.copyfile(HERE / "emitter_model.py", version / "model.py")
+    tokenizer = ProxyTokenizer.load(engine_dir)
+    ids = tokenizer.encode(_corpus_text())[:4096]
+    (version / "emitter.json").write_text(json.dumps({"ids": ids, "pace_s": pace_s}))
+    return dest
+
+
+@dataclass
+class Stack:
+    engine_dir: Path
+    triton: TritonServer
+    proxy: subprocess.Popen[bytes]
+    proxy_url: str
+    grpc_url: str
+
+
+@contextlib.contextmanager
+def running_stack(work: Path, *, pace_s: float, workers: int) -> Iterator[Stack]:
+    engine_dir = write_engine(work / "engine")
+    repository = write_repository(engine_dir, work / "repository", pace_s)
+    ports = [free_port() for _ in range(4)]
+    triton = TritonServer(
+        repository,
+        http_port=ports[0],
+        grpc_port=ports[1],
+        metrics_port=ports[2],
+        log_path=work / "triton.log",
+    )
+    triton.start()
+    proxy: subprocess.Popen[bytes] | None = None
+    try:
+        triton.wait_ready(timeout_s=300)
+        command = [sys.executable, "-m", "trtforge", "proxy", str(engine_dir), "--port", str(ports[3])]
+        command += ["--triton-grpc-port", str(ports[1])]
+        if workers != 1:
+            command += ["--workers", str(workers)]
+        env = {**os.environ, "TRTFORGE_HOME": str(work / "home")}
+        with open(work / "proxy.log", "wb") as log:
+            proxy = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        url = f"http://127.0.0.1:{ports[3]}"
+        wait_healthy(url, proxy, work / "proxy.log")
+        yield Stack(engine_dir, triton, proxy, url, f"127.0.0.1:{ports[1]}")
+    finally:
+        if proxy is not None:
+            stop_process(proxy)
+        triton.stop()
+
+
+def wait_healthy(url: str, proxy: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proxy.poll() is not None:
+            raise SystemExit(f"the proxy exited ({proxy.returncode}):\n{log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("the proxy did not become healthy in 120 s")
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+# ------------------------------------------------------------------------------------------------ clients
+
+
+@dataclass
+class Outcome:
+    """One request: completion tokens received and seconds to the first one."""
+
+    tokens: int
+    ttft_s: float
+
+
+class DirectClient:
+    """`grpc.aio` straight to Triton: the floor the proxy is compared with."""
+
+    def __init__(self, grpc_url: str, prompt_ids: list[int], max_tokens: int) -> None:
+        self.channel = grpc.aio.insecure_channel(grpc_url)
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        self.prompt_ids = tuple(prompt_ids)
+        self.max_tokens = max_tokens
+        self.count = 0
+
+    async def request(self) -> Outcome:
+        self.count += 1
+        gen = GenerationRequest(
+            request_id=f"direct-{self.count}",
+            prompt_ids=self.prompt_ids,
+            max_tokens=self.max_tokens,
+            end_id=None,
+            pad_id=0,
+        )
+        message = build_infer_request("tensorrt_llm", gen)
+        done = asyncio.Event()
+
+        async def requests() -> AsyncIterator[Any]:
+            yield message
+            await done.wait()
+
+        started = time.perf_counter()
+        first = 0.0
+        tokens = 0
+        call = self.stub.ModelStreamInfer(requests())
+        try:
+            async for reply in call:
+                if reply.error_message:
+                    raise RuntimeError(reply.error_message)
+                response = reply.infer_response
+                raw = response.raw_output_contents
+                new = len(raw[0]) // 4 if raw else 0
+                if new and not tokens:
+                    first = time.perf_counter() - started
+                tokens += new
+                if is_final(response):
+                    break
+        finally:
+            done.set()
+            call.cancel()
+        return Outcome(tokens, first)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+def chat_body(model: str, max_tokens: int) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": MESSAGES,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": True,
+    }
+
+
+_USAGE = re.compile(rb'"completion_tokens":(\d+)')
+_CONTENT = re.compile(rb'"content":"[^"]')
+
+
+class HttpxClient:
+    def __init__(self, url: str, model: str, max_tokens: int, concurrency: int) -> None:
+        limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
+        self.client = httpx.AsyncClient(base_url=url, limits=limits, timeout=None)
+        self.body = chat_body(model, max_tokens)
+
+    async def request(self) -> Outcome:
+        started = time.perf_counter()
+        first = 0.0
+        last = ""
+        async with self.client.stream("POST", "/v1/chat/completions", json=self.body) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data == "[DONE]":
+                    break
+                if not first and '"content":"' in data and '"content":""' not in data:
+                    first = time.perf_counter() - started
+                last = data
+        usage = json.loads(last)["usage"]
+        return Outcome(int(usage["completion_tokens"]), first)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class RawClient:
+    """HTTP/1.1 over an asyncio socket, one connection per request, no parsing beyond what it counts."""
+
+    def __init__(self, url: str, model: str, max_tokens: int) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.host, self.port = host, int(port)
+        body = json.dumps(chat_body(model, max_tokens)).encode()
+        self.head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode() + body
+
+    async def request(self) -> Outcome:
+        started = time.perf_counter()
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        writer.write(self.head)
+        first = 0.0
+        parts: list[bytes] = []
+        try:
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                if not first and _CONTENT.search(chunk):
+                    first = time.perf_counter() - started
+                parts.append(chunk)
+        finally:
+            writer.close()
+        data = b"".join(parts)
+        if b"[DONE]" not in data:
+            raise RuntimeError(f"stream without [DONE]: {data[:200]!r}")
+        usage = _USAGE.findall(data)
+        return Outcome(int(usage[-1]) if usage else 0, first)
+
+    async def close(self) -> None:
+        return None
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+
+@dataclass
+class Run:
+    client: str
+    streams: int
+    tokens: int
+    wall_s: float
+    proxy_cpu_s: float
+    client_cpu_s: float
+    triton_cpu_s: float
+    ttft_all: list[float] = field(default_factory=list)
+    ttft_later: list[float] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s
+
+    def per_token_us(self, seconds: float) -> float:
+        return seconds / max(self.tokens, 1) * 1e6
+
+
+async def run_client(
+    stack: Stack, client_name: str, streams: int, per_stream: int, max_tokens: int, prompt_ids: list[int]
+) -> Run:
+    client: DirectClient | HttpxClient | RawClient
+    if client_name == "direct":
+        client = DirectClient(stack.grpc_url, prompt_ids, max_tokens)
+    elif client_name == "httpx":
+        client = HttpxClient(stack.proxy_url, str(stack.engine_dir), max_tokens, streams)
+    else:
+        client = RawClient(stack.proxy_url, str(stack.engine_dir), max_tokens)
+    await client.request()  # warm the connection and the path
+    results: list[list[Outcome]] = [[] for _ in range(streams)]
+
+    async def worker(index: int) -> None:
+        for _ in range(per_stream):
+            results[index].append(await client.request())
+
+    proxy_cpu = tree_cpu_s(stack.proxy.pid)
+    triton_cpu = tree_cpu_s(stack.triton.pid or 0)
+    client_cpu = time.process_time()
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(streams)))
+    wall = time.perf_counter() - started
+    client_cpu = time.process_time() - client_cpu
+    proxy_cpu = tree_cpu_s(stack.proxy.pid) - proxy_cpu
+    triton_cpu = tree_cpu_s(stack.triton.pid or 0) - triton_cpu
+    await client.close()
+    outcomes = [o for per in results for o in per]
+    tokens = sum(o.tokens for o in outcomes)
+    if tokens != len(outcomes) * max_tokens:
+        raise RuntimeError(f"{client_name}: {tokens} tokens, expected {len(outcomes) * max_tokens}")
+    return Run(
+        client=client_name,
+        streams=streams,
+        tokens=tokens,
+        wall_s=wall,
+        proxy_cpu_s=proxy_cpu if client_name != "direct" else 0.0,
+        client_cpu_s=client_cpu,
+        triton_cpu_s=triton_cpu,
+        ttft_all=[o.ttft_s for o in outcomes],
+        ttft_later=[o.ttft_s for per in results for o in per[1:]],
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarise(runs: list[Run], clients: list[str], streams: list[int]) -> dict[str, Any]:
+    """Medians over repeats; ratios are taken within a repeat, then the median of those."""
+    summary: dict[str, Any] = {}
+    for n in streams:
+        per_client = {c: [r for r in runs if r.client == c and r.streams == n] for c in clients}
+        direct = per_client.get("direct", [])
+        row: dict[str, Any] = {}
+        for c, mine in per_client.items():
+            if not mine:
+                continue
+            ttft = [t for r in mine for t in (r.ttft_all if n == 1 else r.ttft_later)]
+            entry = {
+                "tokens_per_s": statistics.median(r.tokens_per_s for r in mine),
+                "proxy_cpu_us_per_token": statistics.median(r.per_token_us(r.proxy_cpu_s) for r in mine),
+                "client_cpu_us_per_token": statistics.median(r.per_token_us(r.client_cpu_s) for r in mine),
+                "triton_cpu_us_per_token": statistics.median(r.per_token_us(r.triton_cpu_s) for r in mine),
+                "ttft_p50_ms": percentile(ttft, 0.5) * 1e3,
+                "ttft_p90_ms": percentile(ttft, 0.9) * 1e3,
+            }
+            if direct and c != "direct":
+                ratios = [m.tokens_per_s / d.tokens_per_s for m, d in zip(mine, direct, strict=False)]
+                entry["ratio_to_direct"] = statistics.median(ratios)
+            row[c] = entry
+        if "direct" in row:
+            for c in row:
+                if c != "direct":
+                    row[c]["ttft_p50_added_ms"] = row[c]["ttft_p50_ms"] - row["direct"]["ttft_p50_ms"]
+                    row[c]["ttft_p50_x_direct"] = row[c]["ttft_p50_ms"] / row["direct"]["ttft_p50_ms"]
+        summary[str(n)] = row
+    return summary
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    header = (
+        f"{'streams':>7} {'client':>6} {'tok/s':>8} {'÷direct':>7} {'proxy µs/tok':>12} {'client µs/tok':>13} "
+        f"{'triton µs/tok':>13} {'TTFT p50 ms':>11} {'p90 ms':>8} {'+p50 ms':>8} {'×direct':>7}"
+    )
+    print(header)
+    for n, row in summary.items():
+        for c, e in row.items():
+            ratio = f"{e['ratio_to_direct']:.2f}" if "ratio_to_direct" in e else "-"
+            added = f"{e['ttft_p50_added_ms']:+.1f}" if "ttft_p50_added_ms" in e else "-"
+            times = f"{e['ttft_p50_x_direct']:.1f}" if "ttft_p50_x_direct" in e else "-"
+            proxy = f"{e['proxy_cpu_us_per_token']:.0f}" if c != "direct" else "-"
+            print(
+                f"{n:>7} {c:>6} {e['tokens_per_s']:>8.0f} {ratio:>7} {proxy:>12} "
+                f"{e['client_cpu_us_per_token']:>13.0f} {e['triton_cpu_us_per_token']:>13.0f} "
+                f"{e['ttft_p50_ms']:>11.1f} {e['ttft_p90_ms']:>8.1f} {added:>8} {times:>7}"
+            )
+
+
+async def bench(args: argparse.Namespace, stack: Stack) -> list[Run]:
+    tokenizer = ProxyTokenizer.load(stack.engine_dir)
+    prompt_ids = tokenizer.render_chat(MESSAGES)
+    clients = args.clients.split(",")
+    runs: list[Run] = []
+    for repeat in range(args.repeats):
+        for n in args.streams:
+            per_stream = max(2 if n > 1 else 1, math.ceil(args.tokens_per_run / (n * args.max_tokens)))
+            order = clients[repeat % len(clients) :] + clients[: repeat % len(clients)]
+            for c in order:
+                run = await run_client(stack, c, n, per_stream, args.max_tokens, prompt_ids)
+                runs.append(run)
+                print(
+                    f"repeat {repeat + 1} streams {n:>3} {c:>6}: {run.tokens_per_s:8.0f} tok/s, proxy "
+                    f"{run.per_token_us(run.proxy_cpu_s):5.0f} µs/tok, client {run.per_token_us(run.client_cpu_s):5.0f}"
+                    f" µs/tok, TTFT p50 {percentile(run.ttft_later or run.ttft_all, 0.5) * 1e3:7.1f} ms",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--streams", default="1,16,64", help="concurrencies, comma-separated")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--tokens-per-run", type=int, default=16384, help="tokens per client per concurrency")
+    parser.add_argument("--pace-ms", type=float, default=0.0, help="ms between two tokens of one stream")
+    parser.add_argument("--workers", type=int, default=1, help="proxy worker processes")
+    parser.add_argument("--clients", default=",".join(CLIENTS))
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = parser.parse_args()
+    args.streams = [int(s) for s in args.streams.split(",")]
+    with (
+        tempfile.TemporaryDirectory(prefix="trtforge-bench-proxy-") as tmp,
+        running_stack(Path(tmp), pace_s=args.pace_ms / 1000, workers=args.workers) as stack,
+    ):
+        print(f"proxy pid {stack.proxy.pid}, triton pid {stack.triton.pid}", file=sys.stderr, flush=True)
+        runs = asyncio.run(bench(args, stack))
+    summary = summarise(runs, args.clients.split(","), args.streams)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_table(summary)
+
+
+if __name__ == "__main__":
+    main()
