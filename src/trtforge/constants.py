@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from trtforge.errors import UsageError
+
 DEFAULT_PROXY_HOST = "127.0.0.1"
 DEFAULT_PROXY_PORT = 9000
 DEFAULT_TRITON_HTTP_PORT = 8000
@@ -45,12 +47,30 @@ def scratch_dir() -> Path:
 def engine_link_dirs() -> list[Path]:
     """Directories that hold name links, searched in order; links are written into the first.
 
-    `$TRTLLM_ENGINE_PATH` (a `:`-separated list, like PATH) overrides `~/.cache/trtllm-engines`.
+    `$TRTLLM_ENGINE_PATH` (a `:`-separated list, like PATH) overrides `~/.cache/trtllm-engines`. Empty entries
+    are skipped; a relative entry (which would depend on the working directory) or a value naming no directory
+    at all is refused: "no link directories" must never mean "nothing is linked" to `gc`.
+
+    Raises:
+        UsageError: a relative entry, or only separators.
     """
     env = os.environ.get("TRTLLM_ENGINE_PATH")
-    if env:
-        return [Path(p).expanduser() for p in env.split(os.pathsep) if p]
-    return [_cache_home() / "trtllm-engines"]
+    if not env:
+        return [_cache_home() / "trtllm-engines"]
+    directories = []
+    for part in env.split(os.pathsep):
+        if not part:
+            continue
+        path = Path(part).expanduser()
+        if not path.is_absolute():
+            raise UsageError(
+                f"TRTLLM_ENGINE_PATH entry {part!r} is relative (it would depend on the working directory); "
+                "use absolute directories"
+            )
+        directories.append(path)
+    if not directories:
+        raise UsageError(f"TRTLLM_ENGINE_PATH={env!r} names no directory; unset it or name one")
+    return directories
 
 
 def catalog_path() -> Path:

@@ -9,6 +9,7 @@ Layout (root = `constants.store_dir()`):
             trtforge.json                           manifest: inputs, files (size + sha256), timings
         tmp/<hash>.<uuid8>.incomplete/              a build in progress (or the wreck of one)
         .locks/<hash>.lock                          one lock per build hash
+        .gcroots/<sha16> -> <link dir>              every link directory a link was ever written into
     <link dir>/<name> -> store/<entry>              name links (`constants.engine_link_dirs()`)
 
 Invariants: an entry appears only by `os.replace` of a checked, complete directory; links are replaced by
@@ -34,8 +35,8 @@ from typing import Any
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from trtforge.atomic import write_text_atomic
-from trtforge.constants import engine_link_dirs, store_dir
+from trtforge.atomic import temporary_sibling, write_text_atomic
+from trtforge.constants import engine_link_dirs, logs_dir, store_dir
 from trtforge.engine import ENGINE_CONFIG, MANIFEST, EngineBackend, is_engine_config
 from trtforge.errors import EngineNotFoundError, StoreError, VerifyError
 from trtforge.untrusted import read_bounded, sha256_regular
@@ -43,6 +44,11 @@ from trtforge.untrusted import read_bounded, sha256_regular
 ENTRY_INFIX = "-trtllm-engine-"
 TMP_DIR = "tmp"
 LOCKS_DIR = ".locks"
+ROOTS_DIR = ".gcroots"
+# gc deletes failed builds' logs after a week, and lock files nobody has opened for an hour (opening one with
+# filelock truncates it, which sets its mtime, so a build waiting on a lock keeps it young).
+LOG_KEEP_S = 7 * 24 * 3600.0
+LOCK_IDLE_S = 3600.0
 INCOMPLETE_SUFFIX = ".incomplete"
 BUILD_LOG = "build.log"
 MANIFEST_FORMAT = 1
@@ -328,6 +334,8 @@ class GcPlan:
     incomplete: tuple[Path, ...]
     expected_freed_bytes: int
     warnings: tuple[str, ...] = field(default=())
+    old_logs: tuple[Path, ...] = field(default=())
+    idle_locks: tuple[Path, ...] = field(default=())
 
     def execute(self) -> int:
         """Delete the planned paths (skipping any that are now linked or being built); returns bytes freed."""
@@ -339,7 +347,28 @@ class GcPlan:
             freed += self.store._remove_entry(entry.path, entry.hash)
         for path in self.incomplete:
             freed += self.store._remove_entry(path, path.name.split(".")[0])
+        for log in self.old_logs:
+            with contextlib.suppress(OSError):
+                size = log.lstat().st_size
+                log.unlink()
+                freed += size
+        for lock in self.idle_locks:
+            self.store._remove_idle_lock(lock)
         return freed
+
+
+def _older_than(directory: Path, pattern: str, age_s: float) -> list[Path]:
+    """Regular files in `directory` matching `pattern` not modified for `age_s` seconds."""
+    import time
+
+    cutoff = time.time() - age_s
+    found = []
+    for path in sorted(directory.glob(pattern)) if directory.is_dir() else []:
+        with contextlib.suppress(OSError):
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
+                found.append(path)
+    return found
 
 
 def _tree_size(path: Path) -> int:
@@ -398,23 +427,31 @@ class EngineStore:
                 problems.append(problem)
         return problems
 
+    def _directory(self, path: Path) -> Path:
+        """Create a store directory, or say in one line why it cannot be (e.g. TRTFORGE_HOME is a file)."""
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot create the store directory: {exc.strerror or exc}") from None
+        return path
+
     def lock(self, digest: str, *, timeout_s: float = -1) -> FileLock:
-        locks = self.root / LOCKS_DIR
-        locks.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(locks / f"{digest}.lock"), timeout=timeout_s)
+        locks = self._directory(self.root / LOCKS_DIR)
+        lock_path = locks / f"{digest}.lock"
+        if os.path.lexists(lock_path) and not os.path.isfile(lock_path):
+            raise StoreError(f"{lock_path}: not a regular file; remove it to build this engine")
+        return FileLock(str(lock_path), timeout=timeout_s)
 
     def new_incomplete(self, digest: str) -> Path:
         """A fresh, empty build directory inside the store (same filesystem: publishing is a rename)."""
-        tmp = self.root / TMP_DIR
-        tmp.mkdir(parents=True, exist_ok=True)
+        tmp = self._directory(self.root / TMP_DIR)
         path = tmp / f"{digest}.{uuid.uuid4().hex[:8]}{INCOMPLETE_SUFFIX}"
         path.mkdir()
         return path
 
     def new_scratch(self, digest: str, kind: str) -> Path:
         """A scratch directory next to the incomplete ones (e.g. the builder's workspace)."""
-        tmp = self.root / TMP_DIR
-        tmp.mkdir(parents=True, exist_ok=True)
+        tmp = self._directory(self.root / TMP_DIR)
         path = tmp / f"{digest}.{uuid.uuid4().hex[:8]}.{kind}"
         path.mkdir()
         return path
@@ -443,7 +480,7 @@ class EngineStore:
         if not self.root.is_dir():
             return StoreScan((), (), ())
         for path in sorted(self.root.iterdir()):
-            if path.name in (TMP_DIR, LOCKS_DIR) or not path.is_dir():
+            if path.name in (TMP_DIR, LOCKS_DIR, ROOTS_DIR) or not path.is_dir():
                 continue
             match = _ENTRY_RE.match(path.name)
             if not match:
@@ -472,17 +509,52 @@ class EngineStore:
         incomplete = tuple(sorted(tmp.iterdir())) if tmp.is_dir() else ()
         return StoreScan(tuple(entries), incomplete, tuple(warnings))
 
+    # gc roots
+
+    def record_link_dir(self, directory: Path) -> None:
+        """Remember that links live in `directory` (before the first is written), so gc always consults it."""
+        roots = self._directory(self.root / ROOTS_DIR)
+        root = roots / hashlib.sha256(str(directory).encode()).hexdigest()[:16]
+        if os.path.islink(root) and os.readlink(root) == str(directory):
+            return
+        tmp = temporary_sibling(root)
+        try:
+            os.symlink(str(directory), tmp)
+            os.replace(tmp, root)
+        finally:
+            if os.path.islink(tmp):
+                tmp.unlink()
+
+    def recorded_link_dirs(self) -> list[Path]:
+        roots = self.root / ROOTS_DIR
+        if not roots.is_dir():
+            return []
+        return [Path(os.readlink(root)) for root in sorted(roots.iterdir()) if root.is_symlink()]
+
     def links(self, *, shadowed: bool = False) -> list[LinkRecord]:
         """Every name link in the link directories (the first directory wins for a name).
 
-        `shadowed=True` also returns the links a directory earlier in the path hides: they still pin their
-        targets against `gc`.
+        `shadowed=True` also returns the links a directory earlier in the path hides, and the links in every
+        directory the store has ever linked into (its gc roots), whatever `TRTLLM_ENGINE_PATH` says now: they
+        all pin their targets against `gc`.
+
+        Raises:
+            StoreError: a link directory exists but cannot be read (gc cannot know what it links).
         """
         found: dict[str | Path, LinkRecord] = {}
-        for directory in engine_link_dirs():
-            if not directory.is_dir():
+        directories = list(engine_link_dirs())
+        if shadowed:
+            directories += [d for d in self.recorded_link_dirs() if d not in directories]
+        for directory in directories:
+            try:
+                listing = sorted(directory.iterdir())
+            except (FileNotFoundError, NotADirectoryError):
                 continue
-            for link in sorted(directory.iterdir()):
+            except OSError as exc:
+                raise StoreError(
+                    f"{directory}: cannot read the link directory: {exc.strerror or exc}"
+                ) from None
+            for link in listing:
                 key = link if shadowed else link.name
                 if link.name.startswith(".") or key in found or not link.is_symlink():
                     continue
@@ -519,8 +591,19 @@ class EngineStore:
         scan = self.scan()
         doomed = tuple(entry for entry in scan.entries if not entry.links)
         abandoned = tuple(path for path in scan.incomplete if not self._is_locked(path.name.split(".")[0]))
+        old_logs = tuple(_older_than(logs_dir(), "*.log", LOG_KEEP_S))
+        idle_locks = tuple(_older_than(self.root / LOCKS_DIR, "*.lock", LOCK_IDLE_S))
         freed = sum(entry.size_bytes for entry in doomed) + sum(_tree_size(path) for path in abandoned)
-        return GcPlan(self, doomed, abandoned, freed, scan.warnings)
+        freed += sum(log.stat().st_size for log in old_logs)
+        return GcPlan(self, doomed, abandoned, freed, scan.warnings, old_logs, idle_locks)
+
+    def _remove_idle_lock(self, lock_path: Path) -> None:
+        """Delete a lock file nobody holds (unlinked while we hold it, so no build can be inside it)."""
+        try:
+            with FileLock(str(lock_path), timeout=0):
+                lock_path.unlink(missing_ok=True)
+        except (Timeout, OSError):
+            pass
 
     def _is_locked(self, digest: str) -> bool:
         try:
@@ -549,19 +632,27 @@ class EngineStore:
 # --- links -------------------------------------------------------------------------------------------------
 
 
-def link_engine(name: str, target: Path) -> Path:
-    """Point `<first link dir>/<name>` at `target`, replacing any old link atomically."""
+def link_engine(name: str, target: Path, *, store: EngineStore | None = None) -> Path:
+    """Point `<first link dir>/<name>` at `target`, replacing any old link atomically.
+
+    The link directory is recorded as a gc root of `store` (default: the default store) first.
+    """
     if "/" in name or name.startswith("."):
         raise StoreError(f"{name!r}: not a valid link name")
     directory = engine_link_dirs()[0]
-    directory.mkdir(parents=True, exist_ok=True)
+    (store or EngineStore()).record_link_dir(directory)
     link = directory / name
-    if link.exists() and not link.is_symlink():
-        raise StoreError(f"{link}: exists and is not a symlink; refusing to replace it")
-    tmp = directory / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = temporary_sibling(link)
     try:
+        directory.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(link) and not link.is_symlink():
+            raise StoreError(f"{link}: exists and is not a symlink; refusing to replace it")
         os.symlink(Path(target).resolve(), tmp)
         os.replace(tmp, link)
+    except OSError as exc:
+        if isinstance(exc, StoreError):
+            raise
+        raise StoreError(f"{directory}: cannot write the link {name!r}: {exc.strerror or exc}") from None
     finally:
         if tmp.is_symlink():
             tmp.unlink()

@@ -22,7 +22,7 @@ from trtforge.build.command import BuilderCommand, build_command, probe_trtllm_v
 from trtforge.build.failures import FailureCause, builder_failure
 from trtforge.build.watchdog import BuildWatchdog, Outcome, WatchResult
 from trtforge.catalog import CatalogEntry, load_catalog
-from trtforge.constants import DEFAULT_STALL_TIMEOUT_S, gpu_arch_override, logs_dir
+from trtforge.constants import DEFAULT_STALL_TIMEOUT_S, engine_link_dirs, gpu_arch_override, logs_dir
 from trtforge.errors import BuildFailedError, CheckpointError, GpuError, TrtforgeError
 from trtforge.store import BUILD_LOG, BuildInputs, EngineStore, link_engine, write_manifest
 from trtforge.untrusted import hash_tree, inside, read_json_object
@@ -287,14 +287,19 @@ def _try_acquire(lock: object) -> bool:
 
 
 def _finish(plan: BuildPlan, path: Path, *, cached: bool, link: bool) -> BuildResult:
-    link_path = link_engine(plan.entry.name, path) if link else None
+    link_path = link_engine(plan.entry.name, path, store=plan.store) if link else None
     return BuildResult(plan.entry.name, path, plan.hash, cached, link_path)
 
 
 def _new_log_path(plan: BuildPlan) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     path = logs_dir() / f"{plan.entry.name}-{plan.hash[:12]}-{stamp}.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BuildFailedError(
+            f"{path.parent}: cannot create the log directory: {exc.strerror or exc}"
+        ) from None
     return path
 
 
@@ -420,6 +425,8 @@ def ensure_engine(
         CatalogError: `name` is not in the catalogue.
         TrtforgeError: whatever `plan_build` / `run_build` raise.
     """
+    if link:
+        engine_link_dirs()  # a TRTLLM_ENGINE_PATH that names no usable directory is refused before building
     entry = load_catalog().get(name)
     plan = plan_build(
         entry,

@@ -201,6 +201,11 @@ def gc(
         console.print(f"{'would remove' if dry_run else 'removing'} {escape(str(entry.path))}")
     for path in plan.incomplete:
         console.print(f"{'would remove' if dry_run else 'removing'} {escape(str(path))}")
+    if plan.old_logs or plan.idle_locks:
+        console.print(
+            f"{'would remove' if dry_run else 'removing'} {len(plan.old_logs)} old build log(s) and "
+            f"{len(plan.idle_locks)} unused lock file(s)"
+        )
     if dry_run:
         console.print(f"would free {_human_bytes(plan.expected_freed_bytes)}")
         return
