@@ -106,3 +106,82 @@ def test_openai_sdk_sees_errors_and_the_server_keeps_serving(base_url: str) -> N
     with pytest.raises(openai.NotFoundError):
         sdk.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
     assert [m.id for m in sdk.models.list()] == [MODEL]
+
+
+def test_retrieve_model_by_id(base_url: str, client: httpx.Client) -> None:
+    sdk = openai.OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0)
+    card = sdk.models.retrieve(MODEL)
+    assert card.id == MODEL and card.object == "model"
+    assert client.get(f"/v1/models/{MODEL}").json()["max_model_len"] == 64
+    with pytest.raises(openai.NotFoundError) as info:
+        sdk.models.retrieve("other/model")
+    assert info.value.body is not None and info.value.body["code"] == "model_not_found"  # type: ignore[index]
+
+
+def test_validator_messages_have_no_pydantic_prefix(client: httpx.Client) -> None:
+    # A model validator's ValueError: pydantic would say "Value error, suffix is not supported".
+    response = client.post("/v1/completions", json={"model": MODEL, "prompt": "a", "suffix": "b"})
+    assert _assert_envelope(response, 400)["message"] == "suffix is not supported"
+
+
+def test_request_id_is_echoed_or_assigned(client: httpx.Client) -> None:
+    given = client.get("/v1/models", headers={"X-Request-Id": "my-trace.42"})
+    assert given.headers["x-request-id"] == "my-trace.42"
+    made = client.get("/health").headers["x-request-id"]
+    assert len(made) == 32 and made != client.get("/health").headers["x-request-id"]
+    # Not printable ASCII, or too long: replaced rather than carried into logs and Triton.
+    for bad in ("a b", "x" * 129):
+        echoed = client.get("/v1/models", headers={"X-Request-Id": bad}).headers["x-request-id"]
+        assert echoed != bad and len(echoed) == 32
+    # Errors carry it too.
+    failed = client.post("/v1/chat/completions", json=_chat(model="nope"), headers={"X-Request-Id": "r1"})
+    assert failed.status_code == 404 and failed.headers["x-request-id"] == "r1"
+
+
+def test_metrics_are_prometheus_text(client: httpx.Client) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    families = {f.name: f.type for f in text_string_to_metric_families(response.text)}
+    for name in ("time_to_first_token_seconds", "inter_token_latency_seconds", "e2e_request_latency_seconds"):
+        assert families[f"trtforge:{name}"] == "histogram"
+    assert families["trtforge:num_requests_running"] == "gauge"
+    assert families["trtforge:num_requests_waiting"] == "gauge"
+    assert families["trtforge:prompt_tokens"] == "counter"
+
+
+@pytest.fixture(scope="module")
+def keyed_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    engine_dir = write_tokenizer_dir(tmp_path_factory.mktemp("engine-keyed"))
+    settings = ProxySettings(
+        model_name=MODEL,
+        engine_dir=engine_dir,
+        triton_grpc_url=f"127.0.0.1:{free_port()}",
+        max_seq_len=64,
+        max_input_len=32,
+        health_timeout_s=0.5,
+    )
+    server = make_server(settings, port=free_port(), log_level="warning", api_key="s3cret-key")
+    with serve_in_thread(server) as url:
+        yield url
+
+
+def test_api_key_is_enforced_on_v1_routes(keyed_url: str) -> None:
+    for key in ("wrong", ""):
+        sdk = openai.OpenAI(base_url=f"{keyed_url}/v1", api_key=key or "x", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as info:
+            sdk.models.list()
+        assert info.value.status_code == 401
+        assert info.value.body is not None and info.value.body["code"] == "invalid_api_key"  # type: ignore[index]
+        with pytest.raises(openai.AuthenticationError):
+            sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    raw = httpx.get(f"{keyed_url}/v1/models")
+    _assert_envelope(raw, 401)
+    assert "s3cret" not in raw.text
+    ok = openai.OpenAI(base_url=f"{keyed_url}/v1", api_key="s3cret-key", max_retries=0)
+    assert [m.id for m in ok.models.list()] == [MODEL]
+    # Probes and scrapers carry no key.
+    assert httpx.get(f"{keyed_url}/metrics").status_code == 200
+    assert httpx.get(f"{keyed_url}/health").status_code == 503  # no Triton behind this proxy

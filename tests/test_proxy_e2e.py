@@ -252,7 +252,9 @@ def test_seeded_sampling_streams_the_same_text(sdk: openai.OpenAI) -> None:
     streamed = sdk.completions.create(model=MODEL, prompt=prompt, stream=True, **kwargs)  # type: ignore[arg-type]
     assert "".join(c.choices[0].text for c in streamed if c.choices) == whole.choices[0].text
     greedy = sdk.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=40)
-    assert whole.choices[0].text != greedy.choices[0].text, "a temperature alone must sample, not decode greedily"
+    assert whole.choices[0].text != greedy.choices[0].text, (
+        "a temperature alone must sample, not decode greedily"
+    )
 
 
 def test_concurrent_streams_keep_their_own_state(sdk: openai.OpenAI) -> None:
@@ -295,3 +297,47 @@ def test_shutdown_ends_open_streams_at_once_with_an_error_and_done(
     assert elapsed_s < 3, elapsed_s
     assert frames[-1] == "[DONE]"
     assert json.loads(frames[-2])["error"]["message"] == "the server is shutting down"
+
+
+def _samples(base_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{base_url}/metrics").text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_count_generations(sdk: openai.OpenAI, base_url: str) -> None:
+    label = (("model_name", MODEL),)
+    before = _samples(base_url)
+    chunks, _ = _stream_chat(sdk, temperature=0, max_tokens=5, stream_options={"include_usage": True})
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens == 5
+    after = _samples(base_url)
+
+    def grew(name: str, labels: tuple[tuple[str, str], ...] = label) -> float:
+        return after[(name, labels)] - before.get((name, labels), 0.0)
+
+    assert grew("trtforge:time_to_first_token_seconds_count") == 1
+    assert grew("trtforge:e2e_request_latency_seconds_count") == 1
+    assert grew("trtforge:inter_token_latency_seconds_count") == 4  # five streamed tokens, four gaps
+    assert grew("trtforge:prompt_tokens_total") == usage.prompt_tokens
+    assert grew("trtforge:generation_tokens_total") == 5
+    assert grew("trtforge:request_success_total", (("finished_reason", "length"), *label)) == 1
+    assert after[("trtforge:num_requests_running", label)] == 0
+    assert after[("trtforge:num_requests_waiting", label)] == 0
+
+
+def test_request_id_becomes_the_response_and_triton_id(
+    sdk: openai.OpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trtforge.proxy.serving")
+    raw = sdk.chat.completions.with_raw_response.create(
+        model=MODEL, messages=HELLO, max_tokens=2, extra_headers={"X-Request-Id": "trace-1234"}
+    )
+    assert raw.headers["x-request-id"] == "trace-1234"
+    assert raw.parse().id == "chatcmpl-trace-1234"
+    assert any(r.getMessage().startswith("request trace-1234 ") for r in caplog.records)

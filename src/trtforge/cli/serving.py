@@ -40,6 +40,15 @@ ReadyTimeout = Annotated[
 ]
 ProxyPort = Annotated[int, typer.Option("--port", help="Port of the OpenAI-compatible proxy.")]
 ProxyHost = Annotated[str, typer.Option("--host", help="Address the proxy binds (default loopback only).")]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="TRTFORGE_API_KEY",
+        show_default=False,
+        help="Require `Authorization: Bearer KEY` on /v1/ routes (prefer the environment variable).",
+    ),
+]
 
 
 def _triton_port_options(ports: TritonPorts) -> dict[str, int]:
@@ -88,7 +97,7 @@ def _watch_triton(server: TritonServer, proxy: uvicorn.Server) -> None:
             return
 
 
-def _demo_request(proxy: uvicorn.Server, port: int, model: str) -> None:
+def _demo_request(proxy: uvicorn.Server, port: int, model: str, api_key: str | None) -> None:
     """Once the proxy listens, send one chat request and print the reply and a curl line."""
     deadline = time.monotonic() + 60
     while not proxy.started and time.monotonic() < deadline and not proxy.should_exit:
@@ -99,7 +108,8 @@ def _demo_request(proxy: uvicorn.Server, port: int, model: str) -> None:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/chat/completions",
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json"}
+        | ({"Authorization": f"Bearer {api_key}"} if api_key else {}),
     )
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
@@ -148,6 +158,7 @@ def proxy(
     port: ProxyPort = constants.DEFAULT_PROXY_PORT,
     host: ProxyHost = constants.DEFAULT_PROXY_HOST,
     triton_grpc_port: GrpcPort = constants.DEFAULT_TRITON_GRPC_PORT,
+    api_key: ApiKey = None,
 ) -> None:
     """Run the OpenAI-compatible proxy in front of an already running Triton."""
     from trtforge.proxy import ProxySettings, make_server, run_server
@@ -158,7 +169,7 @@ def proxy(
         name, engine, f"127.0.0.1:{triton_grpc_port}"
     )  # Triton binds loopback
     console.print(f"OpenAI-compatible API for [bold]{escape(name)}[/] on http://{host}:{port}/v1")
-    run_server(make_server(settings, host=host, port=port))
+    run_server(make_server(settings, host=host, port=port, api_key=api_key))
 
 
 @app.command()
@@ -176,6 +187,7 @@ def up(
     demo: Annotated[
         bool, typer.Option(help="Send one chat request once serving and print the reply.")
     ] = False,
+    api_key: ApiKey = None,
 ) -> None:
     """Build (if missing), start Triton and the proxy, and serve until Ctrl-C; then stop everything."""
     from trtforge.proxy import ProxySettings, make_server, run_server
@@ -191,10 +203,12 @@ def up(
     with stop_on_signals(server):
         _start_triton(name, engine, server, ports, ready_timeout)
         settings = ProxySettings.from_engine(name, engine, ports.grpc_url)
-        proxy_server = make_server(settings, host=host, port=port, log_level="warning")
+        proxy_server = make_server(settings, host=host, port=port, log_level="warning", api_key=api_key)
         threading.Thread(target=_watch_triton, args=(server, proxy_server), daemon=True).start()
         if demo:
-            threading.Thread(target=_demo_request, args=(proxy_server, port, name), daemon=True).start()
+            threading.Thread(
+                target=_demo_request, args=(proxy_server, port, name, api_key), daemon=True
+            ).start()
         console.print(f"OpenAI-compatible API for [bold]{escape(name)}[/] on http://{host}:{port}/v1")
         run_server(proxy_server)
     console.print("stopped tritonserver and the proxy")

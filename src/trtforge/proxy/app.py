@@ -1,9 +1,11 @@
 """The FastAPI app: thin routes over `OpenAIServing`, one error envelope, and the uvicorn server around it.
 
-GET  /v1/models             the one served model (the engine name)
+GET  /v1/models             the served model (the engine name) with its context length
+GET  /v1/models/{id}        one model card, or a 404 envelope
 POST /v1/chat/completions   chat, streamed (SSE) or not
 POST /v1/completions        completions, streamed (SSE) or not
 GET  /health                200 when Triton and its model are ready, else 503
+GET  /metrics               Prometheus text format (see `proxy.metrics`)
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from trtforge.constants import DEFAULT_PROXY_HOST, DEFAULT_PROXY_PORT
 from trtforge.errors import TrtforgeError
 from trtforge.proxy.backend import TritonBackend
-from trtforge.proxy.errors import ApiError, TritonUnavailableError
+from trtforge.proxy.errors import ApiError, ModelNotFoundError, TritonUnavailableError
+from trtforge.proxy.metrics import METRICS_MEDIA_TYPE, ProxyMetrics
+from trtforge.proxy.middleware import ProxyMiddleware
 from trtforge.proxy.protocol import ChatCompletionRequest, CompletionRequest, ErrorInfo, ErrorResponse
 from trtforge.proxy.serving import OpenAIServing, Prepared, TextDelta, error_envelope
 from trtforge.proxy.settings import ProxySettings
@@ -63,7 +67,10 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     # loc is ("body", field, ...); the OpenAI `param` is the field path without "body".
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(loc) or None
+    # pydantic prefixes what a validator raised ("Value error, ..."); the client needs only the reason.
     message = str(first.get("msg", "invalid request"))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
     if first.get("type") == "json_invalid":
         # loc is ("body", offset): the offset of the syntax error, not a field.
         param = None
@@ -183,6 +190,21 @@ async def list_models(request: Request) -> JSONResponse:
     return JSONResponse(_serving(request).list_models().model_dump())
 
 
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
+    serving = _serving(request)
+    card = serving.model_card()
+    if card.id != model_id:
+        raise ModelNotFoundError(model_id, card.id)
+    return JSONResponse(card.model_dump())
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    registry: ProxyMetrics = request.app.state.metrics
+    return Response(registry.render(), media_type=METRICS_MEDIA_TYPE)
+
+
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
     serving = _serving(request)
@@ -216,7 +238,7 @@ async def _respond(
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     serving = _serving(request)
-    prepared = serving.prepare_chat(body)
+    prepared = serving.prepare_chat(body, request_id=request.state.request_id)
     return await _respond(
         request, prepared, whole=serving.chat, stream=serving.chat_stream if body.stream else None
     )
@@ -225,7 +247,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request) -> Response:
     serving = _serving(request)
-    prepared = serving.prepare_completion(body)
+    prepared = serving.prepare_completion(body, request_id=request.state.request_id)
     return await _respond(
         request, prepared, whole=serving.completion, stream=serving.completion_stream if body.stream else None
     )
@@ -234,8 +256,14 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 # ----------------------------------------------------------------------------------------------- assembly
 
 
-def build_app(settings: ProxySettings) -> FastAPI:
-    """The proxy app. Its lifespan loads the engine's tokenizer and opens the gRPC channel to Triton."""
+def build_app(settings: ProxySettings, *, api_key: str | None = None) -> FastAPI:
+    """The proxy app. Its lifespan loads the engine's tokenizer and opens the gRPC channel to Triton.
+
+    Args:
+        settings: what is served.
+        api_key: when set, `/v1/` routes need `Authorization: Bearer <api_key>`.
+    """
+    proxy_metrics = ProxyMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -244,7 +272,7 @@ def build_app(settings: ProxySettings) -> FastAPI:
             settings.triton_grpc_url, settings.triton_model, request_timeout_s=settings.request_timeout_s
         )
         await backend.open()
-        app.state.serving = OpenAIServing(settings, tokenizer, backend)
+        app.state.serving = OpenAIServing(settings, tokenizer, backend, proxy_metrics)
         logger.info(
             "serving `%s` through Triton %s (model %s)",
             settings.model_name,
@@ -258,6 +286,8 @@ def build_app(settings: ProxySettings) -> FastAPI:
 
     app = FastAPI(title="trtforge OpenAI proxy", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.shutting_down = asyncio.Event()  # set by the server that runs the app (`make_server`)
+    app.state.metrics = proxy_metrics
+    app.add_middleware(ProxyMiddleware, api_key=api_key)
     app.include_router(router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -272,9 +302,10 @@ def make_server(
     host: str = DEFAULT_PROXY_HOST,
     port: int = DEFAULT_PROXY_PORT,
     log_level: str = "info",
+    api_key: str | None = None,
 ) -> uvicorn.Server:
     """A uvicorn server for the proxy; `.run()` in the foreground, or set `.should_exit` from elsewhere."""
-    app = build_app(settings)
+    app = build_app(settings, api_key=api_key)
     config = uvicorn.Config(
         app,
         host=host,
@@ -295,13 +326,14 @@ def run_proxy(
     host: str = DEFAULT_PROXY_HOST,
     port: int = DEFAULT_PROXY_PORT,
     log_level: str = "info",
+    api_key: str | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then finish open requests (up to 5 s) and return.
 
     Raises:
         ProxyStartError: the server could not start (port taken, tokenizer unreadable, ...).
     """
-    run_server(make_server(settings, host=host, port=port, log_level=log_level))
+    run_server(make_server(settings, host=host, port=port, log_level=log_level, api_key=api_key))
 
 
 def run_server(server: uvicorn.Server) -> None:

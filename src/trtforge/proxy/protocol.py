@@ -7,7 +7,6 @@ does; out-of-range values fail validation and become a 400 envelope.
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any, Literal
 
 from pydantic import (
@@ -23,10 +22,6 @@ from pydantic import (
 UINT64_MAX = 2**64 - 1
 INT32_MAX = 2**31 - 1
 FP32_MAX = 3.4028234663852886e38
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 def now_s() -> int:

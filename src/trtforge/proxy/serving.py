@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from trtforge.proxy.backend import GenerationRequest, SamplingParams, TritonBackend
 from trtforge.proxy.detokenizer import IncrementalDetokenizer
 from trtforge.proxy.errors import ApiError, InvalidRequestError, ModelNotFoundError
+from trtforge.proxy.metrics import ProxyMetrics
 from trtforge.proxy.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -35,7 +36,6 @@ from trtforge.proxy.protocol import (
     ModelList,
     SamplingFields,
     Usage,
-    new_id,
     now_s,
 )
 from trtforge.proxy.settings import ProxySettings
@@ -105,34 +105,44 @@ class OpenAIServing:
         settings: what is served and the engine's limits.
         tokenizer: the engine's tokenizer.
         backend: the open Triton client.
+        metrics: where generations report their timings (a private registry when not given).
     """
 
-    def __init__(self, settings: ProxySettings, tokenizer: ProxyTokenizer, backend: TritonBackend) -> None:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        tokenizer: ProxyTokenizer,
+        backend: TritonBackend,
+        metrics: ProxyMetrics | None = None,
+    ) -> None:
         self.settings = settings
         self.tokenizer = tokenizer
         self.backend = backend
+        self.metrics = metrics or ProxyMetrics()
         self._created = now_s()
 
     # ------------------------------------------------------------------------------------------ models
 
-    def list_models(self) -> ModelList:
-        card = ModelCard(
+    def model_card(self) -> ModelCard:
+        return ModelCard(
             id=self.settings.model_name, created=self._created, max_model_len=self.settings.max_seq_len
         )
-        return ModelList(data=[card])
+
+    def list_models(self) -> ModelList:
+        return ModelList(data=[self.model_card()])
 
     # ------------------------------------------------------------------------------------- preparation
 
-    def prepare_chat(self, request: ChatCompletionRequest) -> Prepared:
+    def prepare_chat(self, request: ChatCompletionRequest, *, request_id: str | None = None) -> Prepared:
         self._check_model(request)
         prompt_ids = self.tokenizer.render_chat(
             [m.to_template() for m in request.messages],
             tools=request.tools,
             template_kwargs=request.chat_template_kwargs,
         )
-        return self._prepare(request, prompt_ids, prompt_param="messages")
+        return self._prepare(request, prompt_ids, prompt_param="messages", request_id=request_id)
 
-    def prepare_completion(self, request: CompletionRequest) -> Prepared:
+    def prepare_completion(self, request: CompletionRequest, *, request_id: str | None = None) -> Prepared:
         self._check_model(request)
         if isinstance(request.prompt, str):
             prompt_ids = self.tokenizer.encode(request.prompt)
@@ -141,7 +151,7 @@ class OpenAIServing:
             vocab = self.tokenizer.decoder.get_vocab_size(with_added_tokens=True)
             if any(i < 0 or i >= vocab for i in prompt_ids):
                 raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
-        return self._prepare(request, prompt_ids, prompt_param="prompt")
+        return self._prepare(request, prompt_ids, prompt_param="prompt", request_id=request_id)
 
     def _check_model(self, request: SamplingFields) -> None:
         if request.model != self.settings.model_name:
@@ -150,7 +160,12 @@ class OpenAIServing:
             logger.debug("ignoring unknown request fields: %s", sorted(request.model_extra))
 
     def _prepare(
-        self, request: ChatCompletionRequest | CompletionRequest, prompt_ids: list[int], *, prompt_param: str
+        self,
+        request: ChatCompletionRequest | CompletionRequest,
+        prompt_ids: list[int],
+        *,
+        prompt_param: str,
+        request_id: str | None,
     ) -> Prepared:
         max_tokens = request.requested_max_tokens
         max_tokens_param = "max_tokens" if request.max_tokens == max_tokens else "max_completion_tokens"
@@ -185,7 +200,7 @@ class OpenAIServing:
             )
         stops = tuple(s for s in request.stop_strings if s)
         gen = GenerationRequest(
-            request_id=uuid.uuid4().hex,
+            request_id=request_id or uuid.uuid4().hex,
             prompt_ids=tuple(prompt_ids),
             max_tokens=output_len,
             end_id=None if request.ignore_eos else self.tokenizer.eos_id,
@@ -214,9 +229,11 @@ class OpenAIServing:
         saw_eos = False
         started = time.monotonic()
         outcome = "aborted"  # until a finish reason is known: client gone, error, server shutdown
+        timer = self.metrics.track(self.settings.model_name, prepared.prompt_tokens)
         tokens = self.backend.generate(gen)
         try:
             async for ids in tokens:
+                timer.on_tokens(len(ids), streamed=gen.streaming)
                 count += len(ids)
                 if gen.end_id is not None and gen.end_id in ids:
                     # The EOS token ends the text; it is generated (counted) but never shown.
@@ -241,6 +258,7 @@ class OpenAIServing:
         finally:
             # Closing the token stream cancels the Triton request if it is still running.
             await tokens.aclose()  # type: ignore[attr-defined]
+            timer.finish("abort" if outcome == "aborted" else outcome.split()[0])
             logger.info(
                 "request %s %s: %d prompt tokens, %d completion tokens, %.3f s",
                 gen.request_id,
@@ -280,7 +298,7 @@ class OpenAIServing:
     async def chat(self, prepared: Prepared) -> ChatCompletionResponse:
         text, finish, count = await self.collect(prepared)
         return ChatCompletionResponse(
-            id=new_id("chatcmpl"),
+            id=f"chatcmpl-{prepared.gen.request_id}",
             created=now_s(),
             model=self.settings.model_name,
             choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=finish)],
@@ -289,7 +307,7 @@ class OpenAIServing:
 
     async def chat_stream(self, prepared: Prepared, deltas: AsyncIterator[TextDelta]) -> AsyncIterator[str]:
         """SSE frames: the role, the content deltas, the finish reason, usage if asked, then [DONE]."""
-        chunk_id, created, model = new_id("chatcmpl"), now_s(), self.settings.model_name
+        chunk_id, created, model = f"chatcmpl-{prepared.gen.request_id}", now_s(), self.settings.model_name
         exclude = None if prepared.include_usage else {"usage"}
 
         def frame(delta: DeltaMessage, finish: FinishReason | None = None) -> str:
@@ -322,7 +340,7 @@ class OpenAIServing:
     async def completion(self, prepared: Prepared) -> CompletionResponse:
         text, finish, count = await self.collect(prepared)
         return CompletionResponse(
-            id=new_id("cmpl"),
+            id=f"cmpl-{prepared.gen.request_id}",
             created=now_s(),
             model=self.settings.model_name,
             choices=[CompletionChoice(text=text, finish_reason=finish)],
@@ -333,7 +351,7 @@ class OpenAIServing:
         self, prepared: Prepared, deltas: AsyncIterator[TextDelta]
     ) -> AsyncIterator[str]:
         """SSE frames: text deltas (the last with its finish reason), usage if asked, then [DONE]."""
-        chunk_id, created, model = new_id("cmpl"), now_s(), self.settings.model_name
+        chunk_id, created, model = f"cmpl-{prepared.gen.request_id}", now_s(), self.settings.model_name
         exclude = None if prepared.include_usage else {"usage"}
         count = 0
         try:
