@@ -103,3 +103,28 @@ def test_builder_options_cannot_shadow_the_flags_trtforge_sets(option: str) -> N
     path.write_text(f'[engines.mine]\nmodel = "org/Mine"\nbuilder_options = {{ {option} = 4 }}\n')
     with pytest.raises(CatalogError, match=rf"\[engines.mine\] builder_options: option '{option}' is set by"):
         load_catalog()
+
+
+def test_serve_table_is_read_validated_and_not_a_build_input() -> None:
+    path = Path(os.environ["TRTFORGE_CATALOG"])
+    path.write_text(
+        '[engines.mine]\nmodel = "org/Mine"\n\n[engines.mine.serve]\n'
+        "kv_cache_free_gpu_mem_fraction = 0.85\nenable_kv_cache_reuse = true\nmax_queue_size = 32\n"
+    )
+    entry = load_catalog().get("mine")
+    assert entry.serve.kv_cache_free_gpu_mem_fraction == 0.85
+    assert entry.serve.enable_kv_cache_reuse is True
+    assert entry.serve.max_queue_size == 32
+    # Serving knobs never change the engine: the build inputs (and so the store hash) ignore them.
+    plain = load_catalog().get("qwen3-32b-nvfp4")
+    assert "serve" not in entry.build_fields() and "serve" not in plain.build_fields()
+
+    path.write_text(
+        '[engines.mine]\nmodel = "org/Mine"\n\n[engines.mine.serve]\nkv_cache_free_gpu_mem_fraction = 2\n'
+    )
+    with pytest.raises(CatalogError) as info:
+        load_catalog()
+    assert (
+        "[engines.mine] serve.kv_cache_free_gpu_mem_fraction: Input should be less than or equal to 1"
+        in str(info.value)
+    )

@@ -14,6 +14,7 @@ import trtforge.reference
 from triton_helpers import load_bundled_model, write_engine_dir, write_tokenizer
 from trtforge.engine import read_engine
 from trtforge.errors import UsageError
+from trtforge.serve_options import merge_serve_options
 from trtforge.triton.repository import MARKER, RepositoryOptions, model_configs, write_model_repository
 
 MODELS = ("tensorrt_llm", "preprocessing", "postprocessing", "ensemble")
@@ -52,7 +53,7 @@ def test_tensorrt_engine_uses_the_tensorrtllm_backend_with_the_real_contract(
 
     inputs = {tensor.name: tensor for tensor in config.input}
     required = {name for name, tensor in inputs.items() if not tensor.optional}
-    assert required == {"input_ids", "input_lengths", "request_output_len"}
+    assert required == {"input_lengths", "request_output_len"}  # input_ids is optional, as in NVIDIA's config
     assert inputs["input_ids"].data_type == model_config_pb2.TYPE_INT32
     assert list(inputs["input_ids"].dims) == [-1]
     assert inputs["input_ids"].allow_ragged_batch
@@ -74,12 +75,16 @@ def test_tensorrt_engine_uses_the_tensorrtllm_backend_with_the_real_contract(
     assert params["gpt_model_path"] == str(trt_engine.path.absolute())
     assert Path(params["gpt_model_path"]).is_absolute()
     assert params["max_beam_width"] == "1"
-    assert params["kv_cache_free_gpu_mem_fraction"] == "0.9"
-    assert params["batch_scheduler_policy"] == "guaranteed_no_evict"
     assert params["exclude_input_in_output"] == "true"
-    assert params["enable_kv_cache_reuse"] == "false"
     assert params["cancellation_check_period_ms"] == "100"
-    assert "decoding_mode" not in params  # None leaves the backend default
+    # Unset serve options leave the backend's defaults.
+    for name in (
+        "decoding_mode",
+        "kv_cache_free_gpu_mem_fraction",
+        "batch_scheduler_policy",
+        "enable_kv_cache_reuse",
+    ):
+        assert name not in params
 
 
 def test_options_reach_the_parameters(trt_engine) -> None:
@@ -98,8 +103,8 @@ def test_options_reach_the_parameters(trt_engine) -> None:
     assert params["batch_scheduler_policy"] == "max_utilization"
     assert params["decoding_mode"] == "top_k_top_p"
     assert params["exclude_input_in_output"] == "false"
-    with pytest.raises(UsageError):
-        RepositoryOptions(kv_cache_free_gpu_mem_fraction=1.5)
+    with pytest.raises(UsageError, match=r"kv_cache_free_gpu_mem_fraction: .*less than or equal to 1"):
+        merge_serve_options(None, {"kv_cache_free_gpu_mem_fraction": "1.5"})
 
 
 def test_reference_engine_uses_the_python_backend_with_the_same_tensors(tmp_path: Path) -> None:

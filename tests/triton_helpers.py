@@ -42,15 +42,25 @@ def write_tokenizer(dest: Path) -> PreTrainedTokenizerFast:
     return fast
 
 
-def write_engine_dir(dest: Path, *, backend: str, max_batch_size: int = 4, max_beam_width: int = 1) -> Path:
-    """An engine directory `trtforge.engine.read_engine` accepts: a TensorRT one (fake rank file) or a
+def write_engine_dir(
+    dest: Path,
+    *,
+    backend: str,
+    max_batch_size: int = 4,
+    max_beam_width: int = 1,
+    tp_size: int = 1,
+    dtype: str = "bfloat16",
+    version: str = "test",
+) -> Path:
+    """An engine directory `trtforge.engine.read_engine` accepts: a TensorRT one (fake rank files) or a
     reference one (`hf_model/`), with a real tokenizer."""
     dest.mkdir(parents=True, exist_ok=True)
     config = {
-        "version": "test",
+        "version": version,
         "pretrained_config": {
             "architecture": "Qwen3ForCausalLM",
-            "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1},
+            "dtype": dtype,
+            "mapping": {"world_size": tp_size, "tp_size": tp_size, "pp_size": 1},
             "quantization": {"quant_algo": "NVFP4"},
         },
         "build_config": {
@@ -63,7 +73,8 @@ def write_engine_dir(dest: Path, *, backend: str, max_batch_size: int = 4, max_b
     }
     (dest / "config.json").write_text(json.dumps(config))
     if backend == "tensorrt":
-        (dest / "rank0.engine").write_bytes(b"not a real engine")
+        for rank in range(tp_size):
+            (dest / f"rank{rank}.engine").write_bytes(b"not a real engine")
     else:
         (dest / "hf_model").mkdir(exist_ok=True)
     write_tokenizer(dest)

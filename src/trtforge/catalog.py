@@ -10,6 +10,10 @@ Built-in entries are merged with the user's TOML file (`$TRTFORGE_CATALOG`, else
     max_seq_len = 16384
     max_num_tokens = 8192
 
+    [engines.my-model.serve]            # optional: how Triton serves it (docs/serving.md)
+    kv_cache_free_gpu_mem_fraction = 0.85
+    enable_kv_cache_reuse = true
+
 A user entry with a built-in's name overrides that built-in field by field.
 """
 
@@ -27,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from trtforge.atomic import write_text_atomic
 from trtforge.constants import TINY_ENGINE_NAME, catalog_path
 from trtforge.errors import CatalogError
+from trtforge.serve_options import ServeOptions
 
 # `trtllm-bench build --quantization` choices (reference §1), upper case as the builder wants them.
 QUANTIZATION_CHOICES = ("W8A16", "W4A16", "W4A16_AWQ", "W4A8_AWQ", "W4A16_GPTQ", "FP8", "INT8", "NVFP4")
@@ -63,6 +68,8 @@ class CatalogEntry(BaseModel):
     trust_remote_code: bool = False
     # Extra `trtllm-bench build` options, passed as `--key value` after the subcommand.
     builder_options: dict[str, BuilderOption] = {}
+    # How Triton serves the engine (`[engines.NAME.serve]`); not a build input.
+    serve: ServeOptions = ServeOptions()
 
     @field_validator("name")
     @classmethod
@@ -124,7 +131,7 @@ class CatalogEntry(BaseModel):
 
     def build_fields(self) -> dict[str, Any]:
         """Every field that changes the built engine (the name included: it names the store entry)."""
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", exclude={"serve"})
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ ENGINE_CONFIG = "config.json"
 MANIFEST = "trtforge.json"
 REFERENCE_MODEL_DIR = "hf_model"
 CHAT_TEMPLATE = "chat_template.jinja"
+# xgrammar's view of the tokenizer (vocabulary, type, stop ids), written at build for guided decoding.
+XGRAMMAR_TOKENIZER_INFO = "xgrammar_tokenizer_info.json"
 
 EngineBackend = Literal["tensorrt", "reference"]
 
@@ -60,6 +62,8 @@ class EngineInfo:
     quant_algo: str | None
     kv_cache_quant_algo: str | None
     trtllm_version: str | None
+    dtype: str = "float16"  # pretrained_config.dtype: the activations' type, e.g. "bfloat16"
+    logits_dtype: str = "float32"  # pretrained_config.logits_dtype: context/generation logits' type
 
     @property
     def world_size(self) -> int:
@@ -128,4 +132,6 @@ def read_engine(path: Path) -> EngineInfo:
         quant_algo=quant.get("quant_algo"),
         kv_cache_quant_algo=quant.get("kv_cache_quant_algo"),
         trtllm_version=config.get("version"),
+        dtype=str(pretrained.get("dtype") or "float16"),
+        logits_dtype=str(pretrained.get("logits_dtype") or "float32"),
     )

@@ -18,6 +18,7 @@ from trtforge.catalog import load_catalog
 from trtforge.cli._app import app, console
 from trtforge.engine import EngineInfo, read_engine
 from trtforge.errors import UsageError
+from trtforge.serve_options import ServeOptions, merge_serve_options, parse_option_pairs
 from trtforge.stack import TritonPorts, check_ports_free, curl_example, prepare_triton
 from trtforge.store import resolve_engine
 
@@ -49,6 +50,23 @@ ApiKey = Annotated[
         help="Require `Authorization: Bearer KEY` on /v1/ routes (prefer the environment variable).",
     ),
 ]
+ServeOptionArg = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--option",
+        "-o",
+        metavar="KEY=VALUE",
+        help="A serve option over the catalogue's [engines.NAME.serve] table, e.g. "
+        "kv_cache_free_gpu_mem_fraction=0.85 (repeatable; the list is in docs/serving.md).",
+    ),
+]
+
+
+def _serve_options(name: str, pairs: list[str] | None) -> ServeOptions:
+    """The catalogue entry's serve table (when `name` is an entry) with `--option` pairs over it."""
+    catalog = load_catalog()
+    base = catalog.get(name).serve if name in catalog else None
+    return merge_serve_options(base, parse_option_pairs(pairs or []))
 
 
 def _triton_port_options(ports: TritonPorts) -> dict[str, int]:
@@ -136,14 +154,16 @@ def serve(
     triton_http_port: HttpPort = constants.DEFAULT_TRITON_HTTP_PORT,
     triton_metrics_port: MetricsPort = constants.DEFAULT_TRITON_METRICS_PORT,
     ready_timeout: ReadyTimeout = 600.0,
+    option: ServeOptionArg = None,
 ) -> None:
     """Generate the Triton model repository for an engine and run tritonserver until Ctrl-C."""
     from trtforge.triton import stop_on_signals
 
     ports = TritonPorts(http=triton_http_port, grpc=triton_grpc_port, metrics=triton_metrics_port)
+    options = _serve_options(name, option)
     engine_dir = resolve_engine(name)
     check_ports_free(_triton_port_options(ports))
-    engine, server = prepare_triton(name, engine_dir, ports=ports)
+    engine, server = prepare_triton(name, engine_dir, ports=ports, options=options)
     with stop_on_signals(server):
         _start_triton(name, engine, server, ports, ready_timeout)
         console.print("Serving until Ctrl-C.")
@@ -188,18 +208,20 @@ def up(
         bool, typer.Option(help="Send one chat request once serving and print the reply.")
     ] = False,
     api_key: ApiKey = None,
+    option: ServeOptionArg = None,
 ) -> None:
     """Build (if missing), start Triton and the proxy, and serve until Ctrl-C; then stop everything."""
     from trtforge.proxy import ProxySettings, make_server, run_server
     from trtforge.triton import stop_on_signals
 
     ports = TritonPorts(http=triton_http_port, grpc=triton_grpc_port, metrics=triton_metrics_port)
+    options = _serve_options(name, option)
     if port in (ports.http, ports.grpc, ports.metrics):
         raise UsageError(f"--port {port} is also a Triton port; pick another")
     check_ports_free({"--port": port}, host=host)
     check_ports_free(_triton_port_options(ports))
     engine_dir = _engine_for(name, build=build)
-    engine, server = prepare_triton(name, engine_dir, ports=ports)
+    engine, server = prepare_triton(name, engine_dir, ports=ports, options=options)
     with stop_on_signals(server):
         _start_triton(name, engine, server, ports, ready_timeout)
         settings = ProxySettings.from_engine(name, engine, ports.grpc_url)

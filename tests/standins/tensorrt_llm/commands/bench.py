@@ -42,7 +42,12 @@ from tensorrt_llm.version import __version__
 
 QUANT_CHOICES = ["W8A16", "W4A16", "W4A16_AWQ", "W4A8_AWQ", "W4A16_GPTQ", "FP8", "INT8", "NVFP4"]
 LOG_LEVELS = ["internal_error", "error", "warning", "info", "verbose", "debug", "trace"]
-TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"]
+TOKENIZER_FILES = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+]
 CHUNK_BYTES = 256 * 1024
 
 MODE = os.environ.get("TRTFORGE_STANDIN_MODE", "")
@@ -96,7 +101,9 @@ def write_pidfile(*pids: int) -> None:
 
 @click.group(context_settings={"show_default": True})
 @click.option("--model", "-m", required=True, help="The Huggingface name of the model to benchmark.")
-@click.option("--model_path", type=click.Path(), default=None, help="Path to a Huggingface checkpoint directory.")
+@click.option(
+    "--model_path", type=click.Path(), default=None, help="Path to a Huggingface checkpoint directory."
+)
 @click.option("--workspace", "-w", type=click.Path(), default="/tmp", help="The directory to store outputs.")
 @click.option("--revision", type=str, default=None, help="The revision of the model on the hub.")
 @click.option("--log_level", type=click.Choice(LOG_LEVELS), default="info")
@@ -128,7 +135,8 @@ def build(obj: dict, tp_size: int, pp_size: int, quantization: str | None, datas
     groups = {
         "--dataset": dataset is not None,
         "--max_batch_size/--max_num_tokens": max_batch_size is not None or max_num_tokens is not None,
-        "--target_input_len/--target_output_len": target_input_len is not None or target_output_len is not None,
+        "--target_input_len/--target_output_len": target_input_len is not None
+        or target_output_len is not None,
     }
     if sum(groups.values()) > 1:
         raise click.UsageError(f"Only one of {', '.join(groups)} can be specified.")
@@ -197,7 +205,9 @@ def build(obj: dict, tp_size: int, pp_size: int, quantization: str | None, datas
     log(f"Total time of building all engines: 00:00:0{min(9, world)}")
 
     child = None
-    if MODE == "hung-child" or (os.environ.get("TLLM_WORKER_USE_SINGLE_PROCESS") != "1" and MODE.startswith("hang")):
+    if MODE == "hung-child" or (
+        os.environ.get("TLLM_WORKER_USE_SINGLE_PROCESS") != "1" and MODE.startswith("hang")
+    ):
         # The MPI pool worker the executor spawns (reference §1).
         child = subprocess.Popen([sys.executable, "-c", WORKER_SOURCE])
         write_pidfile(child.pid)
