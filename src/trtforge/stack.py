@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,10 +62,15 @@ def check_ports_free(ports: dict[str, int], host: str = "127.0.0.1") -> None:
                 ) from None
 
 
+def _slug(name: str) -> str:
+    """`name` as one path component: an engine given as a directory path must not escape the scratch dir."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip("/")) or "engine"
+
+
 def repository_path(name: str, engine: EngineInfo) -> Path:
     """Where the generated repository for `name` serving `engine` lives (one per engine path)."""
     key = hashlib.sha256(str(engine.path.resolve()).encode()).hexdigest()[:12]
-    return constants.scratch_dir() / "repositories" / f"{name}-{key}"
+    return constants.scratch_dir() / "repositories" / f"{_slug(name)}-{key}"
 
 
 def prepare_triton(
@@ -86,7 +92,7 @@ def prepare_triton(
         grpc_port=ports.grpc,
         metrics_port=ports.metrics,
         world_size=engine.world_size,
-        log_path=log_path or constants.scratch_dir() / "logs" / f"tritonserver-{name}.log",
+        log_path=log_path or constants.scratch_dir() / "logs" / f"tritonserver-{_slug(name)}.log",
     )
     return engine, server
 

@@ -62,6 +62,25 @@ ServeOptionArg = Annotated[
 ]
 
 
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Start even when the engine was built for another TensorRT-LLM version or GPU than the ones here.",
+    ),
+]
+
+
+def _check_compatible(name: str, engine_dir: Path, options: ServeOptions, *, force: bool) -> None:
+    """The compatibility gate: refuse, before Triton starts, an engine that cannot load here."""
+    from trtforge.triton.compat import gate
+
+    for problem in gate(name, read_engine(engine_dir), device_ids=options.device_ids(), force=force):
+        console.print(
+            f"[bold yellow]warning:[/] {escape(problem)} (starting anyway: --force)", soft_wrap=True
+        )
+
+
 def _serve_options(name: str, pairs: list[str] | None) -> ServeOptions:
     """The catalogue entry's serve table (when `name` is an entry) with `--option` pairs over it."""
     catalog = load_catalog()
@@ -155,6 +174,7 @@ def serve(
     triton_metrics_port: MetricsPort = constants.DEFAULT_TRITON_METRICS_PORT,
     ready_timeout: ReadyTimeout = 600.0,
     option: ServeOptionArg = None,
+    force: Force = False,
 ) -> None:
     """Generate the Triton model repository for an engine and run tritonserver until Ctrl-C."""
     from trtforge.triton import stop_on_signals
@@ -163,6 +183,7 @@ def serve(
     options = _serve_options(name, option)
     engine_dir = resolve_engine(name)
     check_ports_free(_triton_port_options(ports))
+    _check_compatible(name, engine_dir, options, force=force)
     engine, server = prepare_triton(name, engine_dir, ports=ports, options=options)
     with stop_on_signals(server):
         _start_triton(name, engine, server, ports, ready_timeout)
@@ -209,6 +230,7 @@ def up(
     ] = False,
     api_key: ApiKey = None,
     option: ServeOptionArg = None,
+    force: Force = False,
 ) -> None:
     """Build (if missing), start Triton and the proxy, and serve until Ctrl-C; then stop everything."""
     from trtforge.proxy import ProxySettings, make_server, run_server
@@ -221,6 +243,7 @@ def up(
     check_ports_free({"--port": port}, host=host)
     check_ports_free(_triton_port_options(ports))
     engine_dir = _engine_for(name, build=build)
+    _check_compatible(name, engine_dir, options, force=force)
     engine, server = prepare_triton(name, engine_dir, ports=ports, options=options)
     with stop_on_signals(server):
         _start_triton(name, engine, server, ports, ready_timeout)
