@@ -15,12 +15,14 @@ def temporary_sibling(path: Path, suffix: str = "tmp") -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.{suffix}")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically, creating its directory if needed."""
+def write_text_atomic(path: Path, text: str, *, mode: int | None = None) -> None:
+    """Replace `path` with `text` atomically, creating its directory if needed; `mode` sets its permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(path)
     try:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

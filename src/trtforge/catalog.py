@@ -19,8 +19,12 @@ A user entry with a built-in's name overrides that built-in field by field.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
-from collections.abc import Mapping
+import stat
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +42,11 @@ QUANTIZATION_CHOICES = ("W8A16", "W4A16", "W4A16_AWQ", "W4A8_AWQ", "W4A16_GPTQ",
 MAX_WORLD_SIZE = 8
 BUILTIN_MODEL_PREFIX = "builtin:"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# An engine's name goes into its store directory's name (`<hash>-trtllm-engine-<name>-<version>`) and its link:
+# 64 characters keep that far below the 255-byte file-name limit, whatever the builder's version string.
+MAX_NAME_LENGTH = 64
+# A catalogue is a few kilobytes; anything near this is not one.
+CATALOG_LIMIT = 4 << 20
 
 BuilderOption = str | int | float | bool
 # Flags trtforge itself passes (from the entry's own fields, or as global options before `build`): a second
@@ -74,8 +83,9 @@ class CatalogEntry(BaseModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not _NAME_RE.match(value):
-            raise ValueError("must start with a letter or digit and use only letters, digits, '.', '_', '-'")
+        problem = name_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("quantization")
@@ -132,6 +142,24 @@ class CatalogEntry(BaseModel):
     def build_fields(self) -> dict[str, Any]:
         """Every field that changes the built engine (the name included: it names the store entry)."""
         return self.model_dump(mode="json", exclude={"serve"})
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name an engine (catalogue entry, link, store entry), or None. The one name rule."""
+    if len(name) > MAX_NAME_LENGTH:
+        return f"is {len(name)} characters long, at most {MAX_NAME_LENGTH} are allowed"
+    if not _NAME_RE.match(name):
+        return "must start with a letter or digit and use only letters, digits, '.', '_', '-'"
+    return None
+
+
+def check_name(name: str) -> str:
+    """`name` when it follows the name rule (`name_problem`); else a one-line `CatalogError`."""
+    problem = name_problem(name)
+    if problem:
+        shown = name if len(name) <= 80 else f"{name[:80]}…"
+        raise CatalogError(f"engine name {shown!r} {problem}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -206,16 +234,35 @@ def load_catalog(path: Path | None = None) -> Catalog:
     return Catalog(entries=entries, sources=sources, path=path)
 
 
-def _read_user_entries(path: Path) -> dict[str, dict[str, Any]]:
+def _read_text(path: Path) -> str | None:
+    """The catalogue's text (None when there is no file): a regular UTF-8 file, bounded in size."""
     try:
-        text = path.read_text()
+        info = os.stat(path)
     except FileNotFoundError:
-        return {}
+        return None
     except OSError as exc:
         raise CatalogError(f"{path}: cannot read catalogue: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise CatalogError(f"{path}: not a regular file")
+    if info.st_size > CATALOG_LIMIT:
+        raise CatalogError(f"{path}: {info.st_size:,} bytes is too large for a catalogue")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read catalogue: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def _read_user_entries(path: Path) -> dict[str, dict[str, Any]]:
+    text = _read_text(path)
+    return {} if text is None else _parse_user_entries(text, path)
+
+
+def _parse_user_entries(text: str, path: Path) -> dict[str, dict[str, Any]]:
     try:
         document = tomlkit.parse(text).unwrap()
-    except tomlkit.exceptions.ParseError as exc:
+    except tomlkit.exceptions.TOMLKitError as exc:
         raise CatalogError(f"{path}: not valid TOML: {exc}") from None
     unknown = sorted(set(document) - {"engines"})
     if unknown:
@@ -250,33 +297,93 @@ def add_entry(
     replace: bool = False,
     **fields: Any,
 ) -> CatalogEntry:
-    """Validate an entry and write it into the catalogue file, keeping the user's comments and layout.
+    """Validate an entry and write it into the catalogue file, keeping the user's comments, layout and style.
 
-    `fields` are the other `CatalogEntry` fields; None values are left out (the defaults apply).
+    `fields` are the other `CatalogEntry` fields; None values are left out (the defaults apply). The file is
+    edited under a lock beside it (concurrent adds all land), through a symlink (the link stays), keeping its
+    mode; `[engines.NAME]` tables, an `engines = {…}` inline table and `engines.NAME.key = …` dotted keys are
+    each extended in their own style, and any edit that would change what the rest of the file means is refused.
 
     Raises:
-        CatalogError: the entry is invalid, or the name is taken in that file and `replace` is false.
+        CatalogError: the entry is invalid, the name is taken in that file or is a built-in's and `replace`
+            is false, or the file cannot be read, locked or written.
     """
+    check_name(name)
     path = Path(path) if path is not None else catalog_path()
     given = {key: value for key, value in fields.items() if value is not None}
     local = Path(model).expanduser()
     if local.is_dir():
         model = str(local.resolve())
     entry = _validate(name, {"model": model, **given}, path)
+    if name in builtin_entries() and not replace:
+        raise CatalogError(
+            f"{name!r} is a built-in engine; use --replace to override it in {path} (every build of "
+            f"{name!r} will then use your entry)"
+        )
+    target = Path(os.path.realpath(path))  # edit the file a symlink points to, keep the link
+    with _catalog_lock(target):
+        text = _read_text(target)
+        before = {} if text is None else _parse_user_entries(text, path)
+        if name in before and not replace:
+            raise CatalogError(f"{path}: [engines.{name}] already exists (use --replace to overwrite it)")
+        values = entry.model_dump(exclude={"name"}, exclude_defaults=True)
+        values["model"] = entry.model  # always written, even if it ever got a default
+        # The file's fields merge over a built-in's: write every field that would otherwise keep its value.
+        dumped = entry.model_dump()
+        for key, value in builtin_entries().get(name, {}).items():
+            if key not in values and dumped[key] != value:
+                values[key] = dumped[key]
+        document = tomlkit.parse(text) if text is not None else tomlkit.document()
+        _insert_entry(document, name, values, path)
+        new_text = tomlkit.dumps(document)
+        if _parse_user_entries(new_text, path) != {**before, name: values}:
+            raise CatalogError(
+                f"{path}: adding [engines.{name}] would change other entries in this file's layout; "
+                "add it by hand"
+            )
+        mode = stat.S_IMODE(os.stat(target).st_mode) if text is not None else None
+        try:
+            write_text_atomic(target, new_text, mode=mode)
+        except OSError as exc:
+            raise CatalogError(f"{path}: cannot write the catalogue: {exc.strerror or exc}") from None
+    return entry
 
-    _read_user_entries(path)  # a broken file is reported in one line, not overwritten or tracebacked
-    document = tomlkit.parse(path.read_text()) if path.exists() else tomlkit.document()
+
+@contextmanager
+def _catalog_lock(target: Path) -> Iterator[None]:
+    """An exclusive lock on the catalogue's directory, so concurrent `add`s serialise instead of losing entries.
+
+    The directory, not the file: every edit replaces the file (a new inode), and a lock file would be litter
+    beside the user's catalogue.
+    """
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CatalogError(f"{target}: cannot lock the catalogue: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _insert_entry(document: tomlkit.TOMLDocument, name: str, values: dict[str, Any], path: Path) -> None:
+    """Put `values` into `engines.NAME` in the style the file already uses."""
     engines = document.get("engines")
     if engines is None:
         engines = tomlkit.table(is_super_table=True)
         document["engines"] = engines
-    if name in engines and not replace:
-        raise CatalogError(f"{path}: [engines.{name}] already exists (use --replace to overwrite it)")
-
-    table = tomlkit.table()
-    for key, value in entry.model_dump(exclude={"name"}, exclude_defaults=True).items():
-        table[key] = value
-    table["model"] = entry.model  # always written, even if it ever got a default
-    engines[name] = table
-    write_text_atomic(path, tomlkit.dumps(document))
-    return entry
+    if isinstance(engines, tomlkit.items.InlineTable):
+        inline = tomlkit.inline_table()
+        inline.update(values)
+        engines[name] = inline
+    elif isinstance(engines, tomlkit.items.Table):
+        table = tomlkit.table()
+        table.update(values)
+        engines[name] = table
+    else:  # `engines.NAME.key = value` dotted keys at the top level
+        if name in engines:
+            raise CatalogError(f"{path}: engines.{name} is written with dotted keys; replace it by hand")
+        for key, value in values.items():
+            document.add(tomlkit.key(["engines", name, key]), value)

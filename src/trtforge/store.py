@@ -36,6 +36,7 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from trtforge.atomic import temporary_sibling, write_text_atomic
+from trtforge.catalog import check_name
 from trtforge.constants import engine_link_dirs, logs_dir, store_dir
 from trtforge.engine import ENGINE_CONFIG, MANIFEST, EngineBackend, is_engine_config
 from trtforge.errors import EngineNotFoundError, StoreError, VerifyError
@@ -393,7 +394,7 @@ class EngineStore:
 
     @staticmethod
     def entry_dir_name(digest: str, name: str, version: str) -> str:
-        safe_version = re.sub(r"[^A-Za-z0-9._+-]", "_", version)
+        safe_version = re.sub(r"[^A-Za-z0-9._+-]", "_", version)[:64]  # bounded, like names
         return f"{digest}{ENTRY_INFIX}{name}-{safe_version}"
 
     def entry_path(self, digest: str, name: str, version: str) -> Path:
@@ -637,8 +638,7 @@ def link_engine(name: str, target: Path, *, store: EngineStore | None = None) ->
 
     The link directory is recorded as a gc root of `store` (default: the default store) first.
     """
-    if "/" in name or name.startswith("."):
-        raise StoreError(f"{name!r}: not a valid link name")
+    check_name(name)
     directory = engine_link_dirs()[0]
     (store or EngineStore()).record_link_dir(directory)
     link = directory / name
@@ -675,6 +675,7 @@ def resolve_engine(name_or_path: str | Path) -> Path:
     candidate = Path(text).expanduser()
     looks_like_path = "/" in text or text.startswith(".") or candidate.is_dir()
     if not looks_like_path:
+        check_name(text)
         for directory in engine_link_dirs():
             link = directory / text
             if link.is_symlink() or link.exists():

@@ -21,7 +21,7 @@ from trtforge.build.checks import check_engine, checkpoint_quant_algo, copy_toke
 from trtforge.build.command import BuilderCommand, build_command, probe_trtllm_version, resolve_python
 from trtforge.build.failures import FailureCause, builder_failure
 from trtforge.build.watchdog import BuildWatchdog, Outcome, WatchResult
-from trtforge.catalog import CatalogEntry, load_catalog
+from trtforge.catalog import CatalogEntry, check_name, load_catalog
 from trtforge.constants import DEFAULT_STALL_TIMEOUT_S, engine_link_dirs, gpu_arch_override, logs_dir
 from trtforge.errors import BuildFailedError, CheckpointError, GpuError, TrtforgeError
 from trtforge.store import BUILD_LOG, BuildInputs, EngineStore, link_engine, write_manifest
@@ -425,6 +425,7 @@ def ensure_engine(
         CatalogError: `name` is not in the catalogue.
         TrtforgeError: whatever `plan_build` / `run_build` raise.
     """
+    check_name(name)
     if link:
         engine_link_dirs()  # a TRTLLM_ENGINE_PATH that names no usable directory is refused before building
     entry = load_catalog().get(name)

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from trtforge.build.command import LAUNCHERS
 from trtforge.build.pipeline import BuildProgress, ensure_engine
-from trtforge.catalog import add_entry
+from trtforge.catalog import add_entry, check_name
 from trtforge.cli._app import app, console, print_json
 from trtforge.constants import DEFAULT_STALL_TIMEOUT_S
 from trtforge.errors import BuildFailedError, UsageError
@@ -174,6 +174,7 @@ def link(
     path: Annotated[Path, typer.Argument(help="Engine directory (or linked name) to point it at.")],
 ) -> None:
     """Point a name at an engine directory (atomic replacement of any old link)."""
+    check_name(name)
     target = resolve_engine(path)
     link_path = link_engine(name, target)
     console.print(f"{escape(str(link_path))} -> {escape(str(target))}", soft_wrap=True)
