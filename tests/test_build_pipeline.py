@@ -70,6 +70,7 @@ def test_healthy_build_is_published_linked_and_cached(builder: Path, checkpoint:
     assert manifest["inputs"]["builder_version"] == "1.0.0"
     assert manifest["inputs"]["model_revision"].startswith("dir:")
     assert manifest["files"]["rank0.engine"]["size"] == 2 * 1024 * 1024
+    assert "xgrammar_tokenizer_info.json" in manifest["files"]  # guided decoding's tokenizer info, hashed too
     assert "ENGINE SAVED" in (result.path / "build.log").read_text()
     verify_engine("small")
     _assert_nothing_left(builder)

@@ -258,6 +258,7 @@ def run_build(plan: BuildPlan, *, progress: BuildProgress | None = None, link: b
                     hub_model=None if plan.entry.local_model_dir else plan.entry.model,
                     revision=plan.inputs.model_revision,
                 )
+            _write_guided_decoding_info(incomplete, progress)
             progress.phase("hashing files and publishing")
             write_manifest(
                 incomplete,
@@ -272,6 +273,17 @@ def run_build(plan: BuildPlan, *, progress: BuildProgress | None = None, link: b
         finally:
             shutil.rmtree(incomplete, ignore_errors=True)
         return _finish(plan, final, cached=False, link=link)
+
+
+def _write_guided_decoding_info(engine_dir: Path, progress: BuildProgress) -> None:
+    """The xgrammar tokenizer info for guided decoding; an unsupported tokenizer only leaves it off."""
+    from trtforge.build.xgrammar import write_tokenizer_info
+
+    progress.phase("writing the xgrammar tokenizer info")
+    try:
+        write_tokenizer_info(engine_dir)
+    except CheckpointError as exc:
+        progress.phase(f"guided decoding stays off for this engine: {exc}")
 
 
 def _try_acquire(lock: object) -> bool:
