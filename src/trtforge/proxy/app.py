@@ -132,36 +132,53 @@ async def _until_shutdown(frames: AsyncIterator[str], shutting_down: asyncio.Eve
 
     uvicorn otherwise lets a stream run for its whole graceful timeout, then cancels it: the client gets a cut
     stream without `[DONE]` and the terminal a traceback per stream.
+
+    One watcher per stream, not per frame: when shutdown begins while the stream waits for its next frame, the
+    watcher cancels this task, which unwinds the stream generator (and with it the Triton request); while a
+    frame is being sent, the stream ends after that frame.
     """
-    stop = asyncio.ensure_future(shutting_down.wait())
-    frame: asyncio.Future[str] | None = None
+    task = asyncio.current_task()
+    waiting = False
+    stopping = False
+
+    def on_shutdown(_: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if waiting and task is not None:
+            task.cancel()
+
+    watcher = asyncio.ensure_future(shutting_down.wait())
+    watcher.add_done_callback(on_shutdown)
     try:
-        while True:
-            frame = asyncio.ensure_future(anext(frames))
-            await asyncio.wait({frame, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if not frame.done():
-                break
+        while not stopping:
+            waiting = True
             try:
-                text = frame.result()
+                text = await anext(frames)
             except StopAsyncIteration:
                 return
+            except asyncio.CancelledError:
+                if not stopping:
+                    raise  # the client left, or the server cancelled the response
+                _uncancel(task)
+                break
+            finally:
+                waiting = False
             yield text
         logger.info("server shutting down; stream ended")
-        await _cancel(frame)  # unwinds the stream generator, which cancels the Triton request
+        await frames.aclose()  # type: ignore[attr-defined]
         yield format_event(error_envelope(TritonUnavailableError("the server is shutting down")))
         yield DONE_FRAME
     finally:
-        stop.cancel()
-        if frame is not None:
-            await _cancel(frame)  # the client left or the task was cancelled while a frame was awaited
+        watcher.remove_done_callback(on_shutdown)
+        watcher.cancel()
         await frames.aclose()  # type: ignore[attr-defined]
 
 
-async def _cancel(task: asyncio.Future[Any]) -> None:
-    if not task.done():
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
-        await task
+def _uncancel(task: asyncio.Task[Any] | None) -> None:
+    # Python 3.11+ counts cancellation requests; the one we handled must not linger (e.g. for timeouts).
+    uncancel = getattr(task, "uncancel", None)
+    if uncancel is not None:
+        uncancel()
 
 
 class _ProxyServer(uvicorn.Server):

@@ -12,7 +12,6 @@ client that it is done. The request is the same protobuf message, built here fro
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -176,31 +175,29 @@ class TritonBackend:
             TritonTimeoutError: the generation outlived the request timeout.
             TritonRequestError: Triton answered with an error.
         """
-        done = asyncio.Event()
         request = build_infer_request(self.model, gen)
-
-        async def requests() -> AsyncIterator[service_pb2.ModelInferRequest]:
-            yield request
-            # Keep our side of the stream open until the answer is complete: half-closing early is legal
-            # but some servers end the stream with it.
-            await done.wait()
-
-        call = self.stub.ModelStreamInfer(requests(), timeout=self._timeout_s)
+        # The call is written to, not fed from a request iterator: an iterator makes grpc.aio run a consumer
+        # task per call, and when the call ends before the iterator does, that task is cancelled and grpc.aio
+        # formats a traceback for its (disabled) debug log. Our side stays open until the answer is complete:
+        # half-closing early is legal, but some servers end the stream with it.
+        call = self.stub.ModelStreamInfer(timeout=self._timeout_s)
         try:
-            async for message in call:
+            await call.write(request)
+            while True:
+                message = await call.read()
+                if message is grpc.aio.EOF:
+                    raise TritonRequestError("Triton closed the stream before the final response")
                 if message.error_message:
                     raise _response_error(message.error_message, self)
-                ids = parse_output_ids(message.infer_response)
-                final = is_final(message.infer_response)
+                response = message.infer_response
+                ids = parse_output_ids(response)
                 if ids:
                     yield ids
-                if final:
+                if is_final(response):
                     return
-            raise TritonRequestError("Triton closed the stream before the final response")
         except grpc.aio.AioRpcError as exc:
             raise _rpc_error(exc, self) from None
         finally:
-            done.set()
             # A no-op when the call already finished; otherwise Triton sees the cancellation and stops.
             call.cancel()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 from trtforge.proxy.backend import GenerationRequest, SamplingParams, TritonBackend
@@ -39,7 +39,7 @@ from trtforge.proxy.protocol import (
     now_s,
 )
 from trtforge.proxy.settings import ProxySettings
-from trtforge.proxy.sse import DONE_FRAME, format_event
+from trtforge.proxy.sse import DONE_FRAME, FrameTemplate, format_event
 from trtforge.proxy.stop import StopMatcher
 from trtforge.proxy.tokenizer import ProxyTokenizer
 
@@ -280,7 +280,7 @@ class OpenAIServing:
         except BaseException:
             await deltas.aclose()  # type: ignore[attr-defined]
             raise
-        return _prepend(first, deltas)
+        return _Prepended(first, deltas)
 
     async def collect(self, prepared: Prepared) -> tuple[str, FinishReason, int]:
         """Run a generation to its end: (text, finish reason, completion tokens)."""
@@ -315,13 +315,23 @@ class OpenAIServing:
             chunk = ChatCompletionChunk(id=chunk_id, created=created, model=model, choices=[choice])
             return format_event(chunk, exclude=exclude)
 
+        # The per-token frame, dumped once: only its content changes from token to token.
+        content = FrameTemplate(
+            ChatCompletionChunk(
+                id=chunk_id,
+                created=created,
+                model=model,
+                choices=[ChatChunkChoice(delta=DeltaMessage(content=FrameTemplate.slot))],
+            ),
+            exclude=exclude,
+        )
         yield frame(DeltaMessage(role="assistant", content=""))
         count = 0
         try:
             async for delta in deltas:
                 count = delta.completion_tokens
                 if delta.text:
-                    yield frame(DeltaMessage(content=delta.text))
+                    yield content.render(delta.text)
                 if delta.finish_reason:
                     yield frame(DeltaMessage(), delta.finish_reason)
             if prepared.include_usage:
@@ -353,11 +363,20 @@ class OpenAIServing:
         """SSE frames: text deltas (the last with its finish reason), usage if asked, then [DONE]."""
         chunk_id, created, model = f"cmpl-{prepared.gen.request_id}", now_s(), self.settings.model_name
         exclude = None if prepared.include_usage else {"usage"}
+        # The per-token frame, dumped once: only its text changes from token to token.
+        text_frame = FrameTemplate(
+            CompletionResponse(
+                id=chunk_id, created=created, model=model, choices=[CompletionChoice(text=FrameTemplate.slot)]
+            ),
+            exclude=exclude,
+        )
         count = 0
         try:
             async for delta in deltas:
                 count = delta.completion_tokens
-                if delta.text or delta.finish_reason:
+                if delta.text and not delta.finish_reason:
+                    yield text_frame.render(delta.text)
+                elif delta.finish_reason:
                     choice = CompletionChoice(text=delta.text, finish_reason=delta.finish_reason)
                     chunk = CompletionResponse(id=chunk_id, created=created, model=model, choices=[choice])
                     yield format_event(chunk, exclude=exclude)
@@ -373,10 +392,27 @@ class OpenAIServing:
         yield DONE_FRAME
 
 
-async def _prepend(first: TextDelta, rest: AsyncIterator[TextDelta]) -> AsyncIterator[TextDelta]:
-    try:
-        yield first
-        async for delta in rest:
-            yield delta
-    finally:
-        await rest.aclose()  # type: ignore[attr-defined]
+class _Prepended:
+    """`first`, then the rest of `rest`: after the first item, `__anext__` is `rest`'s own, with no
+    generator of ours between the consumer and `rest` for every token."""
+
+    def __init__(self, first: TextDelta, rest: AsyncIterator[TextDelta]) -> None:
+        self._first: TextDelta | None = first
+        self._rest = rest
+
+    def __aiter__(self) -> _Prepended:
+        return self
+
+    def __anext__(self) -> Awaitable[TextDelta]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return _ready(first)
+        return self._rest.__anext__()
+
+    async def aclose(self) -> None:
+        self._first = None
+        await self._rest.aclose()  # type: ignore[attr-defined]
+
+
+async def _ready(value: TextDelta) -> TextDelta:
+    return value

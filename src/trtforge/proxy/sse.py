@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from json.encoder import encode_basestring
+
 from pydantic import BaseModel
 
 SSE_MEDIA_TYPE = "text/event-stream"
 DONE_FRAME = "data: [DONE]\n\n"
+
+# A string no generated text contains (NUL bytes are escaped by JSON, so it is found only where we put it).
+_SLOT = "\x00trtforge-slot\x00"
 
 
 def format_event(payload: BaseModel | str, *, exclude: set[str] | None = None) -> str:
@@ -13,3 +18,27 @@ def format_event(payload: BaseModel | str, *, exclude: set[str] | None = None) -
     data = payload if isinstance(payload, str) else payload.model_dump_json(exclude=exclude)
     # JSON never contains a raw newline, so one `data:` line carries the whole payload.
     return f"data: {data}\n\n"
+
+
+class FrameTemplate:
+    """The frames of one stream that differ only in one string field, dumped once instead of per token.
+
+    `make(slot)` builds the chunk with `slot` as that field's value; the dump is split around it, and each
+    frame is the two halves around the new value encoded as a JSON string. pydantic and the standard
+    library escape strings the same way (compact, non-ASCII kept), so a frame is byte-for-byte what
+    `format_event` gives for the same chunk.
+    """
+
+    def __init__(self, chunk: BaseModel, *, exclude: set[str] | None = None) -> None:
+        frame = format_event(chunk, exclude=exclude)
+        slot = encode_basestring(_SLOT)
+        head, found, tail = frame.partition(slot)
+        if not found or slot in tail:
+            raise ValueError("the chunk must hold the slot string exactly once")
+        self._head = head
+        self._tail = tail
+
+    slot = _SLOT
+
+    def render(self, value: str) -> str:
+        return self._head + encode_basestring(value) + self._tail
