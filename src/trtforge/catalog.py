@@ -264,7 +264,7 @@ def _parse_user_entries(text: str, path: Path) -> dict[str, dict[str, Any]]:
         document = tomlkit.parse(text).unwrap()
     except tomlkit.exceptions.TOMLKitError as exc:
         raise CatalogError(f"{path}: not valid TOML: {exc}") from None
-    unknown = sorted(set(document) - {"engines"})
+    unknown = sorted(set(document) - {"engines", "cache"})  # [cache]: binary caches (trtforge.cache.config)
     if unknown:
         raise CatalogError(f"{path}: unknown top-level key {unknown[0]!r} (entries go under [engines.NAME])")
     engines = document.get("engines", {})

@@ -112,3 +112,29 @@ def trtllm_python_override() -> str | None:
 def hf_hub_offline() -> bool:
     """`HF_HUB_OFFLINE` is set to a true value (read at call time: huggingface_hub reads it once, at import)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# --- binary caches (issue 12) ---
+
+
+def substituters_override() -> list[str] | None:
+    """`$TRTFORGE_SUBSTITUTERS` (space-separated cache URLs), replacing the catalogue's `[cache]` list."""
+    env = os.environ.get("TRTFORGE_SUBSTITUTERS")
+    return None if env is None else env.split()
+
+
+def trusted_keys_override() -> list[str] | None:
+    """`$TRTFORGE_TRUSTED_KEYS` (space-separated `NAME:<base64>`), replacing the catalogue's list."""
+    env = os.environ.get("TRTFORGE_TRUSTED_KEYS")
+    return None if env is None else env.split()
+
+
+def signing_key_file_override() -> Path | None:
+    """`$TRTFORGE_SIGNING_KEY_FILE`: the secret key `push` signs with when `--key-file` is not given."""
+    env = os.environ.get("TRTFORGE_SIGNING_KEY_FILE")
+    return Path(env).expanduser() if env else None
+
+
+def trtllm_version_override() -> str | None:
+    """`$TRTFORGE_TRTLLM_VERSION`: the TensorRT-LLM version to look for in caches when none is installed."""
+    return os.environ.get("TRTFORGE_TRTLLM_VERSION") or None

@@ -80,3 +80,15 @@ class TritonError(TrtforgeError, RuntimeError):
 
 class BackendUnavailableError(TritonError):
     """A Triton backend the model repository needs (e.g. `tensorrtllm`) is not installed."""
+
+
+class CacheError(TrtforgeError, RuntimeError):
+    """A binary cache is unreachable, misconfigured, or does not hold what was asked."""
+
+
+class CacheTrustError(CacheError):
+    """A cached entry is unsigned or not signed by a trusted key (nothing is published)."""
+
+
+class CacheIntegrityError(CacheError):
+    """A cached entry's bytes do not match its manifest, or its manifest does not match its hash."""

@@ -450,6 +450,17 @@ class EngineStore:
         path.mkdir()
         return path
 
+    def resumable_incomplete(self, digest: str, kind: str) -> Path:
+        """`tmp/<hash>.<kind>.incomplete/`, kept across attempts (a pull resumes from what it holds).
+
+        Only ever used under the hash's lock; gc treats it like any other abandoned build directory.
+        """
+        path = self._directory(self.root / TMP_DIR) / f"{digest}.{kind}{INCOMPLETE_SUFFIX}"
+        if os.path.islink(path):
+            path.unlink()
+        path.mkdir(exist_ok=True)
+        return path
+
     def new_scratch(self, digest: str, kind: str) -> Path:
         """A scratch directory next to the incomplete ones (e.g. the builder's workspace)."""
         tmp = self._directory(self.root / TMP_DIR)

@@ -22,7 +22,13 @@ from trtforge.build.command import BuilderCommand, build_command, probe_trtllm_v
 from trtforge.build.failures import FailureCause, builder_failure
 from trtforge.build.watchdog import BuildWatchdog, Outcome, WatchResult
 from trtforge.catalog import CatalogEntry, check_name, load_catalog
-from trtforge.constants import DEFAULT_STALL_TIMEOUT_S, engine_link_dirs, gpu_arch_override, logs_dir
+from trtforge.constants import (
+    DEFAULT_STALL_TIMEOUT_S,
+    engine_link_dirs,
+    gpu_arch_override,
+    logs_dir,
+    trtllm_version_override,
+)
 from trtforge.errors import BuildFailedError, CheckpointError, GpuError, TrtforgeError
 from trtforge.store import BUILD_LOG, BuildInputs, EngineStore, link_engine, write_manifest
 from trtforge.untrusted import hash_tree, inside, read_json_object
@@ -62,6 +68,9 @@ class BuildPlan:
     launcher: str
     timeout_s: float | None
     stall_timeout_s: float | None
+    # Set when TensorRT-LLM is not installed and $TRTFORGE_TRTLLM_VERSION named the version to look for:
+    # only a substituter can provide the engine, and this says why a local build cannot.
+    builder_missing: str | None = None
 
     @property
     def cached_path(self) -> Path | None:
@@ -75,9 +84,20 @@ class BuildResult:
     hash: str
     cached: bool
     link: Path | None
+    substituted_from: str | None = None  # the binary cache it was pulled from instead of being built
 
     def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "path": str(self.path), "hash": self.hash, "cached": self.cached}
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "hash": self.hash,
+            "cached": self.cached,
+            "substituted_from": self.substituted_from,
+        }
+
+
+# A binary cache lookup for a plan's hash, made under the hash's lock: (store path, cache URL) on a hit.
+Substituter = Callable[["BuildPlan"], "tuple[Path, str] | None"]
 
 
 # --- planning ----------------------------------------------------------------------------------------------
@@ -103,12 +123,19 @@ def plan_build(
     """
     store = store or EngineStore()
     python: str | None = None
+    builder_missing: str | None = None
     if entry.backend == "reference":
         version, revision, arch, model_dir = _reference_inputs()
     else:
         arch = _target_arch(gpu_arch)
         python = resolve_python(trtllm_python)
-        version = probe_trtllm_version(python)
+        try:
+            version = probe_trtllm_version(python)
+        except BuildFailedError as exc:
+            pinned = trtllm_version_override()
+            if pinned is None:
+                raise
+            version, builder_missing = pinned, str(exc)
         model_dir, revision = _resolve_model(entry)
         # A hub model's `model_dir` holds only its small files: preflight reads the weights' headers from the hub,
         # at the revision being built.
@@ -128,6 +155,7 @@ def plan_build(
         launcher=launcher,
         timeout_s=timeout_s,
         stall_timeout_s=stall_timeout_s,
+        builder_missing=builder_missing,
     )
 
 
@@ -230,8 +258,14 @@ def _preflight(entry: CatalogEntry, *, model_dir: Path | None, gpu_arch: str, fo
 # --- running -----------------------------------------------------------------------------------------------
 
 
-def run_build(plan: BuildPlan, *, progress: BuildProgress | None = None, link: bool = True) -> BuildResult:
-    """Build the planned engine unless the store has it, publish it atomically and link its name.
+def run_build(
+    plan: BuildPlan,
+    *,
+    progress: BuildProgress | None = None,
+    link: bool = True,
+    substitute: Substituter | None = None,
+) -> BuildResult:
+    """Build the planned engine unless the store (or a substituter) has it, publish it atomically, link its name.
 
     Raises:
         BuildFailedError: the builder failed, stalled or timed out (with cause, log path and tail).
@@ -246,6 +280,13 @@ def run_build(plan: BuildPlan, *, progress: BuildProgress | None = None, link: b
         existing = store.find(plan.hash)
         if existing is not None:
             return _finish(plan, existing, cached=True, link=link)
+        if substitute is not None and (hit := substitute(plan)) is not None:
+            return _finish(plan, hit[0], cached=False, link=link, substituted_from=hit[1])
+        if plan.builder_missing is not None:
+            raise BuildFailedError(
+                f"{plan.builder_missing} (no substituter has {plan.entry.name!r} at hash {plan.hash})",
+                cause="no_trtllm",
+            )
         incomplete = store.new_incomplete(plan.hash)
         try:
             timings, command = _build_into(plan, incomplete, progress)
@@ -298,9 +339,11 @@ def _try_acquire(lock: object) -> bool:
     return True
 
 
-def _finish(plan: BuildPlan, path: Path, *, cached: bool, link: bool) -> BuildResult:
+def _finish(
+    plan: BuildPlan, path: Path, *, cached: bool, link: bool, substituted_from: str | None = None
+) -> BuildResult:
     link_path = link_engine(plan.entry.name, path, store=plan.store) if link else None
-    return BuildResult(plan.entry.name, path, plan.hash, cached, link_path)
+    return BuildResult(plan.entry.name, path, plan.hash, cached, link_path, substituted_from)
 
 
 def _new_log_path(plan: BuildPlan) -> Path:
@@ -430,8 +473,13 @@ def ensure_engine(
     timeout_s: float | None = None,
     stall_timeout_s: float | None = DEFAULT_STALL_TIMEOUT_S,
     force: bool = False,
+    substitute: bool = True,
+    allow_unsigned: bool = False,
 ) -> BuildResult:
-    """The store entry for catalogue entry `name`: the cached one, else a fresh build. Links the name.
+    """The store entry for catalogue entry `name`: the cached one, else a substituter's, else a fresh build.
+
+    Substituters are the catalogue's `[cache]` table (or `$TRTFORGE_SUBSTITUTERS`); `substitute=False` skips
+    them. Links the name.
 
     Raises:
         CatalogError: `name` is not in the catalogue.
@@ -450,7 +498,53 @@ def ensure_engine(
         stall_timeout_s=stall_timeout_s,
         force=force,
     )
-    return run_build(plan, progress=progress, link=link)
+    substituter = _substituter(progress or NullProgress(), allow_unsigned) if substitute else None
+    return run_build(plan, progress=progress, link=link, substitute=substituter)
+
+
+def _substituter(progress: BuildProgress, allow_unsigned: bool) -> Substituter | None:
+    """Pull from the configured binary caches (None when none are configured)."""
+    from trtforge.cache.config import load_cache_config
+    from trtforge.cache.transfer import substitute
+
+    config = load_cache_config()
+    if not config.substituters:
+        return None
+
+    def run(plan: BuildPlan) -> tuple[Path, str] | None:
+        progress.phase(f"looking for {plan.hash} in {len(config.substituters)} substituter(s)")
+        return substitute(
+            plan.store,
+            plan.hash,
+            config,
+            allow_unsigned=allow_unsigned,
+            progress=_PhaseTransfer(progress),
+            warn=progress.log,
+        )
+
+    return run
+
+
+class _PhaseTransfer:
+    """A pull's bytes as the build's phase line (one line of progress, whole percents)."""
+
+    def __init__(self, progress: BuildProgress) -> None:
+        self._progress = progress
+        self._description = ""
+        self._total = 0
+        self._done = 0
+        self._shown = -1
+
+    def start(self, description: str, total_bytes: int) -> None:
+        self._description, self._total, self._done, self._shown = description, total_bytes, 0, -1
+        self.advance(0)
+
+    def advance(self, n_bytes: int) -> None:
+        self._done += n_bytes
+        percent = 100 * self._done // self._total if self._total else 100
+        if percent != self._shown:
+            self._shown = percent
+            self._progress.phase(f"{self._description}: {percent}% of {self._total / 2**30:.2f} GiB")
 
 
 ProgressCallback = Callable[[str], None]

@@ -11,6 +11,7 @@ import sys
 from rich.markup import escape
 
 # Command modules register themselves on `app` when imported.
+from trtforge.cli import cache as _cache  # noqa: F401
 from trtforge.cli import engines as _engines  # noqa: F401
 from trtforge.cli import inspection as _inspection  # noqa: F401
 from trtforge.cli import serving as _serving  # noqa: F401

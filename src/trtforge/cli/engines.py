@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -19,6 +19,9 @@ from trtforge.cli._app import app, console, print_json
 from trtforge.constants import DEFAULT_STALL_TIMEOUT_S
 from trtforge.errors import BuildFailedError, UsageError
 from trtforge.store import EngineStore, link_engine, resolve_engine, verify_engine
+
+if TYPE_CHECKING:
+    from trtforge.cache.signing import SecretKey
 
 
 class _RichProgress:
@@ -63,8 +66,24 @@ def build(
         float, typer.Option(help="Give up after this many seconds without log output or file growth.")
     ] = DEFAULT_STALL_TIMEOUT_S,
     force: Annotated[bool, typer.Option(help="Build even when preflight predicts it will not fit.")] = False,
+    no_substitute: Annotated[
+        bool, typer.Option("--no-substitute", help="Build locally even if a substituter has the engine.")
+    ] = False,
+    allow_unsigned: Annotated[
+        bool, typer.Option("--allow-unsigned", help="Accept substitutes without a trusted signature.")
+    ] = False,
+    push_to: Annotated[
+        str | None, typer.Option("--push-to", help="Upload the entry to this cache URL afterwards.")
+    ] = None,
+    key_file: Annotated[
+        Path | None,
+        typer.Option("--key-file", help="Sign the --push-to upload ($TRTFORGE_SIGNING_KEY_FILE)."),
+    ] = None,
 ) -> None:
-    """Build an engine into the store (or find it there) and link its name; prints the store path."""
+    """Build an engine into the store (or find it there, or in a substituter) and link its name.
+
+    Prints the store path.
+    """
     if launcher not in LAUNCHERS:
         raise UsageError(f"--launcher must be one of {', '.join(LAUNCHERS)}")
     # A zero or negative limit would stop the builder at its first poll, reported as a stall or a timeout.
@@ -72,6 +91,7 @@ def build(
         raise UsageError("--timeout must be a positive number of seconds")
     if stall_timeout <= 0:
         raise UsageError("--stall-timeout must be a positive number of seconds")
+    signing_key = _signing_key(key_file) if push_to else None  # a bad key fails before the build, not after
     try:
         with build_progress(name) as progress:
             result = ensure_engine(
@@ -83,6 +103,8 @@ def build(
                 timeout_s=timeout,
                 stall_timeout_s=stall_timeout,
                 force=force,
+                substitute=not no_substitute,
+                allow_unsigned=allow_unsigned,
             )
     except BuildFailedError as exc:
         # One line saying why, then the log tail, then where the whole log is.
@@ -92,11 +114,35 @@ def build(
             console.print(escape(exc.log_tail), markup=False)
             console.print(f"[dim]--- full log: {escape(str(exc.log_path))} ---[/]")
         raise typer.Exit(exc.exit_code) from None
-    console.print(f"{'cached' if result.cached else 'built'}: {escape(str(result.path))}", soft_wrap=True)
+    if result.substituted_from:
+        state = f"pulled from {result.substituted_from}"
+    else:
+        state = "cached" if result.cached else "built"
+    console.print(f"{escape(state)}: {escape(str(result.path))}", soft_wrap=True)
+    if push_to:
+        _push_after_build(result.path, push_to, signing_key)
     if json_output:
         print_json(result.to_json())
     else:
         print(result.path)
+
+
+def _signing_key(key_file: Path | None) -> SecretKey | None:
+    from trtforge.cache.config import signing_key_path
+    from trtforge.cache.signing import load_secret_key
+
+    key_path = signing_key_path(key_file)
+    return load_secret_key(key_path) if key_path is not None else None
+
+
+def _push_after_build(path: Path, url: str, secret: SecretKey | None) -> None:
+    from trtforge.cache.transfer import push_entry
+    from trtforge.cli.cache import bytes_progress
+
+    with bytes_progress(quiet=False) as progress:
+        pushed = push_entry(path, url, secret=secret, progress=progress)
+    state = "already in" if pushed.already_present else "pushed to"
+    console.print(f"{state} {escape(url)}", soft_wrap=True)
 
 
 @app.command()
