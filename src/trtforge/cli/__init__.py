@@ -15,6 +15,7 @@ from trtforge.cli import cache as _cache  # noqa: F401
 from trtforge.cli import engines as _engines  # noqa: F401
 from trtforge.cli import inspection as _inspection  # noqa: F401
 from trtforge.cli import serving as _serving  # noqa: F401
+from trtforge.cli import smoke as _smoke  # noqa: F401
 from trtforge.cli._app import app, console
 from trtforge.errors import TrtforgeError
 

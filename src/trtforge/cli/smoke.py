@@ -1,0 +1,120 @@
+"""`trtforge smoke NAME`: start the stack (or attach to a running proxy), run the smoke checks, report."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from trtforge import constants
+from trtforge.cli._app import app, console, print_json
+from trtforge.smoke import SmokeReport, run_smoke
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _with_own_stack(
+    name: str, *, max_tokens: int, ready_timeout_s: float, build: bool, force: bool
+) -> SmokeReport:
+    """Start tritonserver and the proxy on free loopback ports, run the checks, stop both."""
+    from trtforge.cli.serving import _check_compatible, _engine_for, _serve_options
+    from trtforge.proxy import ProxySettings, make_server
+    from trtforge.stack import TritonPorts, prepare_triton
+    from trtforge.triton import stop_on_signals
+
+    options = _serve_options(name, None)
+    engine_dir = _engine_for(name, build=build)
+    _check_compatible(name, engine_dir, options, force=force)
+    ports = TritonPorts(http=_free_port(), grpc=_free_port(), metrics=_free_port())
+    engine, server = prepare_triton(name, engine_dir, ports=ports, options=options)
+    with stop_on_signals(server):
+        console.print(f"starting tritonserver for [bold]{escape(name)}[/] (log: {server.log_path})")
+        server.start()
+        server.wait_ready(timeout_s=ready_timeout_s)
+        port = _free_port()
+        proxy = make_server(
+            ProxySettings.from_engine(name, engine, ports.grpc_url), port=port, log_level="warning"
+        )
+        started = threading.Event()
+
+        def serve() -> None:
+            try:
+                proxy.run()
+            finally:
+                started.set()  # wakes the wait below if the proxy could not start
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            while not proxy.started and thread.is_alive():
+                started.wait(0.05)
+            if not proxy.started:
+                report = SmokeReport(model=name, base_url=f"http://127.0.0.1:{port}/v1")
+                report.check("proxy: started", False, f"the proxy did not start on 127.0.0.1:{port}")
+                return report
+            console.print(f"running the smoke checks against http://127.0.0.1:{port}/v1")
+            return run_smoke(f"http://127.0.0.1:{port}/v1", name, max_tokens=max_tokens)
+        finally:
+            proxy.should_exit = True
+            thread.join()
+
+
+def _print_report(report: SmokeReport) -> None:
+    table = Table(title=f"smoke: {report.model} at {report.base_url}", show_lines=False)
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail")
+    for check in report.checks:
+        mark = "[green]ok[/]" if check.ok else "[bold red]FAIL[/]"
+        table.add_row(escape(check.name), mark, escape(check.detail))
+    console.print(table)
+    ttft = f"{report.ttft_s * 1000:.0f} ms" if report.ttft_s is not None else "n/a"
+    rate = f"{report.tokens_per_s:.1f} tokens/s" if report.tokens_per_s is not None else "n/a"
+    console.print(f"time to first token {ttft}; {rate} ({report.completion_tokens} tokens streamed)")
+    console.print(f"reply: {escape(report.text[:200])!s}")
+    verdict = "[bold green]PASS[/]" if report.ok else "[bold red]FAIL[/]"
+    console.print(f"{verdict}: {sum(c.ok for c in report.checks)}/{len(report.checks)} checks passed")
+
+
+@app.command()
+def smoke(
+    name: Annotated[
+        str, typer.Argument(help="Engine to smoke-test (catalogue entry, link or directory).")
+    ] = (constants.TINY_ENGINE_NAME),
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="Attach to a running proxy (e.g. http://127.0.0.1:9000/v1) instead of starting one."
+        ),
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, help="max_tokens of each request.")] = 32,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="TRTFORGE_API_KEY", show_default=False, help="Bearer key of the proxy."),
+    ] = None,
+    ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for Triton to be ready.")] = 600.0,
+    build: Annotated[bool, typer.Option(help="Build the engine first when it is missing.")] = True,
+    force: Annotated[bool, typer.Option(help="Skip the compatibility gate (warn instead).")] = False,
+) -> None:
+    """Chat, streamed chat and completion against the engine; exit 1 if any check fails."""
+    if url is not None:
+        report = run_smoke(url, name, max_tokens=max_tokens, api_key=api_key)
+    else:
+        report = _with_own_stack(
+            name, max_tokens=max_tokens, ready_timeout_s=ready_timeout, build=build, force=force
+        )
+    if json_output:
+        print_json(report.to_json())
+    else:
+        _print_report(report)
+    if not report.ok:
+        raise typer.Exit(1)
