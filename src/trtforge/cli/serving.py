@@ -25,6 +25,7 @@ from trtforge.store import resolve_engine
 if TYPE_CHECKING:
     import uvicorn
 
+    from trtforge.proxy.workers import ProxyWorkers
     from trtforge.triton import TritonServer
 
 # The proxy (FastAPI, uvicorn) and Triton (tritonclient, grpc) are imported inside the commands that use them:
@@ -48,6 +49,14 @@ ApiKey = Annotated[
         envvar="TRTFORGE_API_KEY",
         show_default=False,
         help="Require `Authorization: Bearer KEY` on /v1/ routes (prefer the environment variable).",
+    ),
+]
+Workers = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        min=1,
+        help="Proxy processes sharing the port (SO_REUSEPORT), for when one core cannot relay every token.",
     ),
 ]
 ServeOptionArg = Annotated[
@@ -125,7 +134,7 @@ def _engine_for(name: str, *, build: bool) -> Path:
     return resolve_engine(name)
 
 
-def _watch_triton(server: TritonServer, proxy: uvicorn.Server) -> None:
+def _watch_triton(server: TritonServer, proxy: uvicorn.Server | ProxyWorkers) -> None:
     """Stop the proxy when tritonserver dies under it, so `up` never serves 503s forever."""
     while not proxy.should_exit:
         if server.wait(timeout_s=1.0) is not None:
@@ -134,7 +143,7 @@ def _watch_triton(server: TritonServer, proxy: uvicorn.Server) -> None:
             return
 
 
-def _demo_request(proxy: uvicorn.Server, port: int, model: str, api_key: str | None) -> None:
+def _demo_request(proxy: uvicorn.Server | ProxyWorkers, port: int, model: str, api_key: str | None) -> None:
     """Once the proxy listens, send one chat request and print the reply and a curl line."""
     deadline = time.monotonic() + 60
     while not proxy.started and time.monotonic() < deadline and not proxy.should_exit:
@@ -200,9 +209,10 @@ def proxy(
     host: ProxyHost = constants.DEFAULT_PROXY_HOST,
     triton_grpc_port: GrpcPort = constants.DEFAULT_TRITON_GRPC_PORT,
     api_key: ApiKey = None,
+    workers: Workers = 1,
 ) -> None:
     """Run the OpenAI-compatible proxy in front of an already running Triton."""
-    from trtforge.proxy import ProxySettings, make_server, run_server
+    from trtforge.proxy import ProxySettings, make_proxy, run_server
 
     engine = read_engine(resolve_engine(name))
     check_ports_free({"--port": port}, host=host)
@@ -210,7 +220,7 @@ def proxy(
         name, engine, f"127.0.0.1:{triton_grpc_port}"
     )  # Triton binds loopback
     console.print(f"OpenAI-compatible API for [bold]{escape(name)}[/] on http://{host}:{port}/v1")
-    run_server(make_server(settings, host=host, port=port, api_key=api_key))
+    run_server(make_proxy(settings, host=host, port=port, api_key=api_key, workers=workers))
 
 
 @app.command()
@@ -231,9 +241,10 @@ def up(
     api_key: ApiKey = None,
     option: ServeOptionArg = None,
     force: Force = False,
+    workers: Workers = 1,
 ) -> None:
     """Build (if missing), start Triton and the proxy, and serve until Ctrl-C; then stop everything."""
-    from trtforge.proxy import ProxySettings, make_server, run_server
+    from trtforge.proxy import ProxySettings, make_proxy, run_server
     from trtforge.triton import stop_on_signals
 
     ports = TritonPorts(http=triton_http_port, grpc=triton_grpc_port, metrics=triton_metrics_port)
@@ -248,7 +259,9 @@ def up(
     with stop_on_signals(server):
         _start_triton(name, engine, server, ports, ready_timeout)
         settings = ProxySettings.from_engine(name, engine, ports.grpc_url)
-        proxy_server = make_server(settings, host=host, port=port, log_level="warning", api_key=api_key)
+        proxy_server = make_proxy(
+            settings, host=host, port=port, log_level="warning", api_key=api_key, workers=workers
+        )
         threading.Thread(target=_watch_triton, args=(server, proxy_server), daemon=True).start()
         if demo:
             threading.Thread(

@@ -6,7 +6,22 @@ run_proxy(settings, host="127.0.0.1", port=9000)      # foreground, until SIGINT
 
 from __future__ import annotations
 
-from trtforge.proxy.app import ProxyStartError, build_app, make_server, run_proxy, run_server
+from trtforge.proxy.app import (
+    ProxyStartError,
+    build_app,
+    make_proxy,
+    make_server,
+    run_proxy,
+    run_server,
+)
 from trtforge.proxy.settings import ProxySettings
 
-__all__ = ["ProxySettings", "ProxyStartError", "build_app", "make_server", "run_proxy", "run_server"]
+__all__ = [
+    "ProxySettings",
+    "ProxyStartError",
+    "build_app",
+    "make_proxy",
+    "make_server",
+    "run_proxy",
+    "run_server",
+]

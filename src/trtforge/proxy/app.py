@@ -34,6 +34,7 @@ from trtforge.proxy.serving import OpenAIServing, Prepared, TextDelta, error_env
 from trtforge.proxy.settings import ProxySettings
 from trtforge.proxy.sse import DONE_FRAME, SSE_MEDIA_TYPE, format_event
 from trtforge.proxy.tokenizer import ProxyTokenizer
+from trtforge.proxy.workers import ProxyWorkers, WorkerSpec
 
 logger = logging.getLogger(__name__)
 
@@ -353,13 +354,35 @@ def run_proxy(
     run_server(make_server(settings, host=host, port=port, log_level=log_level, api_key=api_key))
 
 
-def run_server(server: uvicorn.Server) -> None:
-    """Run a server from `make_server` in the foreground until SIGINT/SIGTERM (or `.should_exit`).
+def make_proxy(
+    settings: ProxySettings,
+    *,
+    host: str = DEFAULT_PROXY_HOST,
+    port: int = DEFAULT_PROXY_PORT,
+    log_level: str = "info",
+    api_key: str | None = None,
+    workers: int = 1,
+) -> uvicorn.Server | ProxyWorkers:
+    """`make_server` for one worker (in this process); `ProxyWorkers` (processes sharing the port) for more."""
+    if workers == 1:
+        return make_server(settings, host=host, port=port, log_level=log_level, api_key=api_key)
+    spec = WorkerSpec(settings=settings, host=host, port=port, log_level=log_level, api_key=api_key)
+    return ProxyWorkers(spec, workers)
+
+
+def run_server(server: uvicorn.Server | ProxyWorkers) -> None:
+    """Run a server from `make_server`/`make_proxy` in the foreground until SIGINT/SIGTERM (or `.should_exit`).
 
     Raises:
-        ProxyStartError: the server could not start (port taken, tokenizer unreadable, ...).
+        ProxyStartError: the server could not start (port taken, tokenizer unreadable, ...), or a worker died.
     """
     server.run()
+    if isinstance(server, ProxyWorkers):
+        if server.failed:
+            raise ProxyStartError("a proxy worker died; all workers were stopped (see the log lines above)")
+        if not server.started:
+            raise ProxyStartError(f"the proxy workers did not start on {server.host}:{server.port}")
+        return
     if not server.started:
         config = server.config
         raise ProxyStartError(f"the proxy did not start on {config.host}:{config.port} (is the port taken?)")
