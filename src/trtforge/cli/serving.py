@@ -90,6 +90,31 @@ def _check_compatible(name: str, engine_dir: Path, options: ServeOptions, *, for
         )
 
 
+def _write_repository_only(engine_dir: Path, dest: Path, ports: TritonPorts, options: ServeOptions) -> None:
+    """Write the repository to `dest` and print (stdout) the exact command that serves it."""
+    import shlex
+    import shutil
+
+    from trtforge.triton import TritonServer, write_model_repository
+
+    engine = read_engine(engine_dir)
+    repository = write_model_repository(engine, dest, options=options)
+    server = TritonServer(
+        repository,
+        http_port=ports.http,
+        grpc_port=ports.grpc,
+        metrics_port=ports.metrics,
+        world_size=engine.world_size,
+    )
+    argv = server.command(mpirun=shutil.which("mpirun") or "mpirun")
+    extra_env = [f"{key}={value}" for key, value in sorted(server.distribution.env.items())]
+    console.print(
+        f"wrote the model repository for {escape(str(engine_dir))} to {repository} "
+        f"({engine.backend} backend, world size {engine.world_size}); serve it with:"
+    )
+    print(shlex.join(["env", *extra_env, *argv] if extra_env else argv), flush=True)
+
+
 def _serve_options(name: str, pairs: list[str] | None) -> ServeOptions:
     """The catalogue entry's serve table (when `name` is an entry) with `--option` pairs over it."""
     catalog = load_catalog()
@@ -184,6 +209,14 @@ def serve(
     ready_timeout: ReadyTimeout = 600.0,
     option: ServeOptionArg = None,
     force: Force = False,
+    repository_only: Annotated[
+        Path | None,
+        typer.Option(
+            "--repository-only",
+            metavar="DIR",
+            help="Only write a self-contained model repository to DIR and print the tritonserver command line.",
+        ),
+    ] = None,
 ) -> None:
     """Generate the Triton model repository for an engine and run tritonserver until Ctrl-C."""
     from trtforge.triton import stop_on_signals
@@ -191,6 +224,9 @@ def serve(
     ports = TritonPorts(http=triton_http_port, grpc=triton_grpc_port, metrics=triton_metrics_port)
     options = _serve_options(name, option)
     engine_dir = resolve_engine(name)
+    if repository_only is not None:
+        _write_repository_only(engine_dir, repository_only, ports, options)
+        return
     check_ports_free(_triton_port_options(ports))
     _check_compatible(name, engine_dir, options, force=force)
     engine, server = prepare_triton(name, engine_dir, ports=ports, options=options)

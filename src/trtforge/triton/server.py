@@ -154,11 +154,15 @@ class TritonServer:
     ) -> None:
         self.stop()
 
-    def command(self) -> list[str]:
-        """The argv that `start()` runs (mpirun with one tritonserver per rank when world_size > 1)."""
+    def command(self, *, mpirun: str | None = None) -> list[str]:
+        """The argv that `start()` runs (mpirun with one tritonserver per rank when world_size > 1).
+
+        Args:
+            mpirun: the mpirun to name in the argv; default the one on PATH.
+        """
         if self.world_size == 1:
             return [str(self.distribution.binary), *self._server_args(rank=0)]
-        mpirun = shutil.which("mpirun")
+        mpirun = mpirun or shutil.which("mpirun")
         if mpirun is None:
             raise TritonError(
                 f"world_size {self.world_size} needs mpirun (Open MPI) on PATH to start one tritonserver per rank"
