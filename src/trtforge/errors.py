@@ -66,6 +66,25 @@ class BuildFailedError(TrtforgeError, RuntimeError):
         self.log_tail = log_tail
 
 
+class BuildInterruptedError(TrtforgeError):
+    """`trtforge build` got SIGTERM or SIGHUP: the builder's session was ended, nothing was published."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(
+            f"interrupted by {signal_name(signum)}: the builder and its children were stopped, nothing was published"
+        )
+        self.exit_code = 128 + signum
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 class StoreError(TrtforgeError, OSError):
     """The engine store is unreadable or a store operation could not complete."""
 

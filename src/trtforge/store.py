@@ -10,6 +10,7 @@ Layout (root = `constants.store_dir()`):
         tmp/<hash>.<uuid8>.incomplete/              a build in progress (or the wreck of one)
         .locks/<hash>.lock                          one lock per build hash
         .gcroots/<sha16> -> <link dir>              every link directory a link was ever written into
+        .builders/<hash>.json                       the running builder's session (pid + start time)
     <link dir>/<name> -> store/<entry>              name links (`constants.engine_link_dirs()`)
 
 Invariants: an entry appears only by `os.replace` of a checked, complete directory; links are replaced by
@@ -46,6 +47,7 @@ ENTRY_INFIX = "-trtllm-engine-"
 TMP_DIR = "tmp"
 LOCKS_DIR = ".locks"
 ROOTS_DIR = ".gcroots"
+BUILDERS_DIR = ".builders"
 # gc deletes failed builds' logs after a week, and lock files nobody has opened for an hour (opening one with
 # filelock truncates it, which sets its mtime, so a build waiting on a lock keeps it young).
 LOG_KEEP_S = 7 * 24 * 3600.0
@@ -492,7 +494,7 @@ class EngineStore:
         if not self.root.is_dir():
             return StoreScan((), (), ())
         for path in sorted(self.root.iterdir()):
-            if path.name in (TMP_DIR, LOCKS_DIR, ROOTS_DIR) or not path.is_dir():
+            if path.name in (TMP_DIR, LOCKS_DIR, ROOTS_DIR, BUILDERS_DIR) or not path.is_dir():
                 continue
             match = _ENTRY_RE.match(path.name)
             if not match:
@@ -520,6 +522,30 @@ class EngineStore:
         tmp = self.root / TMP_DIR
         incomplete = tuple(sorted(tmp.iterdir())) if tmp.is_dir() else ()
         return StoreScan(tuple(entries), incomplete, tuple(warnings))
+
+    # builder records: a SIGKILLed trtforge cannot end its builder, the next one holding the lock can
+
+    def record_builder(self, digest: str, pid: int, start_time: str | None) -> None:
+        """Note the session a build of `digest` runs its builder in (the caller holds the hash's lock)."""
+        path = self._directory(self.root / BUILDERS_DIR) / f"{digest}.json"
+        write_text_atomic(path, json.dumps({"pid": pid, "start_time": start_time}))
+
+    def forget_builder(self, digest: str) -> None:
+        (self.root / BUILDERS_DIR / f"{digest}.json").unlink(missing_ok=True)
+
+    def recorded_builders(self) -> dict[str, tuple[int, str | None]]:
+        """hash → (session id, leader start time) of every builder record (left by a build that never ended)."""
+        found: dict[str, tuple[int, str | None]] = {}
+        directory = self.root / BUILDERS_DIR
+        for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+            try:
+                data = json.loads(read_bounded(path, 4096, error=StoreError, follow=False))
+                pid, start = int(data["pid"]), data.get("start_time")
+            except (StoreError, ValueError, KeyError, TypeError):
+                continue
+            if pid > 1:
+                found[path.stem] = (pid, str(start) if start is not None else None)
+        return found
 
     # gc roots
 

@@ -20,7 +20,7 @@ from typing import Protocol
 from trtforge.build.checks import check_engine, checkpoint_quant_algo, copy_tokenizer_files
 from trtforge.build.command import BuilderCommand, build_command, probe_trtllm_version, resolve_python
 from trtforge.build.failures import FailureCause, builder_failure
-from trtforge.build.watchdog import BuildWatchdog, Outcome, WatchResult
+from trtforge.build.watchdog import BuildWatchdog, Outcome, WatchResult, end_orphaned_session
 from trtforge.catalog import CatalogEntry, check_name, load_catalog
 from trtforge.constants import (
     DEFAULT_STALL_TIMEOUT_S,
@@ -30,6 +30,7 @@ from trtforge.constants import (
     trtllm_version_override,
 )
 from trtforge.errors import BuildFailedError, CheckpointError, GpuError, TrtforgeError
+from trtforge.processes import start_time
 from trtforge.store import BUILD_LOG, BuildInputs, EngineStore, link_engine, write_manifest
 from trtforge.untrusted import hash_tree, inside, read_json_object
 
@@ -277,6 +278,7 @@ def run_build(
     if store.find(plan.hash) is None and not _try_acquire(lock):
         progress.phase("waiting for another build of the same engine")
     with lock:
+        end_orphaned_builders(store, plan.hash)
         existing = store.find(plan.hash)
         if existing is not None:
             return _finish(plan, existing, cached=True, link=link)
@@ -325,6 +327,34 @@ def _write_guided_decoding_info(engine_dir: Path, progress: BuildProgress) -> No
         write_tokenizer_info(engine_dir)
     except CheckpointError as exc:
         progress.phase(f"guided decoding stays off for this engine: {exc}")
+
+
+def end_orphaned_builders(store: EngineStore, digest: str | None = None) -> list[int]:
+    """End builders whose trtforge died without ending them (SIGKILL); returns their session ids.
+
+    With `digest`, only that hash's builder, and the caller holds its lock; without, every recorded builder
+    whose lock is free (gc).
+    """
+    from filelock import Timeout
+
+    ended = []
+    for recorded, (sid, start) in store.recorded_builders().items():
+        if digest is not None:
+            if recorded == digest:
+                ended += _end_orphan(store, recorded, sid, start)
+            continue
+        try:
+            with store.lock(recorded, timeout_s=0):
+                ended += _end_orphan(store, recorded, sid, start)
+        except Timeout:
+            continue  # its build is running: its own trtforge owns the builder
+    return ended
+
+
+def _end_orphan(store: EngineStore, digest: str, sid: int, start: str | None) -> list[int]:
+    ended = [sid] if end_orphaned_session(sid, start) else []
+    store.forget_builder(digest)
+    return ended
 
 
 def _try_acquire(lock: object) -> bool:
@@ -435,8 +465,12 @@ def _watch(plan: BuildPlan, command: BuilderCommand, log_path: Path, progress: B
         stall_timeout_s=plan.stall_timeout_s,
         on_line=progress.log,
         on_phase=progress.phase,
+        on_started=lambda pid: plan.store.record_builder(plan.hash, pid, start_time(pid)),
     )
-    result = watchdog.run()
+    try:
+        result = watchdog.run()
+    finally:
+        plan.store.forget_builder(plan.hash)
     if result.outcome is Outcome.COMPLETE:
         return result
     if result.outcome is Outcome.STALLED:

@@ -17,18 +17,22 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from trtforge.engine import ENGINE_CONFIG, is_engine_config, rank_file_name
-from trtforge.processes import session_members
+from trtforge.errors import BuildInterruptedError
+from trtforge.processes import session_members, start_time
 
 LLM_WORKSPACE_GLOB = "tmp*-llm-workspace"
 LLM_TMP_ENGINE = "tmp.engine"
 DEFAULT_POLL_S = 0.2
 DEFAULT_GRACE_S = 2.0
+# Signals that end `trtforge build` (SIGINT arrives as KeyboardInterrupt already): each becomes an exception in
+# the main thread, so the watchdog's cleanup ends the builder's session instead of orphaning it.
+ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 # Without a temporary source to compare against, a rank file must keep its size this long.
 SETTLE_WITHOUT_SOURCE_S = 1.0
 
@@ -85,6 +89,7 @@ class BuildWatchdog:
         grace_s: float = DEFAULT_GRACE_S,
         on_line: Callable[[str], None] | None = None,
         on_phase: Callable[[str], None] | None = None,
+        on_started: Callable[[int], None] | None = None,
     ) -> None:
         self.argv = list(argv)
         self.env = dict(env)
@@ -98,6 +103,7 @@ class BuildWatchdog:
         self.grace_s = grace_s
         self._on_line = on_line or (lambda _line: None)
         self._on_phase = on_phase or (lambda _phase: None)
+        self._on_started = on_started or (lambda _pid: None)
         self.state = WatchState.CREATED
         self._seen: dict[Path, _FileSeen] = {}
         self._last_output = 0.0
@@ -114,7 +120,7 @@ class BuildWatchdog:
         self._last_output = started
         last_activity = started
         last_signature = (-1, -1)
-        with open(self.log_path, "ab") as log:
+        with open(self.log_path, "ab") as log, _signals_raise():
             proc = subprocess.Popen(
                 self.argv,
                 env=self.env,
@@ -125,12 +131,13 @@ class BuildWatchdog:
             )
             assert proc.stdout is not None
             reader = threading.Thread(target=self._pump, args=(proc.stdout, log), daemon=True)
-            reader.start()
-            self._set_phase("starting the builder")
             outcome: Outcome
             complete_at: float | None = None
             exit_code: int | None = None
             try:
+                self._on_started(proc.pid)
+                reader.start()
+                self._set_phase("starting the builder")
                 while True:
                     exit_code = proc.poll()
                     now = time.monotonic()
@@ -156,11 +163,13 @@ class BuildWatchdog:
                         break
                     time.sleep(self.poll_s)
             finally:
+                _ignore_ending_signals()  # a second TERM must not interrupt the cleanup that ends the builder
                 if complete_at is not None:
                     self._set_phase("engine complete; stopping the builder")
                 stopped = end_session(proc, grace_s=self.grace_s)
                 reaped_at = time.monotonic()
-                reader.join(timeout=1)
+                if reader.ident is not None:
+                    reader.join(timeout=1)
                 self.state = WatchState.DONE
         return WatchResult(outcome, exit_code, started, complete_at, reaped_at, stopped)
 
@@ -244,6 +253,34 @@ class BuildWatchdog:
         return size in sizes and size > 0
 
 
+# --- signals ----------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """While a builder runs, SIGTERM/SIGHUP raise `BuildInterruptedError` (main thread only; restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: object) -> None:
+        _ignore_ending_signals()
+        raise BuildInterruptedError(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in ENDING_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore_ending_signals() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for sig in ENDING_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 # --- ending a session --------------------------------------------------------------------------------------
 
 
@@ -274,4 +311,28 @@ def end_session(proc: subprocess.Popen[bytes], *, grace_s: float = DEFAULT_GRACE
     deadline = time.monotonic() + 2
     while session_members(sid) and time.monotonic() < deadline:
         time.sleep(0.05)
+    return True
+
+
+def end_orphaned_session(sid: int, leader_start: str | None, *, grace_s: float = DEFAULT_GRACE_S) -> bool:
+    """End the session of a builder another trtforge started and could not end (it was SIGKILLed).
+
+    `leader_start` is the start time recorded when the builder started. Linux does not reuse a pid while it
+    names a live session, so the session's members are the builder's own unless its leader pid now belongs to a
+    different process (start time differs): then nothing is signalled. Returns True when anything was.
+    """
+    current = start_time(sid)
+    if current is not None and current != leader_start:
+        return False  # the pid was reused by an unrelated process; the old session is long gone
+    if current is None and not session_members(sid):
+        return False
+    _signal_session(sid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while session_members(sid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if session_members(sid):
+        _signal_session(sid, signal.SIGKILL)
+        deadline = time.monotonic() + 2
+        while session_members(sid) and time.monotonic() < deadline:
+            time.sleep(0.05)
     return True

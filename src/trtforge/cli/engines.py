@@ -13,7 +13,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from trtforge.build.command import LAUNCHERS
-from trtforge.build.pipeline import BuildProgress, ensure_engine
+from trtforge.build.pipeline import BuildProgress, end_orphaned_builders, ensure_engine
 from trtforge.catalog import add_entry, check_name
 from trtforge.cli._app import app, console, print_json
 from trtforge.constants import DEFAULT_STALL_TIMEOUT_S
@@ -241,7 +241,11 @@ def gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] = False,
 ) -> None:
     """Remove store entries that no link points to, and abandoned build directories."""
-    plan = EngineStore().plan_gc()
+    store = EngineStore()
+    if not dry_run:
+        for sid in end_orphaned_builders(store):
+            console.print(f"ended the orphaned builder session {sid}")
+    plan = store.plan_gc()
     for warning in plan.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
     for entry in plan.entries:
