@@ -15,8 +15,13 @@ tokens/s and its ratio to the direct client in the same repeat, proxy CPU µs pe
 token, time to first token (TTFT) p50/p90: at one stream over all requests, under load over every request
 but each stream's first (those start together).
 
+`--workers 1,2` runs one proxy per worker count side by side (clients `raw@w1`, `raw@w2`, ...);
+`--baseline-src DIR` adds the proxy of another checkout's `src/` (clients `raw@base`, ...), so before and
+after are measured in the same run.
+
     .venv/bin/python benchmarks/proxy.py [--streams 1,16,64] [--repeats 3] [--max-tokens 256]
-        [--tokens-per-run 16384] [--pace-ms 0] [--workers 1] [--json]
+        [--tokens-per-run 16384] [--pace-ms 0] [--workers 1] [--baseline-src DIR] [--clients direct,httpx,raw]
+        [--json]
 """
 
 from __future__ import annotations
@@ -142,20 +147,62 @@ def write_repository(engine_dir: Path, dest: Path, pace_s: float) -> Path:
     return dest
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One proxy under test: `workers` processes, running this checkout's code or the one in `src`."""
+
+    label: str
+    workers: int = 1
+    src: Path | None = None  # another checkout's `src/`: a baseline proxy, run on h11 as it was
+
+
+@dataclass
+class Proxy:
+    variant: Variant
+    process: subprocess.Popen[bytes]
+    url: str
+
+
 @dataclass
 class Stack:
     engine_dir: Path
     triton: TritonServer
-    proxy: subprocess.Popen[bytes]
-    proxy_url: str
+    proxies: dict[str, Proxy]
     grpc_url: str
 
 
+def start_proxy(work: Path, engine_dir: Path, grpc_port: int, variant: Variant) -> Proxy:
+    port = free_port()
+    command = [sys.executable, "-m", "trtforge", "proxy", str(engine_dir), "--port", str(port)]
+    command += ["--triton-grpc-port", str(grpc_port)]
+    if variant.workers != 1:
+        command += ["--workers", str(variant.workers)]
+    env = {**os.environ, "TRTFORGE_HOME": str(work / "home")}
+    if variant.src is not None:
+        # The baseline had no httptools dependency: hide it so uvicorn picks h11, as it did then.
+        shadow = work / f"shadow-{variant.label}" / "httptools"
+        shadow.mkdir(parents=True)
+        (shadow / "__init__.py").write_text('raise ImportError("hidden for the baseline proxy")\n')
+        env["PYTHONPATH"] = f"{variant.src}{os.pathsep}{shadow.parent}"
+    log = work / f"proxy-{variant.label or 'main'}.log"
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process, log)
+    except BaseException:
+        stop_process(process)
+        raise
+    return Proxy(variant, process, url)
+
+
 @contextlib.contextmanager
-def running_stack(work: Path, *, pace_s: float, workers: int) -> Iterator[Stack]:
+def running_stack(work: Path, *, pace_s: float, variants: list[Variant]) -> Iterator[Stack]:
     engine_dir = write_engine(work / "engine")
     repository = write_repository(engine_dir, work / "repository", pace_s)
-    ports = [free_port() for _ in range(4)]
+    ports = [free_port() for _ in range(3)]
     triton = TritonServer(
         repository,
         http_port=ports[0],
@@ -164,24 +211,15 @@ def running_stack(work: Path, *, pace_s: float, workers: int) -> Iterator[Stack]
         log_path=work / "triton.log",
     )
     triton.start()
-    proxy: subprocess.Popen[bytes] | None = None
+    proxies: dict[str, Proxy] = {}
     try:
         triton.wait_ready(timeout_s=300)
-        command = [sys.executable, "-m", "trtforge", "proxy", str(engine_dir), "--port", str(ports[3])]
-        command += ["--triton-grpc-port", str(ports[1])]
-        if workers != 1:
-            command += ["--workers", str(workers)]
-        env = {**os.environ, "TRTFORGE_HOME": str(work / "home")}
-        with open(work / "proxy.log", "wb") as log:
-            proxy = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-        url = f"http://127.0.0.1:{ports[3]}"
-        wait_healthy(url, proxy, work / "proxy.log")
-        yield Stack(engine_dir, triton, proxy, url, f"127.0.0.1:{ports[1]}")
+        for variant in variants:
+            proxies[variant.label] = start_proxy(work, engine_dir, ports[1], variant)
+        yield Stack(engine_dir, triton, proxies, f"127.0.0.1:{ports[1]}")
     finally:
-        if proxy is not None:
-            stop_process(proxy)
+        for proxy in proxies.values():
+            stop_process(proxy.process)
         triton.stop()
 
 
@@ -381,12 +419,15 @@ async def run_client(
     stack: Stack, client_name: str, streams: int, per_stream: int, max_tokens: int, prompt_ids: list[int]
 ) -> Run:
     client: DirectClient | HttpxClient | RawClient
-    if client_name == "direct":
+    kind, _, label = client_name.partition("@")
+    proxy = stack.proxies[label] if kind != "direct" else None
+    if proxy is None:
         client = DirectClient(stack.grpc_url, prompt_ids, max_tokens)
-    elif client_name == "httpx":
-        client = HttpxClient(stack.proxy_url, str(stack.engine_dir), max_tokens, streams)
+    elif kind == "httpx":
+        client = HttpxClient(proxy.url, str(stack.engine_dir), max_tokens, streams)
     else:
-        client = RawClient(stack.proxy_url, str(stack.engine_dir), max_tokens)
+        client = RawClient(proxy.url, str(stack.engine_dir), max_tokens)
+    proxy_pid = proxy.process.pid if proxy is not None else 0
     await client.request()  # warm the connection and the path
     results: list[list[Outcome]] = [[] for _ in range(streams)]
 
@@ -394,14 +435,14 @@ async def run_client(
         for _ in range(per_stream):
             results[index].append(await client.request())
 
-    proxy_cpu = tree_cpu_s(stack.proxy.pid)
+    proxy_cpu = tree_cpu_s(proxy_pid) if proxy_pid else 0.0
     triton_cpu = tree_cpu_s(stack.triton.pid or 0)
     client_cpu = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(streams)))
     wall = time.perf_counter() - started
     client_cpu = time.process_time() - client_cpu
-    proxy_cpu = tree_cpu_s(stack.proxy.pid) - proxy_cpu
+    proxy_cpu = tree_cpu_s(proxy_pid) - proxy_cpu if proxy_pid else 0.0
     triton_cpu = tree_cpu_s(stack.triton.pid or 0) - triton_cpu
     await client.close()
     outcomes = [o for per in results for o in per]
@@ -413,7 +454,7 @@ async def run_client(
         streams=streams,
         tokens=tokens,
         wall_s=wall,
-        proxy_cpu_s=proxy_cpu if client_name != "direct" else 0.0,
+        proxy_cpu_s=proxy_cpu,
         client_cpu_s=client_cpu,
         triton_cpu_s=triton_cpu,
         ttft_all=[o.ttft_s for o in outcomes],
@@ -462,7 +503,7 @@ def summarise(runs: list[Run], clients: list[str], streams: list[int]) -> dict[s
 
 def print_table(summary: dict[str, Any]) -> None:
     header = (
-        f"{'streams':>7} {'client':>6} {'tok/s':>8} {'÷direct':>7} {'proxy µs/tok':>12} {'client µs/tok':>13} "
+        f"{'streams':>7} {'client':>10} {'tok/s':>8} {'÷direct':>7} {'proxy µs/tok':>12} {'client µs/tok':>13} "
         f"{'triton µs/tok':>13} {'TTFT p50 ms':>11} {'p90 ms':>8} {'+p50 ms':>8} {'×direct':>7}"
     )
     print(header)
@@ -473,7 +514,7 @@ def print_table(summary: dict[str, Any]) -> None:
             times = f"{e['ttft_p50_x_direct']:.1f}" if "ttft_p50_x_direct" in e else "-"
             proxy = f"{e['proxy_cpu_us_per_token']:.0f}" if c != "direct" else "-"
             print(
-                f"{n:>7} {c:>6} {e['tokens_per_s']:>8.0f} {ratio:>7} {proxy:>12} "
+                f"{n:>7} {c:>10} {e['tokens_per_s']:>8.0f} {ratio:>7} {proxy:>12} "
                 f"{e['client_cpu_us_per_token']:>13.0f} {e['triton_cpu_us_per_token']:>13.0f} "
                 f"{e['ttft_p50_ms']:>11.1f} {e['ttft_p90_ms']:>8.1f} {added:>8} {times:>7}"
             )
@@ -482,7 +523,7 @@ def print_table(summary: dict[str, Any]) -> None:
 async def bench(args: argparse.Namespace, stack: Stack) -> list[Run]:
     tokenizer = ProxyTokenizer.load(stack.engine_dir)
     prompt_ids = tokenizer.render_chat(MESSAGES)
-    clients = args.clients.split(",")
+    clients = args.client_names
     runs: list[Run] = []
     for repeat in range(args.repeats):
         for n in args.streams:
@@ -492,7 +533,7 @@ async def bench(args: argparse.Namespace, stack: Stack) -> list[Run]:
                 run = await run_client(stack, c, n, per_stream, args.max_tokens, prompt_ids)
                 runs.append(run)
                 print(
-                    f"repeat {repeat + 1} streams {n:>3} {c:>6}: {run.tokens_per_s:8.0f} tok/s, proxy "
+                    f"repeat {repeat + 1} streams {n:>3} {c:>10}: {run.tokens_per_s:8.0f} tok/s, proxy "
                     f"{run.per_token_us(run.proxy_cpu_s):5.0f} µs/tok, client {run.per_token_us(run.client_cpu_s):5.0f}"
                     f" µs/tok, TTFT p50 {percentile(run.ttft_later or run.ttft_all, 0.5) * 1e3:7.1f} ms",
                     file=sys.stderr,
@@ -510,18 +551,38 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--tokens-per-run", type=int, default=16384, help="tokens per client per concurrency")
     parser.add_argument("--pace-ms", type=float, default=0.0, help="ms between two tokens of one stream")
-    parser.add_argument("--workers", type=int, default=1, help="proxy worker processes")
-    parser.add_argument("--clients", default=",".join(CLIENTS))
+    parser.add_argument(
+        "--workers",
+        default="1",
+        help="proxy worker processes; several (e.g. 1,2) run a proxy each, side by side",
+    )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="also run the proxy of another checkout's src/ (e.g. the code before)",
+    )
+    parser.add_argument("--clients", default=",".join(CLIENTS), help="client kinds: direct, httpx, raw")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args()
     args.streams = [int(s) for s in args.streams.split(",")]
+    counts = [int(w) for w in args.workers.split(",")]
+    variants = [Variant(f"w{w}" if len(counts) > 1 else "", workers=w) for w in counts]
+    if args.baseline_src is not None:
+        variants.append(Variant("base", src=args.baseline_src.resolve()))
+    if len(variants) > 1 and not variants[0].label:
+        variants[0] = Variant("new", workers=counts[0])
+    kinds = args.clients.split(",")
+    args.client_names = [k for k in kinds if k == "direct"] + [
+        f"{k}@{v.label}" if v.label else k for v in variants for k in kinds if k != "direct"
+    ]
     with (
         tempfile.TemporaryDirectory(prefix="trtforge-bench-proxy-") as tmp,
-        running_stack(Path(tmp), pace_s=args.pace_ms / 1000, workers=args.workers) as stack,
+        running_stack(Path(tmp), pace_s=args.pace_ms / 1000, variants=variants) as stack,
     ):
-        print(f"proxy pid {stack.proxy.pid}, triton pid {stack.triton.pid}", file=sys.stderr, flush=True)
+        pids = {label or "proxy": p.process.pid for label, p in stack.proxies.items()}
+        print(f"proxy pids {pids}, triton pid {stack.triton.pid}", file=sys.stderr, flush=True)
         runs = asyncio.run(bench(args, stack))
-    summary = summarise(runs, args.clients.split(","), args.streams)
+    summary = summarise(runs, args.client_names, args.streams)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

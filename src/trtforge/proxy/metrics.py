@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -116,6 +117,8 @@ class GenerationTimer:
     last_token_s: float | None = None
     tokens: int = 0
     done: bool = False
+    # The labelled inter-token histogram, looked up once: `labels()` takes a lock and a dict lookup per token.
+    _itl: Any = field(default=None, repr=False)
 
     def on_tokens(self, count: int, *, streamed: bool) -> None:
         """`count` new tokens arrived in one response (streamed responses hold one each)."""
@@ -126,7 +129,9 @@ class GenerationTimer:
             m.waiting.labels(self.model).dec()
             m.running.labels(self.model).inc()
         elif streamed:
-            m.itl_s.labels(self.model).observe(now - self.last_token_s)
+            if self._itl is None:
+                self._itl = m.itl_s.labels(self.model)
+            self._itl.observe(now - self.last_token_s)
         self.last_token_s = now
         self.tokens += count
 
