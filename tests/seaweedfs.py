@@ -113,6 +113,9 @@ def seaweedfs(root: Path) -> Iterator[S3Server]:
         "-s3",
         f"-s3.port={s3}",
         f"-s3.config={config}",
+        # Fixed default ports (Iceberg 8181, Lance 9101) would collide between two servers on one machine.
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
         "-master.volumeSizeLimitMB=1024",
         "-volume.max=0",
     ]

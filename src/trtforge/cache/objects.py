@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import configparser
 import os
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +25,14 @@ from obstore.store import LocalStore, S3Store
 
 from trtforge.errors import CacheError, UsageError
 
-PART_SIZE = 16 << 20  # multipart part size and download chunk: bounded memory is parts × concurrency
+PART_SIZE = 8 << 20  # multipart part size and download chunk: bounded memory is parts × concurrency
 UPLOAD_CONCURRENCY = 8
 MANIFEST_OBJECT = "trtforge.json"
 SIGNATURES_OBJECT = "signatures.json"
 FILES_PREFIX = "files"
+DOWNLOAD_CHUNK = 8 << 20
+READ_AHEAD = 4
+_END = object()
 MAX_SMALL_OBJECT = 16 << 20  # manifests and signatures are read whole: refuse anything larger
 # A 20 GB file takes minutes: no limit on the whole request, but a connection silent this long is dead.
 WHOLE_REQUEST_TIMEOUT = "7d"
@@ -115,16 +120,46 @@ class ObjectCache:
             raise self._error("upload", key, exc) from None
 
     def download(self, key: str, offset: int = 0) -> Iterator[memoryview]:
-        """The bytes of `key` from `offset` on, in chunks of about one part size."""
-        options: dict[str, Any] = {"range": {"offset": offset}} if offset else {}
+        """The bytes of `key` from `offset` on, in chunks of `DOWNLOAD_CHUNK` bytes or so.
+
+        A background thread receives up to `READ_AHEAD` chunks ahead, so the network keeps flowing while the
+        caller hashes and writes (both release the GIL): memory stays bounded at READ_AHEAD + 1 chunks.
+        """
+        chunks: queue.Queue[object] = queue.Queue(maxsize=READ_AHEAD)
+        stop = threading.Event()
+
+        def hand_over(item: object) -> bool:
+            while not stop.is_set():
+                try:
+                    chunks.put(item, timeout=0.5)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def receive() -> None:
+            options: dict[str, Any] = {"range": {"offset": offset}} if offset else {}
+            try:
+                result = obstore.get(self.store, key, options=options)  # type: ignore[arg-type]
+                for chunk in result.stream(min_chunk_size=DOWNLOAD_CHUNK):
+                    if not hand_over(chunk):
+                        return
+            except BaseException as exc:
+                hand_over(exc)
+                return
+            hand_over(_END)
+
+        thread = threading.Thread(target=receive, name=f"trtforge-download {key}", daemon=True)
+        thread.start()
         try:
-            result = obstore.get(self.store, key, options=options)  # type: ignore[arg-type]
-            for chunk in result.stream(min_chunk_size=PART_SIZE):
-                yield memoryview(chunk)
-        except FileNotFoundError:
-            raise CacheError(f"{self.url}/{key}: missing from the cache (a partial push?)") from None
-        except Exception as exc:
-            raise self._error("download", key, exc) from None
+            while (item := chunks.get()) is not _END:
+                if isinstance(item, FileNotFoundError):
+                    raise CacheError(f"{self.url}/{key}: missing from the cache (a partial push?)")
+                if isinstance(item, BaseException):
+                    raise self._error("download", key, item)
+                yield memoryview(item)  # type: ignore[arg-type]
+        finally:
+            stop.set()  # the receiver ends at its next chunk (or its stall timeout); never waited on here
 
     def _error(self, what: str, key: str, exc: BaseException) -> CacheError:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
