@@ -63,7 +63,9 @@ def test_validation_errors_are_400_envelopes(client: httpx.Client) -> None:
     )
     assert error["type"] == "invalid_request_error"
     _assert_envelope(client.post("/v1/chat/completions", json={"model": MODEL}), 400, param="messages")
-    _assert_envelope(client.post("/v1/completions", json={"model": MODEL, "prompt": ["a", "b"]}), 400)
+    _assert_envelope(client.post("/v1/completions", json={"model": MODEL, "prompt": []}), 400, param="prompt")
+    error = _assert_envelope(client.post("/v1/chat/completions", json=_chat(top_logprobs=2)), 400)
+    assert error["message"] == "top_logprobs needs logprobs: true"
     bad_json = client.post(
         "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
     )

@@ -36,7 +36,14 @@ HELLO = [{"role": "user", "content": "Hello! How are you?"}]
 @pytest.fixture(scope="module")
 def tiny(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> EngineInfo:
     dest = tmp_path_factory.mktemp("tiny-proxy") / "engine"
-    copy_engine_with(tiny_engine, dest, max_batch_size=4, max_seq_len=MAX_SEQ_LEN, max_num_tokens=MAX_SEQ_LEN)
+    copy_engine_with(
+        tiny_engine,
+        dest,
+        max_batch_size=4,
+        max_seq_len=MAX_SEQ_LEN,
+        max_num_tokens=MAX_SEQ_LEN,
+        gather_generation_logits=True,  # top log probabilities
+    )
     return read_engine(dest)
 
 
@@ -341,3 +348,136 @@ def test_request_id_becomes_the_response_and_triton_id(
     assert raw.headers["x-request-id"] == "trace-1234"
     assert raw.parse().id == "chatcmpl-trace-1234"
     assert any(r.getMessage().startswith("request trace-1234 ") for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------------------- logprobs, n, prompts
+
+FORCED = {"ignore_eos": True}  # a fixed number of tokens, whatever the model would say
+
+
+def test_chat_logprobs_with_top_alternatives_streamed_and_not(sdk: openai.OpenAI) -> None:
+    kwargs: dict[str, object] = {"temperature": 0, "max_tokens": 8, "logprobs": True, "top_logprobs": 3}
+    whole = sdk.chat.completions.create(model=MODEL, messages=HELLO, extra_body=FORCED, **kwargs)  # type: ignore[call-overload]
+    choice = whole.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    content = choice.logprobs.content
+    assert len(content) == 8 and whole.usage is not None and whole.usage.completion_tokens == 8
+    assert "".join(t.token for t in content) == choice.message.content
+    for token in content:
+        assert token.logprob <= 0 and token.bytes == list(token.token.encode())
+        assert len(token.top_logprobs) == 3
+        values = [t.logprob for t in token.top_logprobs]
+        assert values == sorted(values, reverse=True)
+        # Greedy: the chosen token is the most likely one, with the same log probability.
+        assert token.top_logprobs[0].token == token.token
+        assert abs(token.top_logprobs[0].logprob - token.logprob) < 1e-4
+
+    chunks = list(
+        sdk.chat.completions.create(model=MODEL, messages=HELLO, stream=True, extra_body=FORCED, **kwargs)  # type: ignore[call-overload]
+    )
+    streamed = [
+        t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content or []
+    ]
+    assert [(t.token, [a.token for a in t.top_logprobs]) for t in streamed] == [
+        (t.token, [a.token for a in t.top_logprobs]) for t in content
+    ]
+    assert all(abs(a.logprob - b.logprob) < 1e-5 for a, b in zip(streamed, content, strict=True))
+
+
+def test_completion_logprobs_streamed_and_not(sdk: openai.OpenAI) -> None:
+    kwargs: dict[str, object] = {"temperature": 0, "max_tokens": 6, "logprobs": 2, "extra_body": FORCED}
+    whole = sdk.completions.create(model=MODEL, prompt="The quick brown fox", **kwargs)  # type: ignore[call-overload]
+    choice = whole.choices[0]
+    lp = choice.logprobs
+    assert lp is not None and lp.tokens is not None and lp.token_logprobs is not None
+    # Special tokens are listed as generated; the text skips them (skip_special_tokens).
+    assert len(lp.tokens) == 6 and "".join(t for t in lp.tokens if t != "<|im_end|>") == choice.text
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(6)]
+    assert lp.top_logprobs is not None
+    for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert 1 <= len(top) <= 3 and token in top and value is not None and value <= 0
+    streamed = list(sdk.completions.create(model=MODEL, prompt="The quick brown fox", stream=True, **kwargs))  # type: ignore[call-overload]
+    tokens = [
+        t for c in streamed if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.tokens or []
+    ]
+    assert tokens == lp.tokens
+
+
+def test_top_logprobs_need_generation_logits(tiny: EngineInfo, triton: TritonServer) -> None:
+    settings = dataclasses.replace(
+        ProxySettings.from_engine(MODEL, tiny, triton.grpc_url), generation_logits=False
+    )
+    with serve_in_thread(make_server(settings, port=free_port(), log_level="warning")) as url:
+        sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as info:
+            sdk.chat.completions.create(model=MODEL, messages=HELLO, logprobs=True, top_logprobs=2)
+        assert "gather_generation_logits" in info.value.message
+        with pytest.raises(openai.BadRequestError):
+            sdk.completions.create(model=MODEL, prompt="fox", logprobs=1)
+        # The chosen tokens' own log probabilities come from any engine.
+        whole = sdk.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=3, logprobs=True)
+        content = whole.choices[0].logprobs.content if whole.choices[0].logprobs else None
+        assert content is not None and len(content) <= 3 and all(t.top_logprobs == [] for t in content)
+
+
+def test_n_choices_streamed_and_not(sdk: openai.OpenAI) -> None:
+    kwargs: dict[str, object] = {"temperature": 1.5, "seed": 11, "max_tokens": 30, "n": 2}
+    whole = sdk.chat.completions.create(model=MODEL, messages=HELLO, **kwargs)  # type: ignore[call-overload]
+    assert [c.index for c in whole.choices] == [0, 1]
+    texts = [c.message.content for c in whole.choices]
+    assert texts[0] != texts[1], "each choice is its own sample"
+    chunks = list(
+        sdk.chat.completions.create(
+            model=MODEL,
+            messages=HELLO,
+            stream=True,
+            stream_options={"include_usage": True},
+            **kwargs,  # type: ignore[call-overload]
+        )
+    )
+    joined = ["", ""]
+    finishes: list[list[str]] = [[], []]
+    for chunk in chunks:
+        for c in chunk.choices:
+            joined[c.index] += c.delta.content or ""
+            if c.finish_reason:
+                finishes[c.index].append(c.finish_reason)
+    assert joined == texts
+    assert finishes == [[c.finish_reason] for c in whole.choices]
+    assert chunks[-1].usage is not None and whole.usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    singles = [
+        sdk.chat.completions.create(model=MODEL, messages=HELLO, temperature=1.5, seed=11 + j, max_tokens=30)
+        for j in range(2)
+    ]
+    assert [s.choices[0].message.content for s in singles] == texts
+    assert whole.usage.completion_tokens == sum(s.usage.completion_tokens for s in singles if s.usage)
+    assert whole.usage.prompt_tokens == singles[0].usage.prompt_tokens if singles[0].usage else False
+
+
+def test_completions_take_a_list_of_prompts_and_echo(sdk: openai.OpenAI, tiny: EngineInfo) -> None:
+    texts = ["The quick brown fox", "Hello world"]
+    alone = [sdk.completions.create(model=MODEL, prompt=p, temperature=0, max_tokens=6) for p in texts]
+    batch = sdk.completions.create(model=MODEL, prompt=texts, temperature=0, max_tokens=6, echo=True)
+    assert [c.index for c in batch.choices] == [0, 1]
+    assert [c.text for c in batch.choices] == [
+        t + a.choices[0].text for t, a in zip(texts, alone, strict=True)
+    ]
+    assert batch.usage is not None
+    assert batch.usage.prompt_tokens == sum(a.usage.prompt_tokens for a in alone if a.usage)
+    assert batch.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone if a.usage)
+
+    streamed = sdk.completions.create(
+        model=MODEL, prompt=texts, temperature=0, max_tokens=6, echo=True, stream=True
+    )
+    joined = ["", ""]
+    for chunk in streamed:
+        for c in chunk.choices:
+            joined[c.index] += c.text
+    assert joined == [c.text for c in batch.choices]
+
+    tokenizer = ProxyTokenizer.load(tiny.tokenizer_dir)
+    by_ids = sdk.completions.create(
+        model=MODEL, prompt=[tokenizer.encode(t) for t in texts], temperature=0, max_tokens=6
+    )
+    assert [c.text for c in by_ids.choices] == [a.choices[0].text for a in alone]

@@ -64,6 +64,7 @@ class EngineInfo:
     trtllm_version: str | None
     dtype: str = "float16"  # pretrained_config.dtype: the activations' type, e.g. "bfloat16"
     logits_dtype: str = "float32"  # pretrained_config.logits_dtype: context/generation logits' type
+    gather_generation_logits: bool = False  # the engine can return `generation_logits`
 
     @property
     def world_size(self) -> int:
@@ -134,4 +135,8 @@ def read_engine(path: Path) -> EngineInfo:
         trtllm_version=config.get("version"),
         dtype=str(pretrained.get("dtype") or "float16"),
         logits_dtype=str(pretrained.get("logits_dtype") or "float32"),
+        # trtllm-build's --gather_all_token_logits implies the generation logits.
+        gather_generation_logits=bool(
+            build.get("gather_generation_logits") or build.get("gather_all_token_logits")
+        ),
     )

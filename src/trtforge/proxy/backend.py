@@ -1,7 +1,8 @@
 """Async client for Triton's decoupled `tensorrt_llm` model over gRPC `ModelStreamInfer`, with token ids.
 
-One bidirectional stream per generation. Each response carries the NEW token ids (`output_ids` [1, 1, n]);
-the response whose `triton_final_response` parameter is true ends the generation. Closing the generator
+One bidirectional stream per generation. Each response carries the NEW token ids (`output_ids` [1, 1, n]),
+when asked their log probabilities (`output_log_probs` [1, 1, n]) and the raw logits they were chosen from
+(`generation_logits` [1, 1, n, vocab], engines built with `gather_generation_logits` only); the response whose `triton_final_response` parameter is true ends the generation. Closing the generator
 early (client gone, stop string matched) cancels the gRPC call, which cancels the request inside Triton.
 
 Why not `tritonclient.grpc.aio.InferenceServerClient.stream_infer`: it refuses request parameters that
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from trtforge.proxy.errors import (
@@ -60,6 +62,17 @@ class GenerationRequest:
     pad_id: int
     streaming: bool = True
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    return_log_probs: bool = False
+    return_generation_logits: bool = False
+
+
+@dataclass(frozen=True)
+class TokenChunk:
+    """What one response adds: token ids, and their log probabilities and logits when asked for."""
+
+    ids: list[int]
+    log_probs: list[float] | None = None
+    logits: npt.NDArray[np.float32] | None = None  # [len(ids), vocab]
 
 
 def _tensor(request: service_pb2.ModelInferRequest, name: str, datatype: str, values: np.ndarray) -> None:
@@ -87,6 +100,10 @@ def build_infer_request(model: str, gen: GenerationRequest) -> service_pb2.Model
     _scalar(request, "pad_id", "INT32", gen.pad_id)
     _scalar(request, "streaming", "BOOL", gen.streaming)
     _scalar(request, "exclude_input_in_output", "BOOL", True)
+    if gen.return_log_probs:
+        _scalar(request, "return_log_probs", "BOOL", True)
+    if gen.return_generation_logits:
+        _scalar(request, "return_generation_logits", "BOOL", True)
     s = gen.sampling
     optional: list[tuple[str, str, object]] = [
         ("temperature", "FP32", s.temperature),
@@ -104,6 +121,34 @@ def build_infer_request(model: str, gen: GenerationRequest) -> service_pb2.Model
     return request
 
 
+def _raw_float(raw: bytes, datatype: str) -> npt.NDArray[np.float32]:
+    """FP32, FP16 or BF16 bytes as float32 (engines return logits in their `logits_dtype`)."""
+    if datatype == "FP16":
+        return np.frombuffer(raw, dtype=np.float16).astype(np.float32)
+    if datatype == "BF16":  # the upper half of a float32
+        return (np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return np.frombuffer(raw, dtype=np.float32)
+
+
+def _output(response: service_pb2.ModelInferResponse, name: str) -> npt.NDArray[np.generic] | None:
+    """Output `name` in its shape: INT32 as int32, floating types as float32."""
+    for index, output in enumerate(response.outputs):
+        if output.name != name:
+            continue
+        array: npt.NDArray[np.generic]
+        integer = output.datatype == "INT32"
+        if index < len(response.raw_output_contents):
+            raw = response.raw_output_contents[index]
+            array = np.frombuffer(raw, dtype=np.int32) if integer else _raw_float(raw, output.datatype)
+        elif integer:
+            array = np.array(output.contents.int_contents, dtype=np.int32)
+        else:
+            array = np.array(output.contents.fp32_contents, dtype=np.float32)
+        shape = [int(d) for d in output.shape]
+        return array.reshape(shape) if array.size == int(np.prod(shape)) else array
+    return None
+
+
 def parse_output_ids(response: service_pb2.ModelInferResponse) -> list[int]:
     """The token ids in one response (empty for the empty final response)."""
     for index, output in enumerate(response.outputs):
@@ -116,6 +161,24 @@ def parse_output_ids(response: service_pb2.ModelInferResponse) -> list[int]:
             return np.frombuffer(raw, dtype="<i4").tolist()
         return list(output.contents.int_contents)
     return []
+
+
+def parse_chunk(response: service_pb2.ModelInferResponse, gen: GenerationRequest) -> TokenChunk:
+    """The new tokens of one response, with the log probabilities and logits `gen` asked for."""
+    ids = parse_output_ids(response)
+    log_probs: list[float] | None = None
+    logits: npt.NDArray[np.float32] | None = None
+    if gen.return_log_probs and ids:
+        values = _output(response, "output_log_probs")
+        if values is None or values.size < len(ids):
+            raise TritonRequestError("Triton returned no output_log_probs for the new tokens")
+        log_probs = values.reshape(-1)[-len(ids) :].tolist()
+    if gen.return_generation_logits and ids:
+        values = _output(response, "generation_logits")
+        if values is None or values.ndim < 2 or values.size % len(ids):
+            raise TritonRequestError("Triton returned no generation_logits for the new tokens")
+        logits = values.reshape(-1, values.shape[-1])[-len(ids) :].astype(np.float32)
+    return TokenChunk(ids, log_probs, logits)
 
 
 def is_final(response: service_pb2.ModelInferResponse) -> bool:
@@ -172,8 +235,8 @@ class TritonBackend:
         except grpc.aio.AioRpcError:
             return False
 
-    async def generate(self, gen: GenerationRequest) -> AsyncIterator[list[int]]:
-        """Yield the new token ids of each response until the final one.
+    async def generate(self, gen: GenerationRequest) -> AsyncIterator[TokenChunk]:
+        """Yield the new tokens of each response until the final one.
 
         Raises:
             TritonUnavailableError: Triton is unreachable or the model is not loaded.
@@ -195,9 +258,9 @@ class TritonBackend:
                 if message.error_message:
                     raise _response_error(message.error_message, self)
                 response = message.infer_response
-                ids = parse_output_ids(response)
-                if ids:
-                    yield ids
+                chunk = parse_chunk(response, gen)
+                if chunk.ids:
+                    yield chunk
                 if is_final(response):
                     return
         except grpc.aio.AioRpcError as exc:

@@ -22,6 +22,9 @@ from pydantic import (
 UINT64_MAX = 2**64 - 1
 INT32_MAX = 2**31 - 1
 FP32_MAX = 3.4028234663852886e38
+MAX_CHOICES = 128  # n: each choice is its own generation on Triton
+MAX_TOP_LOGPROBS = 20  # as OpenAI's chat API
+MAX_PROMPTS = 256  # completions prompts in one request
 
 
 def now_s() -> int:
@@ -54,19 +57,12 @@ class SamplingFields(_Request):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=FP32_MAX)
     min_tokens: int | None = Field(default=None, ge=0, le=INT32_MAX)
-    n: int = Field(default=1, ge=1)
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-
-    @field_validator("n")
-    @classmethod
-    def _single_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError("only n=1 is supported")
-        return n
 
     @property
     def stop_strings(self) -> list[str]:
@@ -117,12 +113,12 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: str | dict[str, Any] | None = None
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0)
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @model_validator(mode="after")
     def _supported(self) -> ChatCompletionRequest:
-        if self.logprobs:
-            raise ValueError("logprobs are not supported")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
         if self.response_format is not None and self.response_format.type != "text":
             raise ValueError(f"response_format `{self.response_format.type}` is not supported")
         return self
@@ -132,38 +128,82 @@ class ChatCompletionRequest(SamplingFields):
         # `max_completion_tokens` is the newer name; it wins when both are given.
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
+    @property
+    def requested_top_logprobs(self) -> int | None:
+        """None: no logprobs; 0: the chosen tokens' only; k: with k alternatives each."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[int] | list[str] | list[list[int]]
     echo: bool = False
     suffix: str | None = None
-    logprobs: int | None = Field(default=None, ge=0)
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     best_of: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _supported(self) -> CompletionRequest:
-        if isinstance(self.prompt, list) and self.prompt and not isinstance(self.prompt[0], int):
-            raise ValueError("a list of prompts is not supported; send one prompt per request")
         if isinstance(self.prompt, list) and not self.prompt:
             raise ValueError("prompt must not be empty")
-        if self.echo:
-            raise ValueError("echo is not supported")
+        if (
+            isinstance(self.prompt, list)
+            and len(self.prompt) > MAX_PROMPTS
+            and not isinstance(self.prompt[0], int)
+        ):
+            raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
         if self.suffix:
             raise ValueError("suffix is not supported")
-        if self.logprobs:
-            raise ValueError("logprobs are not supported")
-        if self.best_of not in (None, 1):
-            raise ValueError("only best_of=1 is supported")
+        if self.best_of not in (None, 1, self.n):
+            raise ValueError("best_of must equal n (no server-side ranking)")
+        if self.echo and self.logprobs is not None:
+            raise ValueError(
+                "echo with logprobs is not supported (prompt log probabilities need context logits)"
+            )
         return self
+
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts: one text or token-id list per entry."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if self.prompt and isinstance(self.prompt[0], int):
+            return [[int(i) for i in self.prompt]]
+        return list(self.prompt)  # type: ignore[arg-type]
 
     @property
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
+    @property
+    def requested_top_logprobs(self) -> int | None:
+        return self.logprobs
+
 
 # --------------------------------------------------------------------------------------------------- responses
 
 FinishReason = Literal["stop", "length"]
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None
+    refusal: None = None
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
 
 
 class Usage(BaseModel):
@@ -189,7 +229,7 @@ class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: FinishReason | None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -215,7 +255,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: DeltaMessage
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -231,7 +271,7 @@ class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionResponse(BaseModel):

@@ -1,22 +1,33 @@
-"""Chat and completions: OpenAI request → prompt ids → Triton generation → OpenAI objects and SSE frames.
+"""Chat and completions: OpenAI request → prompt ids → Triton generations → OpenAI objects and SSE frames.
 
-Both endpoints share one path: `prepare_*` validates against the engine and builds a `Prepared` generation,
-`generate_text` turns the token stream into text deltas (detokenizer, then stop strings), and the endpoint
-formats those deltas as one response or as SSE chunks. Streamed and non-streamed requests take the same path,
-so greedy output is identical in both modes.
+Both endpoints share one path: `prepare_*` validates against the engine and builds a `Prepared` request of one
+generation per choice (`n` per prompt), `generate_text` turns one generation's token stream into text deltas
+(detokenizer, then stop strings, with the tokens' log probabilities when asked), `deltas` merges the choices,
+and the endpoint formats the deltas as one response or as SSE chunks. Streamed and non-streamed requests take
+the same path, so greedy output is identical in both modes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from dataclasses import dataclass, field, replace
 
-from trtforge.proxy.backend import GenerationRequest, SamplingParams, TritonBackend
+from trtforge.proxy.backend import GenerationRequest, SamplingParams, TokenChunk, TritonBackend
 from trtforge.proxy.detokenizer import IncrementalDetokenizer
 from trtforge.proxy.errors import ApiError, InvalidRequestError, ModelNotFoundError
+from trtforge.proxy.logprobs import (
+    TokenLogprob,
+    TokenText,
+    chat_logprobs,
+    completion_logprobs,
+    top_alternatives,
+)
 from trtforge.proxy.metrics import ProxyMetrics
 from trtforge.proxy.protocol import (
     AssistantMessage,
@@ -45,28 +56,55 @@ from trtforge.proxy.tokenizer import ProxyTokenizer
 
 logger = logging.getLogger(__name__)
 
+_SEED_RANGE = 2**63
+
 
 @dataclass(frozen=True)
 class TextDelta:
-    """New text of one generation; the last delta has `finish_reason` set."""
+    """New text of one choice; the last delta of a choice has `finish_reason` set."""
 
     text: str
     completion_tokens: int
     finish_reason: FinishReason | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One choice: what Triton gets, and the prompt text shown before the output (completions `echo`)."""
+
+    index: int
+    gen: GenerationRequest
+    echo: str = ""
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """A validated request, ready to run: what Triton gets plus what the text path needs."""
+    """A validated request, ready to run: one generation per choice plus what the text path needs."""
 
-    gen: GenerationRequest
+    request_id: str
+    generations: tuple[Generation, ...]
+    prompt_tokens: int  # each prompt counted once, however many choices it has
     stops: tuple[str, ...]
     include_usage: bool
     skip_special_tokens: bool = True
+    top_logprobs: int | None = None  # None: no logprobs; 0: the chosen tokens' only; k: k alternatives too
 
     @property
-    def prompt_tokens(self) -> int:
-        return len(self.gen.prompt_ids)
+    def gen(self) -> GenerationRequest:
+        """The first (for single-choice requests: the only) generation."""
+        return self.generations[0].gen
+
+
+@dataclass
+class _Collected:
+    """One choice run to its end."""
+
+    text: str = ""
+    finish: FinishReason = "stop"
+    count: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 def error_envelope(exc: ApiError) -> ErrorResponse:
@@ -98,6 +136,15 @@ def to_sampling(request: SamplingFields) -> SamplingParams:
     )
 
 
+def choice_seeds(request: SamplingFields) -> list[int | None]:
+    """One seed per choice. TensorRT-LLM's default seed is 0, so `n` choices without distinct seeds would all
+    be the same sample: choice j gets seed + j (a random base when the request has no seed)."""
+    if request.n == 1:
+        return [request.seed]
+    base = request.seed if request.seed is not None else random.randrange(_SEED_RANGE)
+    return [(base + j) % 2**64 for j in range(request.n)]
+
+
 class OpenAIServing:
     """The serving logic behind the routes, for one model.
 
@@ -120,6 +167,7 @@ class OpenAIServing:
         self.backend = backend
         self.metrics = metrics or ProxyMetrics()
         self._created = now_s()
+        self._token_text = TokenText(tokenizer.decoder)
 
     # ------------------------------------------------------------------------------------------ models
 
@@ -140,18 +188,23 @@ class OpenAIServing:
             tools=request.tools,
             template_kwargs=request.chat_template_kwargs,
         )
-        return self._prepare(request, prompt_ids, prompt_param="messages", request_id=request_id)
+        return self._prepare(request, [(prompt_ids, "")], prompt_param="messages", request_id=request_id)
 
     def prepare_completion(self, request: CompletionRequest, *, request_id: str | None = None) -> Prepared:
         self._check_model(request)
-        if isinstance(request.prompt, str):
-            prompt_ids = self.tokenizer.encode(request.prompt)
-        else:
-            prompt_ids = [int(i) for i in request.prompt]  # validated: one list of token ids
-            vocab = self.tokenizer.decoder.get_vocab_size(with_added_tokens=True)
-            if any(i < 0 or i >= vocab for i in prompt_ids):
+        vocab = self.tokenizer.decoder.get_vocab_size(with_added_tokens=True)
+        prompts: list[tuple[list[int], str]] = []
+        for prompt in request.prompts:
+            if isinstance(prompt, str):
+                prompts.append((self.tokenizer.encode(prompt), prompt))
+                continue
+            if any(i < 0 or i >= vocab for i in prompt):
                 raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
-        return self._prepare(request, prompt_ids, prompt_param="prompt", request_id=request_id)
+            echo = self.tokenizer.decoder.decode(prompt, skip_special_tokens=False) if request.echo else ""
+            prompts.append((prompt, echo))
+        if not request.echo:
+            prompts = [(ids, "") for ids, _ in prompts]
+        return self._prepare(request, prompts, prompt_param="prompt", request_id=request_id)
 
     def _check_model(self, request: SamplingFields) -> None:
         if request.model != self.settings.model_name:
@@ -159,16 +212,21 @@ class OpenAIServing:
         if request.model_extra:
             logger.debug("ignoring unknown request fields: %s", sorted(request.model_extra))
 
-    def _prepare(
-        self,
-        request: ChatCompletionRequest | CompletionRequest,
-        prompt_ids: list[int],
-        *,
-        prompt_param: str,
-        request_id: str | None,
-    ) -> Prepared:
-        max_tokens = request.requested_max_tokens
-        max_tokens_param = "max_tokens" if request.max_tokens == max_tokens else "max_completion_tokens"
+    def _check_logprobs(self, request: ChatCompletionRequest | CompletionRequest) -> int | None:
+        top = request.requested_top_logprobs
+        if top and not self.settings.generation_logits:
+            param = "top_logprobs" if isinstance(request, ChatCompletionRequest) else "logprobs"
+            raise InvalidRequestError(
+                f"{param} {top} needs the engine's generation logits: build it with gather_generation_logits "
+                "(trtllm-build --gather_generation_logits); log probabilities of the chosen tokens alone "
+                f"({'logprobs: true, top_logprobs: 0' if param == 'top_logprobs' else 'logprobs: 0'}) work "
+                "on any engine",
+                param=param,
+            )
+        return top
+
+    def _prompt_limits(self, prompt_ids: list[int], prompt_param: str) -> int:
+        """Check one prompt against the engine; returns the room it leaves for new tokens."""
         limits = self.settings
         prompt_len = len(prompt_ids)
         if prompt_len == 0:
@@ -186,66 +244,108 @@ class OpenAIServing:
                 param=prompt_param,
                 code="context_length_exceeded",
             )
-        if max_tokens is not None and max_tokens > room:
-            raise InvalidRequestError(
-                f"{max_tokens_param} {max_tokens} + {prompt_len} prompt tokens exceed the model's "
-                f"{limits.max_seq_len}-token context (at most {room} new tokens)",
-                param=max_tokens_param,
-                code="context_length_exceeded",
-            )
-        output_len = max_tokens if max_tokens is not None else room
-        if request.min_tokens is not None and request.min_tokens > output_len:
-            raise InvalidRequestError(
-                f"min_tokens {request.min_tokens} exceeds max_tokens {output_len}", param="min_tokens"
-            )
+        return room
+
+    def _prepare(
+        self,
+        request: ChatCompletionRequest | CompletionRequest,
+        prompts: Sequence[tuple[list[int], str]],
+        *,
+        prompt_param: str,
+        request_id: str | None,
+    ) -> Prepared:
+        max_tokens = request.requested_max_tokens
+        max_tokens_param = "max_tokens" if request.max_tokens == max_tokens else "max_completion_tokens"
+        top_logprobs = self._check_logprobs(request)
         stops = tuple(s for s in request.stop_strings if s)
-        gen = GenerationRequest(
-            request_id=request_id or uuid.uuid4().hex,
-            prompt_ids=tuple(prompt_ids),
-            max_tokens=output_len,
-            end_id=None if request.ignore_eos else self.tokenizer.eos_id,
-            pad_id=self.tokenizer.pad_id,
-            # Stop strings need token-by-token text so the request can be cancelled as soon as one matches.
-            streaming=request.stream or bool(stops),
-            sampling=to_sampling(request),
-        )
+        request_id = request_id or uuid.uuid4().hex
+        sampling = to_sampling(request)
+        seeds = choice_seeds(request)
+        generations: list[Generation] = []
+        for prompt_index, (prompt_ids, echo) in enumerate(prompts):
+            room = self._prompt_limits(prompt_ids, prompt_param)
+            if max_tokens is not None and max_tokens > room:
+                raise InvalidRequestError(
+                    f"{max_tokens_param} {max_tokens} + {len(prompt_ids)} prompt tokens exceed the model's "
+                    f"{self.settings.max_seq_len}-token context (at most {room} new tokens)",
+                    param=max_tokens_param,
+                    code="context_length_exceeded",
+                )
+            output_len = max_tokens if max_tokens is not None else room
+            if request.min_tokens is not None and request.min_tokens > output_len:
+                raise InvalidRequestError(
+                    f"min_tokens {request.min_tokens} exceeds max_tokens {output_len}", param="min_tokens"
+                )
+            for j, seed in enumerate(seeds):
+                index = prompt_index * request.n + j
+                gen = GenerationRequest(
+                    # The client's X-Request-Id is the Triton request id; choices beyond one get a suffix.
+                    request_id=request_id if len(prompts) * request.n == 1 else f"{request_id}-{index}",
+                    prompt_ids=tuple(prompt_ids),
+                    max_tokens=output_len,
+                    end_id=None if request.ignore_eos else self.tokenizer.eos_id,
+                    pad_id=self.tokenizer.pad_id,
+                    # Stop strings need token-by-token text so the request is cancelled as soon as one matches.
+                    streaming=request.stream or bool(stops),
+                    sampling=replace(sampling, seed=seed),
+                    return_log_probs=top_logprobs is not None,
+                    return_generation_logits=bool(top_logprobs),
+                )
+                generations.append(Generation(index, gen, echo))
         return Prepared(
-            gen=gen,
+            request_id=request_id,
+            generations=tuple(generations),
+            prompt_tokens=sum(len(ids) for ids, _ in prompts),
             stops=stops,
             include_usage=request.include_usage,
             skip_special_tokens=request.skip_special_tokens,
+            top_logprobs=top_logprobs,
         )
 
     # ------------------------------------------------------------------------------------- generation
 
-    async def generate_text(self, prepared: Prepared) -> AsyncIterator[TextDelta]:
-        """Text deltas of one generation (non-empty text, or the last one with its finish reason)."""
-        gen = prepared.gen
+    async def generate_text(self, prepared: Prepared, generation: Generation) -> AsyncIterator[TextDelta]:
+        """Text deltas of one choice (non-empty text, or the last one with its finish reason).
+
+        Log probabilities ride on the delta that first shows text after their tokens arrived (stop strings
+        hold text back), so the deltas' log probabilities joined are those of the whole choice.
+        """
+        gen, index = generation.gen, generation.index
         detok = IncrementalDetokenizer(
             self.tokenizer.decoder, gen.prompt_ids, skip_special_tokens=prepared.skip_special_tokens
         )
         stops = StopMatcher(prepared.stops)
+        pending: list[TokenLogprob] = []
         count = 0
         saw_eos = False
         started = time.monotonic()
         outcome = "aborted"  # until a finish reason is known: client gone, error, server shutdown
-        timer = self.metrics.track(self.settings.model_name, prepared.prompt_tokens)
+        timer = self.metrics.track(self.settings.model_name, len(gen.prompt_ids))
         tokens = self.backend.generate(gen)
+
+        def delta(text: str, finish: FinishReason | None = None) -> TextDelta:
+            taken = tuple(pending)
+            pending.clear()
+            return TextDelta(text, count, finish, taken, index)
+
         try:
-            async for ids in tokens:
+            async for chunk in tokens:
+                ids = chunk.ids
                 timer.on_tokens(len(ids), streamed=gen.streaming)
                 count += len(ids)
                 if gen.end_id is not None and gen.end_id in ids:
                     # The EOS token ends the text; it is generated (counted) but never shown.
                     ids = ids[: ids.index(gen.end_id)]
                     saw_eos = True
+                if chunk.log_probs is not None:
+                    pending.extend(_token_logprobs(ids, chunk, prepared.top_logprobs or 0))
                 check = stops.feed(detok.add(ids))
                 if check.stopped:
                     outcome = "stop (stop string)"
-                    yield TextDelta(check.text, count, "stop")
+                    yield delta(check.text, "stop")
                     return
                 if check.text:
-                    yield TextDelta(check.text, count)
+                    yield delta(check.text)
                 if saw_eos:
                     break
             check = stops.feed(detok.flush())
@@ -254,7 +354,7 @@ class OpenAIServing:
                 outcome, finish, text = "stop (stop string)", "stop", check.text
             else:
                 outcome, text = finish, check.text + stops.flush()
-            yield TextDelta(text, count, finish)
+            yield delta(text, finish)
         finally:
             # Closing the token stream cancels the Triton request if it is still running.
             await tokens.aclose()  # type: ignore[attr-defined]
@@ -263,18 +363,24 @@ class OpenAIServing:
                 "request %s %s: %d prompt tokens, %d completion tokens, %.3f s",
                 gen.request_id,
                 outcome,
-                prepared.prompt_tokens,
+                len(gen.prompt_ids),
                 count,
                 time.monotonic() - started,
             )
 
+    def deltas(self, prepared: Prepared) -> AsyncIterator[TextDelta]:
+        """The deltas of every choice, interleaved as they arrive (each choice's own deltas in order)."""
+        if len(prepared.generations) == 1:
+            return self.generate_text(prepared, prepared.generations[0])
+        return _merge([self.generate_text(prepared, g) for g in prepared.generations])
+
     async def start_stream(self, prepared: Prepared) -> AsyncIterator[TextDelta]:
-        """`generate_text` with its first delta already received.
+        """`deltas` with the first delta already received.
 
         A stream's HTTP status is sent with its first byte; waiting for the first delta lets an unreachable
         Triton or a rejected request still answer with its own status and envelope instead of a 200 stream.
         """
-        deltas = self.generate_text(prepared)
+        deltas = self.deltas(prepared)
         try:
             first = await anext(deltas)
         except BaseException:
@@ -282,60 +388,97 @@ class OpenAIServing:
             raise
         return _Prepended(first, deltas)
 
-    async def collect(self, prepared: Prepared) -> tuple[str, FinishReason, int]:
-        """Run a generation to its end: (text, finish reason, completion tokens)."""
-        parts: list[str] = []
-        finish: FinishReason = "stop"
-        count = 0
-        async for delta in self.generate_text(prepared):
-            parts.append(delta.text)
-            count = delta.completion_tokens
-            finish = delta.finish_reason or finish
-        return "".join(parts), finish, count
+    async def collect(self, prepared: Prepared) -> list[_Collected]:
+        """Run every choice to its end; the results in choice order."""
+        results = [_Collected() for _ in prepared.generations]
+        parts: list[list[str]] = [[g.echo] for g in prepared.generations]
+        deltas = self.deltas(prepared)
+        try:
+            async for delta in deltas:
+                result = results[delta.index]
+                parts[delta.index].append(delta.text)
+                result.count = delta.completion_tokens
+                result.finish = delta.finish_reason or result.finish
+                result.logprobs.extend(delta.logprobs)
+        finally:
+            await deltas.aclose()  # type: ignore[attr-defined]
+        for result, texts in zip(results, parts, strict=True):
+            result.text = "".join(texts)
+        return results
+
+    def _usage(self, prepared: Prepared, counts: Sequence[int]) -> Usage:
+        return Usage.of(prepared.prompt_tokens, sum(counts))
 
     # ---------------------------------------------------------------------------------------- chat
 
     async def chat(self, prepared: Prepared) -> ChatCompletionResponse:
-        text, finish, count = await self.collect(prepared)
+        results = await self.collect(prepared)
+        logprobs = prepared.top_logprobs is not None
+        choices = [
+            ChatChoice(
+                index=index,
+                message=AssistantMessage(content=r.text),
+                finish_reason=r.finish,
+                logprobs=chat_logprobs(r.logprobs, self._token_text) if logprobs else None,
+            )
+            for index, r in enumerate(results)
+        ]
         return ChatCompletionResponse(
-            id=f"chatcmpl-{prepared.gen.request_id}",
+            id=f"chatcmpl-{prepared.request_id}",
             created=now_s(),
             model=self.settings.model_name,
-            choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=finish)],
-            usage=Usage.of(prepared.prompt_tokens, count),
+            choices=choices,
+            usage=self._usage(prepared, [r.count for r in results]),
         )
 
     async def chat_stream(self, prepared: Prepared, deltas: AsyncIterator[TextDelta]) -> AsyncIterator[str]:
-        """SSE frames: the role, the content deltas, the finish reason, usage if asked, then [DONE]."""
-        chunk_id, created, model = f"chatcmpl-{prepared.gen.request_id}", now_s(), self.settings.model_name
+        """SSE frames: each choice's role, content deltas and finish reason, usage if asked, then [DONE]."""
+        chunk_id, created, model = f"chatcmpl-{prepared.request_id}", now_s(), self.settings.model_name
         exclude = None if prepared.include_usage else {"usage"}
+        logprobs = prepared.top_logprobs is not None
 
-        def frame(delta: DeltaMessage, finish: FinishReason | None = None) -> str:
-            choice = ChatChunkChoice(delta=delta, finish_reason=finish)
+        def frame(
+            index: int,
+            delta: DeltaMessage,
+            finish: FinishReason | None = None,
+            tokens: Sequence[TokenLogprob] = (),
+        ) -> str:
+            choice = ChatChunkChoice(
+                index=index,
+                delta=delta,
+                finish_reason=finish,
+                logprobs=chat_logprobs(tokens, self._token_text) if logprobs and tokens else None,
+            )
             chunk = ChatCompletionChunk(id=chunk_id, created=created, model=model, choices=[choice])
             return format_event(chunk, exclude=exclude)
 
-        # The per-token frame, dumped once: only its content changes from token to token.
-        content = FrameTemplate(
-            ChatCompletionChunk(
-                id=chunk_id,
-                created=created,
-                model=model,
-                choices=[ChatChunkChoice(delta=DeltaMessage(content=FrameTemplate.slot))],
-            ),
-            exclude=exclude,
-        )
-        yield frame(DeltaMessage(role="assistant", content=""))
-        count = 0
+        # The per-token frame of each choice, dumped once: only its content changes from token to token.
+        content = [
+            FrameTemplate(
+                ChatCompletionChunk(
+                    id=chunk_id,
+                    created=created,
+                    model=model,
+                    choices=[ChatChunkChoice(index=g.index, delta=DeltaMessage(content=FrameTemplate.slot))],
+                ),
+                exclude=exclude,
+            )
+            for g in prepared.generations
+        ]
+        for generation in prepared.generations:
+            yield frame(generation.index, DeltaMessage(role="assistant", content=""))
+        counts = [0] * len(prepared.generations)
         try:
             async for delta in deltas:
-                count = delta.completion_tokens
-                if delta.text:
-                    yield content.render(delta.text)
+                counts[delta.index] = delta.completion_tokens
+                if delta.logprobs and logprobs:
+                    yield frame(delta.index, DeltaMessage(content=delta.text), tokens=delta.logprobs)
+                elif delta.text:
+                    yield content[delta.index].render(delta.text)
                 if delta.finish_reason:
-                    yield frame(DeltaMessage(), delta.finish_reason)
+                    yield frame(delta.index, DeltaMessage(), delta.finish_reason)
             if prepared.include_usage:
-                usage = Usage.of(prepared.prompt_tokens, count)
+                usage = self._usage(prepared, counts)
                 yield format_event(
                     ChatCompletionChunk(id=chunk_id, created=created, model=model, choices=[], usage=usage)
                 )
@@ -348,40 +491,81 @@ class OpenAIServing:
     # --------------------------------------------------------------------------------- completions
 
     async def completion(self, prepared: Prepared) -> CompletionResponse:
-        text, finish, count = await self.collect(prepared)
+        results = await self.collect(prepared)
+        choices = []
+        for generation, r in zip(prepared.generations, results, strict=True):
+            logprobs = None
+            if prepared.top_logprobs is not None:
+                logprobs = completion_logprobs(
+                    r.logprobs, self._token_text, offset=len(generation.echo), with_top=True
+                )
+            choices.append(
+                CompletionChoice(
+                    index=generation.index, text=r.text, finish_reason=r.finish, logprobs=logprobs
+                )
+            )
         return CompletionResponse(
-            id=f"cmpl-{prepared.gen.request_id}",
+            id=f"cmpl-{prepared.request_id}",
             created=now_s(),
             model=self.settings.model_name,
-            choices=[CompletionChoice(text=text, finish_reason=finish)],
-            usage=Usage.of(prepared.prompt_tokens, count),
+            choices=choices,
+            usage=self._usage(prepared, [r.count for r in results]),
         )
 
     async def completion_stream(
         self, prepared: Prepared, deltas: AsyncIterator[TextDelta]
     ) -> AsyncIterator[str]:
-        """SSE frames: text deltas (the last with its finish reason), usage if asked, then [DONE]."""
-        chunk_id, created, model = f"cmpl-{prepared.gen.request_id}", now_s(), self.settings.model_name
+        """SSE frames: echoed prompts, text deltas (a choice's last with its finish reason), usage if asked,
+        then [DONE]."""
+        chunk_id, created, model = f"cmpl-{prepared.request_id}", now_s(), self.settings.model_name
         exclude = None if prepared.include_usage else {"usage"}
-        # The per-token frame, dumped once: only its text changes from token to token.
-        text_frame = FrameTemplate(
-            CompletionResponse(
-                id=chunk_id, created=created, model=model, choices=[CompletionChoice(text=FrameTemplate.slot)]
-            ),
-            exclude=exclude,
-        )
-        count = 0
+
+        def frame(choice: CompletionChoice) -> str:
+            chunk = CompletionResponse(id=chunk_id, created=created, model=model, choices=[choice])
+            return format_event(chunk, exclude=exclude)
+
+        # The per-token frame of each choice, dumped once: only its text changes from token to token.
+        text_frames = [
+            FrameTemplate(
+                CompletionResponse(
+                    id=chunk_id,
+                    created=created,
+                    model=model,
+                    choices=[CompletionChoice(index=g.index, text=FrameTemplate.slot)],
+                ),
+                exclude=exclude,
+            )
+            for g in prepared.generations
+        ]
+        offsets = [len(g.echo) for g in prepared.generations]
+        for generation in prepared.generations:
+            if generation.echo:
+                yield frame(CompletionChoice(index=generation.index, text=generation.echo))
+        counts = [0] * len(prepared.generations)
         try:
             async for delta in deltas:
-                count = delta.completion_tokens
-                if delta.text and not delta.finish_reason:
-                    yield text_frame.render(delta.text)
-                elif delta.finish_reason:
-                    choice = CompletionChoice(text=delta.text, finish_reason=delta.finish_reason)
-                    chunk = CompletionResponse(id=chunk_id, created=created, model=model, choices=[choice])
-                    yield format_event(chunk, exclude=exclude)
+                counts[delta.index] = delta.completion_tokens
+                if not (delta.text or delta.finish_reason or delta.logprobs):
+                    continue
+                if prepared.top_logprobs is None and not delta.finish_reason:
+                    yield text_frames[delta.index].render(delta.text)
+                    continue
+                logprobs = None
+                if prepared.top_logprobs is not None:
+                    logprobs = completion_logprobs(
+                        delta.logprobs, self._token_text, offset=offsets[delta.index], with_top=True
+                    )
+                    offsets[delta.index] += sum(len(t) for t in logprobs.tokens)
+                yield frame(
+                    CompletionChoice(
+                        index=delta.index,
+                        text=delta.text,
+                        finish_reason=delta.finish_reason,
+                        logprobs=logprobs,
+                    )
+                )
             if prepared.include_usage:
-                usage = Usage.of(prepared.prompt_tokens, count)
+                usage = self._usage(prepared, counts)
                 yield format_event(
                     CompletionResponse(id=chunk_id, created=created, model=model, choices=[], usage=usage)
                 )
@@ -390,6 +574,16 @@ class OpenAIServing:
         finally:
             await deltas.aclose()  # type: ignore[attr-defined]
         yield DONE_FRAME
+
+
+def _token_logprobs(ids: list[int], chunk: TokenChunk, top: int) -> list[TokenLogprob]:
+    """The log probabilities of `ids` (a prefix of the chunk's ids: EOS is cut), with top alternatives."""
+    assert chunk.log_probs is not None
+    alternatives = top_alternatives(chunk.logits, top) if chunk.logits is not None and top else None
+    return [
+        TokenLogprob(token_id, chunk.log_probs[k], alternatives[k] if alternatives else ())
+        for k, token_id in enumerate(ids)
+    ]
 
 
 class _Prepended:
@@ -416,3 +610,42 @@ class _Prepended:
 
 async def _ready(value: TextDelta) -> TextDelta:
     return value
+
+
+async def _merge(streams: Sequence[AsyncIterator[TextDelta]]) -> AsyncIterator[TextDelta]:
+    """Interleave several delta streams as their items arrive; the first error ends them all.
+
+    Closing the merged stream (client gone, shutdown) cancels every pump, which closes its stream and with it
+    the Triton request.
+    """
+    queue: asyncio.Queue[TextDelta | BaseException | None] = asyncio.Queue()
+
+    async def pump(stream: AsyncIterator[TextDelta]) -> None:
+        try:
+            async for item in stream:
+                await queue.put(item)
+            await queue.put(None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            await queue.put(exc)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    tasks = [asyncio.ensure_future(pump(s)) for s in streams]
+    running = len(tasks)
+    try:
+        while running:
+            item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

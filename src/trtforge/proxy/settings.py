@@ -23,6 +23,8 @@ class ProxySettings:
         triton_model: the decoupled TensorRT-LLM model inside Triton.
         max_seq_len: prompt + generated tokens the engine can hold.
         max_input_len: the longest prompt the engine accepts.
+        generation_logits: the engine returns generation logits (built with `gather_generation_logits`),
+            so requests may ask for top log probabilities.
         request_timeout_s: the deadline of one generation on Triton.
         health_timeout_s: how long `/health` waits for Triton's readiness answer.
     """
@@ -32,6 +34,7 @@ class ProxySettings:
     triton_grpc_url: str
     max_seq_len: int
     max_input_len: int
+    generation_logits: bool = False
     triton_model: str = DEFAULT_TRITON_MODEL
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S
@@ -60,6 +63,7 @@ class ProxySettings:
             triton_grpc_url=grpc_url,
             max_seq_len=info.max_seq_len,
             max_input_len=min(info.max_input_len, info.max_seq_len - 1),
+            generation_logits=info.gather_generation_logits,
             triton_model=triton_model,
             request_timeout_s=request_timeout_s,
         )

@@ -16,6 +16,9 @@ Behaviour follows the TensorRT-LLM backend:
 - Generation stops at `end_id` (the end token is not returned, like TensorRT-LLM's executor), at a stop word
   (its tokens are returned), after `request_output_len` tokens, at the engine's max_seq_len, on cancellation of
   the request, or on a request with the same id carrying `stop=true`. Without `end_id` it never stops at EOS.
+- `return_generation_logits` returns each new token's raw logits (`generation_logits` [1, 1, n, vocab]) when the
+  engine's build_config has `gather_generation_logits` (as TensorRT-LLM needs the engine built for it); a
+  request for them from another engine is an error.
 - Greedy unless sampling is asked for: temperature 0, top_k 1 or top_k = top_p = 0 (TensorRT-LLM's defaults)
   mean greedy; otherwise top-k/top-p sampling seeded by `seed` (default 0, so repeatable).
 Prompt text is never logged.
@@ -124,6 +127,7 @@ class GenerationRequest:
     streaming: bool
     exclude_input_in_output: bool
     return_log_probs: bool
+    return_generation_logits: bool
     return_num_input_tokens: bool
     return_num_output_tokens: bool
     sampling: SamplingSettings
@@ -172,8 +176,13 @@ def _word_list(request: Any, name: str) -> list[list[int]]:
     return words
 
 
-def parse_request(request: Any, params: BackendParameters, max_input_len: int) -> GenerationRequest:
-    """Validate one request against the contract; raises RequestError with a one-line reason."""
+def parse_request(
+    request: Any, params: BackendParameters, max_input_len: int, *, generation_logits: bool = False
+) -> GenerationRequest:
+    """Validate one request against the contract; raises RequestError with a one-line reason.
+
+    `generation_logits`: the engine was built with `gather_generation_logits`.
+    """
     input_ids = _tensor(request, "input_ids")
     if input_ids is None:
         raise RequestError("input input_ids is required")
@@ -203,6 +212,9 @@ def parse_request(request: Any, params: BackendParameters, max_input_len: int) -
         raise RequestError(f"num_return_sequences {sequences} is not supported: only 1")
     end_id = _scalar(request, "end_id", None)
     bias = _tensor(request, "embedding_bias")
+    return_generation_logits = bool(_scalar(request, "return_generation_logits", False))
+    if return_generation_logits and not generation_logits:
+        raise RequestError("return_generation_logits needs an engine built with gather_generation_logits")
     return GenerationRequest(
         input_ids=ids,
         max_new_tokens=int(output_len),
@@ -212,6 +224,7 @@ def parse_request(request: Any, params: BackendParameters, max_input_len: int) -
             _scalar(request, "exclude_input_in_output", params.exclude_input_in_output)
         ),
         return_log_probs=bool(_scalar(request, "return_log_probs", False)),
+        return_generation_logits=return_generation_logits,
         return_num_input_tokens=bool(_scalar(request, "return_num_input_tokens", False)),
         return_num_output_tokens=bool(_scalar(request, "return_num_output_tokens", False)),
         sampling=SamplingSettings(
@@ -246,6 +259,7 @@ class Sequence:
     next_logits: torch.Tensor | None = None
     tokens: list[int] = field(default_factory=list)
     log_probs: list[float] = field(default_factory=list)
+    logits: list[np.ndarray] = field(default_factory=list)  # raw logits per token, when asked for
     generator: torch.Generator | None = None
     last_cancel_check: float = 0.0
     stopped: bool = False
@@ -340,7 +354,9 @@ def _output(name: str, array: np.ndarray) -> Any:
     return pb_utils.Tensor(name, array)
 
 
-def build_response(seq: Sequence, tokens: list[int], log_probs: list[float]) -> Any:
+def build_response(
+    seq: Sequence, tokens: list[int], log_probs: list[float], logits: list[np.ndarray] | None = None
+) -> Any:
     """A response in the backend's output shapes: [batch=1, beam=1, ...]."""
     spec = seq.spec
     outputs = [
@@ -356,6 +372,11 @@ def build_response(seq: Sequence, tokens: list[int], log_probs: list[float]) -> 
             ),
         ),
     ]
+    if spec.return_generation_logits:
+        vocab = seq.next_logits.numel() if seq.next_logits is not None else 0
+        rows = logits or []
+        array = np.stack(rows) if rows else np.zeros((0, vocab), dtype=np.float32)
+        outputs.append(_output("generation_logits", array.astype(np.float32).reshape(1, 1, len(rows), -1)))
     if spec.return_num_input_tokens:
         outputs.append(_output("num_input_tokens", np.array([[len(spec.input_ids)]], dtype=np.int32)))
     if spec.return_num_output_tokens:
@@ -386,12 +407,20 @@ class Scheduler:
     """A worker thread that admits queued requests and decodes the active ones a token at a time, in turn."""
 
     def __init__(
-        self, decoder: Decoder, params: BackendParameters, *, max_seq_len: int, max_input_len: int, log: Any
+        self,
+        decoder: Decoder,
+        params: BackendParameters,
+        *,
+        max_seq_len: int,
+        max_input_len: int,
+        log: Any,
+        generation_logits: bool = False,
     ) -> None:
         self.decoder = decoder
         self.params = params
         self.max_seq_len = max_seq_len
         self.max_input_len = max_input_len
+        self.generation_logits = generation_logits
         self.log = log
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.active: list[Sequence] = []
@@ -444,7 +473,9 @@ class Scheduler:
             self._stop_by_id(request_id)
             sender.send(_empty_response(), flags=_FINAL)
             return
-        spec = parse_request(request, self.params, self.max_input_len)
+        spec = parse_request(
+            request, self.params, self.max_input_len, generation_logits=self.generation_logits
+        )
         room = self.max_seq_len - len(spec.input_ids)
         if spec.max_new_tokens > room:
             self.log.log_warn(
@@ -477,6 +508,8 @@ class Scheduler:
             return
         token, log_prob = self.decoder.choose(seq)
         spec = seq.spec
+        if spec.return_generation_logits and seq.next_logits is not None:
+            seq.logits.append(seq.next_logits.cpu().numpy().astype(np.float32))
         if spec.end_id is not None and token == spec.end_id:
             self._finish(seq)  # the end token itself is not returned
             return
@@ -486,7 +519,7 @@ class Scheduler:
             self._finish(seq, with_last_token=True)
             return
         if spec.streaming:
-            seq.sender.send(build_response(seq, [token], [log_prob]))
+            seq.sender.send(build_response(seq, [token], [log_prob], seq.logits[-1:]))
         seq.next_logits = self.decoder.forward([token], seq.cache)
 
     def _is_cancelled(self, seq: Sequence) -> bool:
@@ -506,10 +539,12 @@ class Scheduler:
         if seq.spec.streaming:
             tokens = seq.tokens[-1:] if with_last_token else []
             log_probs = seq.log_probs[-1:] if with_last_token else []
+            logits = seq.logits[-1:] if with_last_token else []
         else:
             prompt = [] if seq.spec.exclude_input_in_output else seq.spec.input_ids
             tokens, log_probs = prompt + seq.tokens, [0.0] * len(prompt) + seq.log_probs
-        seq.sender.send(build_response(seq, tokens, log_probs), flags=_FINAL)
+            logits = seq.logits  # generation logits cover the generated tokens only
+        seq.sender.send(build_response(seq, tokens, log_probs, logits), flags=_FINAL)
 
     def _safe_error(self, sender: Any, message: str) -> None:
         try:
@@ -521,15 +556,16 @@ class Scheduler:
 # --- the Triton model ---------------------------------------------------------------------------------------------
 
 
-def _engine_limits(engine_dir: Path, hf_max_positions: int) -> tuple[int, int]:
-    """max_seq_len and max_input_len from the engine's config.json build_config."""
+def _engine_limits(engine_dir: Path, hf_max_positions: int) -> tuple[int, int, bool]:
+    """max_seq_len, max_input_len and whether generation logits are gathered, from config.json build_config."""
     try:
         build = json.loads((engine_dir / "config.json").read_text()).get("build_config", {})
     except (OSError, ValueError):
         build = {}
     max_seq_len = int(build.get("max_seq_len") or hf_max_positions)
     max_input_len = int(build.get("max_input_len") or max_seq_len - 1)
-    return max_seq_len, min(max_input_len, max_seq_len - 1)
+    gather = bool(build.get("gather_generation_logits") or build.get("gather_all_token_logits"))
+    return max_seq_len, min(max_input_len, max_seq_len - 1), gather
 
 
 class TritonPythonModel:
@@ -551,9 +587,16 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{model_dir} does not exist: not a reference engine")
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         decoder = Decoder(model_dir, device)
-        max_seq_len, max_input_len = _engine_limits(engine_dir, decoder.model.config.max_position_embeddings)
+        max_seq_len, max_input_len, gather = _engine_limits(
+            engine_dir, decoder.model.config.max_position_embeddings
+        )
         self.scheduler = Scheduler(
-            decoder, params, max_seq_len=max_seq_len, max_input_len=max_input_len, log=self.log
+            decoder,
+            params,
+            max_seq_len=max_seq_len,
+            max_input_len=max_input_len,
+            generation_logits=gather,
+            log=self.log,
         )
         self.log.log_info(f"reference tensorrt_llm model ready on {device} (engine {engine_dir})")
 
