@@ -14,8 +14,10 @@ from trtforge.proxy.backend import (
     SamplingParams,
     build_infer_request,
     is_final,
+    parse_chunk,
     parse_output_ids,
 )
+from trtforge.proxy.logprobs import top_alternatives
 from trtforge.proxy.protocol import (
     ChatChunkChoice,
     ChatCompletionChunk,
@@ -50,8 +52,10 @@ def test_unknown_fields_are_accepted_and_kept_aside() -> None:
         ("min_tokens", 2**31),
         ("max_tokens", 2**31),
         ("max_completion_tokens", 2**31),
-        ("n", 2),
-        ("logprobs", True),
+        ("n", 0),
+        ("n", 129),
+        ("top_logprobs", 21),
+        ("top_logprobs", 2),  # without logprobs: true
         ("messages", []),
     ],
 )
@@ -76,12 +80,19 @@ def test_max_completion_tokens_wins_over_max_tokens() -> None:
     assert request.requested_max_tokens == 7
 
 
-def test_completion_prompts_string_or_token_ids_but_not_a_list_of_prompts() -> None:
-    assert CompletionRequest.model_validate({"model": "m", "prompt": "x"}).prompt == "x"
-    assert CompletionRequest.model_validate({"model": "m", "prompt": [1, 2]}).prompt == [1, 2]
-    for prompt in (["a", "b"], [[1], [2]], []):
-        with pytest.raises(ValidationError, match=r"not supported|empty"):
+def test_completion_prompts_one_or_a_list_of_texts_or_token_ids() -> None:
+    def prompts(prompt: object) -> object:
+        return CompletionRequest.model_validate({"model": "m", "prompt": prompt}).prompts
+
+    assert prompts("x") == ["x"]
+    assert prompts([1, 2]) == [[1, 2]]
+    assert prompts(["a", "b"]) == ["a", "b"]
+    assert prompts([[1], [2]]) == [[1], [2]]
+    for prompt in ([], ["a"] * 257, ["a", [1]]):
+        with pytest.raises(ValidationError):
             CompletionRequest.model_validate({"model": "m", "prompt": prompt})
+    with pytest.raises(ValidationError, match="echo with logprobs"):
+        CompletionRequest.model_validate({"model": "m", "prompt": "x", "echo": True, "logprobs": 1})
 
 
 def test_include_usage_only_applies_to_streams() -> None:
@@ -154,3 +165,36 @@ def test_triton_responses_give_new_ids_and_the_final_flag() -> None:
     empty_final = service_pb2.ModelInferResponse(model_name="tensorrt_llm")
     empty_final.parameters["triton_final_response"].bool_param = True
     assert parse_output_ids(empty_final) == [] and is_final(empty_final)
+
+
+def test_log_probs_and_logits_are_asked_for_and_parsed() -> None:
+    gen = GenerationRequest(
+        request_id="trace-1",
+        prompt_ids=(1, 2),
+        max_tokens=4,
+        end_id=0,
+        pad_id=0,
+        return_log_probs=True,
+        return_generation_logits=True,
+    )
+    request = build_infer_request("tensorrt_llm", gen)
+    assert request.id == "trace-1"
+    assert {"return_log_probs", "return_generation_logits"} <= {t.name for t in request.inputs}
+
+    response = service_pb2.ModelInferResponse(model_name="tensorrt_llm")
+    logits = np.array([[[[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]]]], dtype=np.float32)
+    for name, datatype, array in (
+        ("output_ids", "INT32", np.array([[[1, 0]]], dtype=np.int32)),
+        ("output_log_probs", "FP32", np.array([[[-0.4, -0.1]]], dtype=np.float32)),
+        ("generation_logits", "FP32", logits),
+    ):
+        output = response.outputs.add()
+        output.name, output.datatype = name, datatype
+        output.shape.extend(array.shape)
+        response.raw_output_contents.append(array.tobytes())
+    chunk = parse_chunk(response, gen)
+    assert chunk.ids == [1, 0] and chunk.log_probs == pytest.approx([-0.4, -0.1])
+    assert chunk.logits is not None and chunk.logits.shape == (2, 3)
+    top = top_alternatives(chunk.logits, 2)
+    assert [[i for i, _ in row] for row in top] == [[1, 2], [0, 1]]
+    assert sum(np.exp(lp) for _, lp in top_alternatives(chunk.logits, 3)[0]) == pytest.approx(1.0)

@@ -141,16 +141,17 @@ class CompletionRequest(SamplingFields):
     logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     best_of: int | None = Field(default=None, ge=1)
 
+    @field_validator("prompt")
+    @classmethod
+    def _bounded(cls, prompt: str | list[Any]) -> str | list[Any]:
+        if isinstance(prompt, list) and not prompt:
+            raise ValueError("prompt must not be empty")
+        if isinstance(prompt, list) and len(prompt) > MAX_PROMPTS and not isinstance(prompt[0], int):
+            raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
+        return prompt
+
     @model_validator(mode="after")
     def _supported(self) -> CompletionRequest:
-        if isinstance(self.prompt, list) and not self.prompt:
-            raise ValueError("prompt must not be empty")
-        if (
-            isinstance(self.prompt, list)
-            and len(self.prompt) > MAX_PROMPTS
-            and not isinstance(self.prompt[0], int)
-        ):
-            raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
         if self.suffix:
             raise ValueError("suffix is not supported")
         if self.best_of not in (None, 1, self.n):

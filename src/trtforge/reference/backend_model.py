@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import triton_python_backend_utils as pb_utils
 
@@ -259,7 +260,9 @@ class Sequence:
     next_logits: torch.Tensor | None = None
     tokens: list[int] = field(default_factory=list)
     log_probs: list[float] = field(default_factory=list)
-    logits: list[np.ndarray] = field(default_factory=list)  # raw logits per token, when asked for
+    logits: list[npt.NDArray[np.float32]] = field(
+        default_factory=list
+    )  # raw logits per token, when asked for
     generator: torch.Generator | None = None
     last_cancel_check: float = 0.0
     stopped: bool = False
@@ -355,7 +358,10 @@ def _output(name: str, array: np.ndarray) -> Any:
 
 
 def build_response(
-    seq: Sequence, tokens: list[int], log_probs: list[float], logits: list[np.ndarray] | None = None
+    seq: Sequence,
+    tokens: list[int],
+    log_probs: list[float],
+    logits: list[npt.NDArray[np.float32]] | None = None,
 ) -> Any:
     """A response in the backend's output shapes: [batch=1, beam=1, ...]."""
     spec = seq.spec
