@@ -25,8 +25,9 @@ from obstore.store import LocalStore, S3Store
 
 from trtforge.errors import CacheError, UsageError
 
-PART_SIZE = 8 << 20  # multipart part size and download chunk: bounded memory is parts × concurrency
+PART_SIZE = 8 << 20  # smallest multipart part (and local read size): upload memory is parts × concurrency
 UPLOAD_CONCURRENCY = 8
+MAX_PARTS = 9000  # S3 allows 10,000 parts per object; keep a margin
 MANIFEST_OBJECT = "trtforge.json"
 SIGNATURES_OBJECT = "signatures.json"
 FILES_PREFIX = "files"
@@ -110,10 +111,12 @@ class ObjectCache:
 
     # large objects
 
-    def upload(self, key: str, chunks: Iterable[bytes]) -> None:
-        """Stream `chunks` into `key`: parallel multipart parts above one part size, a single PUT below."""
+    def upload(self, key: str, chunks: Iterable[bytes], size: int) -> None:
+        """Stream `chunks` (`size` bytes in all) into `key`: parallel multipart parts, a single PUT when small."""
         try:
-            obstore.put(self.store, key, chunks, chunk_size=PART_SIZE, max_concurrency=UPLOAD_CONCURRENCY)
+            obstore.put(
+                self.store, key, chunks, chunk_size=part_size(size), max_concurrency=UPLOAD_CONCURRENCY
+            )
         except CacheError:
             raise
         except Exception as exc:
@@ -164,6 +167,12 @@ class ObjectCache:
     def _error(self, what: str, key: str, exc: BaseException) -> CacheError:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return CacheError(f"{self.url}: cannot {what} {key}: {detail[:300]}")
+
+
+def part_size(size: int) -> int:
+    """`PART_SIZE`, grown in whole MiB for files so large that S3's 10,000-part limit would be reached."""
+    needed = -(-size // MAX_PARTS)
+    return max(PART_SIZE, -(-needed // (1 << 20)) * (1 << 20))
 
 
 def entry_key(digest: str, name: str) -> str:

@@ -135,7 +135,7 @@ def push_entry(
         for relative, record in sorted(manifest.files.items()):
             key = file_key(digest, relative)
             hasher = _UploadHasher(entry_path / relative, progress)
-            cache.upload(key, hasher.chunks())
+            cache.upload(key, hasher.chunks(), record.size)
             sent += hasher.size
             if hasher.size != record.size or hasher.sha256 != record.sha256:
                 cache.delete(key)
