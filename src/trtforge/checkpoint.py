@@ -193,13 +193,10 @@ class CheckpointInfo:
     def optional_dim(self, key: str) -> int | None:
         """`dim`, or None when the config does not set it (null counts as unset)."""
         value = self.text_config.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIMENSION:
-            raise CheckpointError(
-                f"{self.source}: {CONFIG_FILE} {key} is {_short(value)}, expected a positive integer"
-            )
-        return value
+        problem = _dimension_problem(key, value)
+        if problem:
+            raise CheckpointError(f"{self.source}: {problem}")
+        return value if isinstance(value, int) else None
 
     @property
     def num_layers(self) -> int:
@@ -381,7 +378,7 @@ def _check_header_entry(path: Path, name: str, meta: Any) -> int:
 
     Returns the entry's end offset.
     """
-    where = f"{path.name}: tensor {_short(name)}"
+    where = f"{path}: tensor {_short(name)}"
     if not isinstance(meta, dict):
         raise CheckpointError(f"{where}: header entry is {type(meta).__name__}, not an object")
     dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
@@ -397,6 +394,27 @@ def _check_header_entry(path: Path, name: str, meta: Any) -> int:
     if begin > end:
         raise CheckpointError(f"{where}: data_offsets {offsets} end before they begin")
     return int(end)
+
+
+# The config dimensions the planner and the engine build read.
+DIMENSION_KEYS = (
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "hidden_size",
+    "intermediate_size",
+    "vocab_size",
+)
+
+
+def _dimension_problem(key: str, value: Any) -> str | None:
+    """Why a config dimension is unusable (None when it is a positive integer or unset)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIMENSION:
+        return f"{CONFIG_FILE} {key} is {_short(value)}, expected a positive integer"
+    return None
 
 
 def _is_count(value: Any) -> bool:
@@ -664,6 +682,7 @@ def check_checkpoint(info: CheckpointInfo, *, quantization: str | None = None) -
     problems: list[str] = []
     problems += [f"{INDEX_FILE}: shard {name} is missing" for name in info.missing_files]
     problems += list(info.file_problems)
+    problems += _check_dimensions(info)
     problems += _check_architecture(info)
     problems += _check_quant_declarations(info, quantization)
     problems += _check_nvfp4_layout(info)
@@ -676,6 +695,11 @@ def validate_checkpoint(info: CheckpointInfo, *, quantization: str | None = None
     if problems:
         more = f" (+{len(problems) - 1} more; see `trtforge inspect`)" if len(problems) > 1 else ""
         raise CheckpointError(f"{info.source}: {problems[0]}{more}")
+
+
+def _check_dimensions(info: CheckpointInfo) -> list[str]:
+    problems = [_dimension_problem(key, info.text_config.get(key)) for key in DIMENSION_KEYS]
+    return [problem for problem in problems if problem]
 
 
 def _check_architecture(info: CheckpointInfo) -> list[str]:

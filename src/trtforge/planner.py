@@ -165,8 +165,8 @@ def kv_bytes_per_token(info: CheckpointInfo, *, tp_size: int = 1, kv_cache_dtype
 def reserve_bytes(info: CheckpointInfo, settings: PlanSettings) -> int:
     """Runtime + activation + logits memory a rank needs besides weights and KV cache (an estimate)."""
     hidden = info.dim("hidden_size")
-    inter = int(info.text_config.get("intermediate_size") or 4 * hidden)
-    vocab = int(info.text_config.get("vocab_size") or 0)
+    inter = info.optional_dim("intermediate_size") or 4 * hidden
+    vocab = info.optional_dim("vocab_size") or 0
     tp = settings.tp_size
     activations = settings.max_num_tokens * (2 * inter // tp + 4 * hidden) * ACTIVATION_DTYPE_BYTES
     logits = settings.max_batch_size * math.ceil(vocab / tp) * LOGITS_DTYPE_BYTES
