@@ -7,10 +7,13 @@ Commands run as the user runs them: `python -m trtforge ...` in a subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -279,6 +282,94 @@ def test_an_interrupted_pull_resumes_without_fetching_finished_bytes(
     pulled = json.loads(trtforge("pull", "small", "--from", bucket, "--json").stdout)
     assert pulled["transferred_bytes"] == total - already
     assert pulled["path"] == str(EngineStore().root / built.name)
+    assert not staging.exists()
+    trtforge("verify", "small")
+
+
+class StallingProxy:
+    """A TCP proxy to the S3 server that forwards only `budget` response bytes, then holds every connection.
+
+    It makes a pull stop half-way through a file for certain (a real network stall, not a mock), so the test can
+    kill the puller there.
+    """
+
+    def __init__(self, upstream: str, budget: int) -> None:
+        self.upstream = ("127.0.0.1", int(upstream.rsplit(":", 1)[1]))
+        self.budget = budget
+        self.exhausted = threading.Event()
+        self.closed = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            self._sockets += [client, server]
+            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, dest: socket.socket, limited: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(1 << 16):
+                if limited:
+                    with self._lock:
+                        allowed = min(len(data), self.budget)
+                        self.budget -= allowed
+                    if allowed < len(data):
+                        dest.sendall(data[:allowed])
+                        self.exhausted.set()
+                        self.closed.wait()  # hold the connection open: the client sees a stalled transfer
+                        return
+                dest.sendall(data)
+
+    def close(self) -> None:
+        self.closed.set()
+        self.listener.close()
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def test_a_pull_killed_mid_file_resumes_where_it_stopped(
+    machines: Machines, bucket: str, tmp_path: Path, s3: S3Server
+) -> None:
+    engine_bytes = 40 * 1024 * 1024  # several download chunks, so the stall lands inside rank0.engine
+    machines.monkeypatch.setenv("TRTFORGE_STANDIN_ENGINE_BYTES", str(engine_bytes))
+    public, built = build_and_push(machines, bucket, tmp_path / "keys")
+    digest = built.name.split("-")[0]
+    total = sum(p.stat().st_size for p in built.iterdir() if p.name != "trtforge.json")
+    machines.b()
+    machines.monkeypatch.setenv("TRTFORGE_TRUSTED_KEYS", public)
+
+    proxy = StallingProxy(s3.endpoint, budget=total // 2)
+    try:
+        env = {**os.environ, "AWS_ENDPOINT_URL": proxy.endpoint}
+        argv = [sys.executable, "-m", "trtforge", "pull", "small", "--from", bucket, "--json"]
+        puller = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while not proxy.exhausted.wait(timeout=1):
+                assert puller.poll() is None, "the pull ended before the proxy stalled it"
+        finally:
+            puller.kill()
+            puller.wait()
+    finally:
+        proxy.close()
+
+    staging = EngineStore().resumable_incomplete(digest, "pull")
+    on_disk = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
+    assert 0 < on_disk < total
+    assert 0 < (staging / "rank0.engine").stat().st_size < engine_bytes  # stopped inside the big file
+    assert EngineStore().find(digest) is None
+
+    pulled = json.loads(trtforge("pull", "small", "--from", bucket, "--json").stdout)
+    assert pulled["transferred_bytes"] == total - on_disk
     assert not staging.exists()
     trtforge("verify", "small")
 
