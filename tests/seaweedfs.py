@@ -7,6 +7,7 @@ free. The server runs in a session of its own with a temporary data directory an
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import random
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 GRPC_OFFSET = 10000
+PR_SET_PDEATHSIG = 1
 ACCESS_KEY = "trtforge-test"
 SECRET_KEY = "trtforge-test-secret"
 READY_LIMIT_S = 180.0  # a ceiling for a wedged server; readiness itself is an event (an answered request)
@@ -122,7 +124,12 @@ def seaweedfs(root: Path) -> Iterator[S3Server]:
     log_path = root / "weed.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     server = S3Server(endpoint=f"http://127.0.0.1:{s3}", data_dir=data, log_path=log_path)
     try:
@@ -130,6 +137,11 @@ def seaweedfs(root: Path) -> Iterator[S3Server]:
         yield server
     finally:
         _stop(process)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the test process dies without stopping us (e.g. it was killed)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _wait_ready(process: subprocess.Popen[bytes], server: S3Server) -> None:
