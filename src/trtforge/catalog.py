@@ -121,8 +121,10 @@ class CatalogEntry(BaseModel):
     def _check_world(self) -> CatalogEntry:
         if self.tp_size * self.pp_size > MAX_WORLD_SIZE:
             raise ValueError(f"tp_size × pp_size must be at most {MAX_WORLD_SIZE}")
-        if self.backend == "reference" and not self.model.startswith(BUILTIN_MODEL_PREFIX):
-            raise ValueError(f"backend 'reference' needs a '{BUILTIN_MODEL_PREFIX}…' model")
+        if self.backend == "tensorrt" and self.model.startswith(BUILTIN_MODEL_PREFIX):
+            raise ValueError(f"built-in '{BUILTIN_MODEL_PREFIX}…' models need backend 'reference'")
+        if self.backend == "reference" and self.world_size != 1:
+            raise ValueError("backend 'reference' runs on one process: tp_size and pp_size must be 1")
         return self
 
     @property

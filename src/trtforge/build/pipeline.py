@@ -21,7 +21,7 @@ from trtforge.build.checks import check_engine, checkpoint_quant_algo, copy_toke
 from trtforge.build.command import BuilderCommand, build_command, probe_trtllm_version, resolve_python
 from trtforge.build.failures import FailureCause, builder_failure
 from trtforge.build.watchdog import BuildWatchdog, Outcome, WatchResult, end_orphaned_session
-from trtforge.catalog import CatalogEntry, check_name, load_catalog
+from trtforge.catalog import BUILTIN_MODEL_PREFIX, CatalogEntry, check_name, load_catalog
 from trtforge.constants import (
     DEFAULT_STALL_TIMEOUT_S,
     engine_link_dirs,
@@ -125,8 +125,14 @@ def plan_build(
     store = store or EngineStore()
     python: str | None = None
     builder_missing: str | None = None
-    if entry.backend == "reference":
+    if entry.backend == "reference" and entry.model.startswith(BUILTIN_MODEL_PREFIX):
         version, revision, arch, model_dir = _reference_inputs()
+    elif entry.backend == "reference":
+        # Any Hugging Face causal LM, run by transformers: no TensorRT-LLM, no NVFP4 preflight.
+        from trtforge.reference.hf_engine import HF_GENERATOR_VERSION
+
+        model_dir, revision = _resolve_model(entry)
+        version, arch = HF_GENERATOR_VERSION, REFERENCE_ARCH
     else:
         arch = _target_arch(gpu_arch)
         python = resolve_python(trtllm_python)
@@ -404,9 +410,16 @@ def _build_into(plan: BuildPlan, dest: Path, progress: BuildProgress) -> tuple[d
 def _build_reference(
     plan: BuildPlan, dest: Path, log_path: Path, progress: BuildProgress
 ) -> dict[str, float]:
+    from trtforge.reference.hf_engine import write_checkpoint_engine
     from trtforge.reference.tiny import write_tiny_engine
 
     started = time.monotonic()
+    entry = plan.entry
+    limits = {
+        "max_batch_size": entry.max_batch_size,
+        "max_seq_len": entry.max_seq_len,
+        "max_num_tokens": entry.max_num_tokens,
+    }
     with open(log_path, "a") as log:
 
         def say(line: str) -> None:
@@ -414,15 +427,28 @@ def _build_reference(
             log.flush()
             progress.phase(line)
 
-        say(f"writing the reference engine {plan.entry.name!r}")
-        write_tiny_engine(
-            dest,
-            max_batch_size=plan.entry.max_batch_size,
-            max_seq_len=plan.entry.max_seq_len,
-            max_num_tokens=plan.entry.max_num_tokens,
-            progress=say,
-        )
+        say(f"writing the reference engine {entry.name!r}")
+        if entry.model.startswith(BUILTIN_MODEL_PREFIX):
+            write_tiny_engine(dest, **limits, progress=say)
+        else:
+            checkpoint = entry.local_model_dir or _hub_checkpoint(
+                entry.model, plan.inputs.model_revision, say
+            )
+            write_checkpoint_engine(dest, checkpoint, **limits, progress=say)
     return {"build_s": time.monotonic() - started}
+
+
+def _hub_checkpoint(model: str, revision: str, say: Callable[[str], None]) -> Path:
+    """The weights, configs and tokenizer of a hub model at `revision` (downloaded into the HF cache)."""
+    from huggingface_hub import snapshot_download
+
+    from trtforge.reference.hf_engine import HUB_PATTERNS
+
+    say(f"downloading {model}@{revision[:12]}")
+    try:
+        return Path(snapshot_download(model, revision=revision, allow_patterns=HUB_PATTERNS))
+    except Exception as exc:
+        raise CheckpointError(f"{model}: cannot download the checkpoint: {exc}") from None
 
 
 def _build_tensorrt(
