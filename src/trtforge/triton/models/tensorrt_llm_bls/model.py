@@ -27,6 +27,7 @@ from __future__ import annotations
 import codecs
 import json
 import threading
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -60,21 +61,21 @@ class TextStream:
         self._table = table
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
-    def push(self, token_ids) -> str:
+    def push(self, token_ids: list[int]) -> str:
         size = len(self._table)
         data = b"".join(self._table[t] if 0 <= t < size else b"" for t in token_ids)
-        return self._decoder.decode(data)
+        return str(self._decoder.decode(data))
 
     def finish(self) -> str:
-        return self._decoder.decode(b"", final=True)
+        return str(self._decoder.decode(b"", final=True))
 
 
 class TritonPythonModel:
-    def initialize(self, args):
+    def initialize(self, args: dict[str, str]) -> None:
         parameters = json.loads(args["model_config"]).get("parameters", {})
 
         def param(key: str) -> str:
-            return parameters.get(key, {}).get("string_value", "")
+            return str(parameters.get(key, {}).get("string_value", ""))
 
         self.tokenizer = AutoTokenizer.from_pretrained(param("tokenizer_dir"))
         self.add_special_tokens = _flag(param("add_special_tokens"), True)
@@ -85,10 +86,10 @@ class TritonPythonModel:
         self.end_id = int(eos) if eos is not None else None
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else (self.end_id if self.end_id is not None else 0)
-        self.threads = set()
+        self.threads: set[threading.Thread] = set()
         self.lock = threading.Lock()
 
-    def execute(self, requests):
+    def execute(self, requests: list[Any]) -> None:
         for request in requests:
             thread = threading.Thread(target=self._serve, args=(request,), daemon=True)
             with self.lock:
@@ -96,7 +97,7 @@ class TritonPythonModel:
             thread.start()
         return None
 
-    def finalize(self):
+    def finalize(self) -> None:
         with self.lock:
             threads = list(self.threads)
         for thread in threads:
@@ -104,7 +105,7 @@ class TritonPythonModel:
 
     # -- one request --------------------------------------------------------------------------------------
 
-    def _serve(self, request):
+    def _serve(self, request: Any) -> None:
         sender = request.get_response_sender()
         try:
             self._generate(request, sender)
@@ -118,7 +119,7 @@ class TritonPythonModel:
             with self.lock:
                 self.threads.discard(threading.current_thread())
 
-    def _generate(self, request, sender):
+    def _generate(self, request: Any, sender: Any) -> None:
         text = _scalar(request, "text_input")
         if text is None:
             raise ValueError("text_input is required")
@@ -137,7 +138,7 @@ class TritonPythonModel:
             requested_output_names=["output_ids", "sequence_length"],
         )
         detok = TextStream(self.table)
-        whole = []
+        whole: list[str] = []
         for response in engine_request.exec(decoupled=True):
             if request.is_cancelled():
                 return
@@ -159,8 +160,8 @@ class TritonPythonModel:
         else:
             sender.send(_text_response("".join(whole) + tail))
 
-    def _engine_inputs(self, request, ids, max_tokens):
-        def tensor(name, value, dtype):
+    def _engine_inputs(self, request: Any, ids: list[int], max_tokens: int) -> list[Any]:
+        def tensor(name: str, value: object, dtype: Any) -> Any:
             return pb_utils.Tensor(name, np.array([[value]], dtype=dtype))
 
         inputs = [
@@ -183,7 +184,7 @@ class TritonPythonModel:
         return inputs
 
 
-def _scalar(request, name):
+def _scalar(request: Any, name: str) -> Any:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
         return None
@@ -194,7 +195,7 @@ def _scalar(request, name):
     return value.item() if hasattr(value, "item") else value  # numpy scalar, or bytes for strings
 
 
-def _text_response(text):
+def _text_response(text: str) -> Any:
     return pb_utils.InferenceResponse(
         output_tensors=[pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_))]
     )
