@@ -66,7 +66,7 @@ def test_stop_ends_the_server_and_every_stub(server: TritonServer) -> None:
     assert server.pid is not None
     children = descendant_processes(server.pid)
     stubs = [pid for pid in children if Path(f"/proc/{pid}/comm").read_text().startswith("triton_python_b")]
-    assert len(stubs) == 3  # one per python model instance: tensorrt_llm, preprocessing, postprocessing
+    assert len(stubs) == 4  # one per python model instance: tensorrt_llm, preprocessing, postprocessing, bls
     server.stop()
     assert server.state is ServerState.STOPPED
     assert _running({server.pid: "", **children}) == []
