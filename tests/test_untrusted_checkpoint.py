@@ -158,10 +158,8 @@ def test_a_directory_without_config_json_is_refused_before_hashing(
         plan_build(load_catalog().get("small"))
 
 
-def test_a_hub_cache_snapshot_reads_through_its_blob_links(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Snapshots in the Hugging Face cache are links to ../../blobs/<sha>: inside the repository folder, allowed.
+def _hub_cache_snapshot(tmp_path: Path) -> Path:
+    """A checkpoint laid out like the Hugging Face cache: snapshot files are links to ../../blobs/<name>."""
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hf" / "hub" / "models--nvidia--Small-NVFP4"
     source = write_nvfp4_checkpoint(tmp_path / "src", tiny=True)
@@ -174,9 +172,25 @@ def test_a_hub_cache_snapshot_reads_through_its_blob_links(
         (snapshot / item.name).symlink_to(Path("../../blobs") / blob.name)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def test_a_hub_cache_snapshot_reads_through_its_blob_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Snapshots in the Hugging Face cache are links to ../../blobs/<sha>: inside the repository folder, allowed.
+    snapshot = _hub_cache_snapshot(tmp_path)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     info = inspect_checkpoint("nvidia/Small-NVFP4")
     assert info.architecture == "Qwen3ForCausalLM"
     assert info.tensors
     assert json.loads((snapshot / "config.json").read_text())["num_hidden_layers"] == info.num_layers
+
+
+def test_a_snapshot_directory_builds_as_a_local_model(tmp_path: Path, standin: None) -> None:
+    snapshot = _hub_cache_snapshot(tmp_path)
+    _add("small", snapshot)
+    result = ensure_engine("small", stall_timeout_s=60)
+    assert (result.path / "tokenizer.json").is_file() and not (result.path / "tokenizer.json").is_symlink()
+    assert EngineStore().verify(result.path).ok

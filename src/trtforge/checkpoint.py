@@ -35,6 +35,7 @@ from trtforge.errors import CheckpointError
 from trtforge.untrusted import (
     INDEX_LIMIT,
     SAFETENSORS_HEADER_LIMIT,
+    checkpoint_root,
     inside,
     open_regular,
     parse_json_object,
@@ -488,7 +489,8 @@ def inspect_checkpoint(model: str | Path, *, revision: str | None = None) -> Che
     text = str(model)
     path = Path(text).expanduser()
     if path.is_dir():
-        return _inspect_dir(path.resolve(), source=text, revision=None)
+        resolved = path.resolve()
+        return _inspect_dir(resolved, source=text, revision=None, root=checkpoint_root(resolved))
     if path.exists():
         raise CheckpointError(f"{text}: not a directory (pass the checkpoint directory)")
     if _looks_like_repo_id(text):
@@ -639,7 +641,7 @@ def _inspect_cached_snapshot(repo_id: str, *, revision: str | None) -> Checkpoin
         ) from None
     # Hub cache snapshots are links into the repository's blobs/: confine reads to the repository folder.
     snapshot = snapshot.resolve()
-    return _inspect_dir(snapshot, source=repo_id, revision=revision, root=snapshot.parent.parent)
+    return _inspect_dir(snapshot, source=repo_id, revision=revision, root=checkpoint_root(snapshot))
 
 
 def _hub_error(repo_id: str, exc: Exception) -> CheckpointError:

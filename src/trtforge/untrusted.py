@@ -148,15 +148,28 @@ def copy_bounded(
     dest.write_bytes(data)
 
 
-def walk_files(root: Path, *, error: ErrorType = CheckpointError) -> Iterator[tuple[str, Path]]:
+def checkpoint_root(directory: Path) -> Path:
+    """The directory a checkpoint's links may point into: the checkpoint itself, or for a Hugging Face cache
+    snapshot (`models--org--name/snapshots/<sha>/`, whose files are links to `../../blobs/`) its repository
+    folder. `directory` must be resolved."""
+    parent = directory.parent
+    if parent.name == "snapshots" and parent.parent.name.startswith("models--"):
+        return parent.parent
+    return directory
+
+
+def walk_files(
+    root: Path, *, error: ErrorType = CheckpointError, confine: Path | None = None
+) -> Iterator[tuple[str, Path]]:
     """Every file of the tree at `root` (resolved) as (relative path, real path), sorted by relative path.
 
-    Symlinks are followed only when they stay inside `root` (a link to a directory inside is not descended: the
-    files it shows are already listed under their real path).
+    Symlinks are followed only when they stay inside `confine` (default `root`); a link to a directory is not
+    descended (inside, the files it shows are listed under their real path).
 
     Raises:
         error: a FIFO, device or socket, or a link leading outside `root`.
     """
+    confine = confine or root
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         base = Path(dirpath)
@@ -166,8 +179,8 @@ def walk_files(root: Path, *, error: ErrorType = CheckpointError) -> Iterator[tu
             path = base / name
             relative = path.relative_to(root).as_posix()
             real = Path(os.path.realpath(path))
-            if real != root and root not in real.parents:
-                raise error(f"{path}: a link to {real}, outside {root}; refusing to read it")
+            if real != confine and confine not in real.parents:
+                raise error(f"{path}: a link to {real}, outside {confine}; refusing to read it")
             try:
                 mode = os.stat(real).st_mode
             except OSError:
@@ -194,6 +207,6 @@ def hash_tree(root: Path, *, error: ErrorType = CheckpointError) -> str:
     """A content hash of the tree at `root`: relative paths and the content of every file (links by target)."""
     root = Path(os.path.realpath(root))
     digest = hashlib.sha256()
-    for relative, real in walk_files(root, error=error):
+    for relative, real in walk_files(root, error=error, confine=checkpoint_root(root)):
         digest.update(f"{relative}\0{sha256_regular(real, error=error, shown=root / relative)}\n".encode())
     return digest.hexdigest()

@@ -10,7 +10,7 @@ from typing import Any
 from trtforge.catalog import CatalogEntry
 from trtforge.engine import CHAT_TEMPLATE, EngineInfo, rank_file_name, read_engine
 from trtforge.errors import CheckpointError, InvalidEngineError
-from trtforge.untrusted import copy_bounded, inside, read_json_object
+from trtforge.untrusted import checkpoint_root, copy_bounded, inside, read_json_object
 
 HF_QUANT_CONFIG = "hf_quant_config.json"
 TOKENIZER_FILES = (
@@ -31,7 +31,9 @@ def checkpoint_quant_algo(model_dir: Path | None) -> str | None:
     """The quant_algo a ModelOpt checkpoint declares in `hf_quant_config.json` (reference §3), or None."""
     if model_dir is None:
         return None
-    path = inside(model_dir.resolve(), HF_QUANT_CONFIG)
+    directory = model_dir.resolve()
+    root = checkpoint_root(directory)
+    path = inside(root, (directory / HF_QUANT_CONFIG).relative_to(root))
     if path is None:
         return None
     data: Any = read_json_object(path)
@@ -92,7 +94,7 @@ def copy_tokenizer_files(
     copied: list[str] = []
     if model_dir is not None:
         directory = model_dir.resolve()
-        root = directory.parent.parent if hub_model else directory
+        root = checkpoint_root(directory)
         for name in (*TOKENIZER_FILES, CHAT_TEMPLATE):
             source = inside(root, (directory / name).relative_to(root))
             if source is not None:

@@ -32,7 +32,7 @@ from trtforge.constants import (
 from trtforge.errors import BuildFailedError, CheckpointError, GpuError, TrtforgeError
 from trtforge.processes import start_time
 from trtforge.store import BUILD_LOG, BuildInputs, EngineStore, link_engine, write_manifest
-from trtforge.untrusted import hash_tree, inside, read_json_object
+from trtforge.untrusted import checkpoint_root, hash_tree, inside, read_json_object
 
 REFERENCE_ARCH = "cpu"
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -195,7 +195,8 @@ def _resolve_model(entry: CatalogEntry) -> tuple[Path | None, str]:
         if not local.is_dir():
             raise CheckpointError(f"{local}: checkpoint directory not found (entry {entry.name!r})")
         # The cheap check first: a directory without a valid config.json is refused before hashing gigabytes.
-        config = inside(local, "config.json")
+        root = checkpoint_root(local)
+        config = inside(root, (local / "config.json").relative_to(root))
         if config is None:
             raise CheckpointError(f"{local}: no config.json: not a Hugging Face checkpoint directory")
         read_json_object(config)
