@@ -376,7 +376,9 @@ def test_stop_request_ends_a_running_request(server: TritonServer, tokenizer: An
 @pytest.mark.parametrize(
     ("request_args", "message"),
     [
-        ({"ids": None}, "input_ids"),
+        # input_ids is optional in the contract (embeddings-only requests), so Triton lets the request
+        # through and the backend itself must refuse it.
+        ({"ids": None, "input_lengths": ([[1]], "INT32")}, "input input_ids is required"),
         ({"beam_width": ([[2]], "INT32")}, "beam_width 2 is not supported"),
         ({"output_len": 0}, "request_output_len must be at least 1"),
     ],
