@@ -213,3 +213,24 @@ def test_the_property_test_sees_real_errors(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["inspect", str(ckpt)])
     assert isinstance(result.exception, TrtforgeError)
     assert os.fspath(ckpt) in str(result.exception)
+
+
+@pytest.mark.parametrize("key", ["num_attention_heads", "num_key_value_heads", "num_hidden_layers"])
+def test_build_preflight_refuses_zero_dimensions_in_one_line(tmp_path: Path, key: str) -> None:
+    ckpt = write_nvfp4_checkpoint(tmp_path / "ckpt", tiny=True)
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, key: 0, "head_dim": 64}))
+    catalog = Path(os.environ["TRTFORGE_CATALOG"])
+    catalog.write_text(f'[engines.small]\nmodel = "{ckpt}"\nmax_seq_len = 2048\nmax_num_tokens = 2048\n')
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "standins"), "TRTFORGE_GPU_ARCH": "sm100"}
+    result = subprocess.run(
+        [sys.executable, "-m", "trtforge", "build", "small"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and key in last, result.stderr
