@@ -8,7 +8,8 @@ It honours the parts of the `tensorrt_llm` contract the proxy uses: `input_ids`/
 `request_output_len`, `streaming` (one response per token, the last flagged final; non-streaming: one final
 response with every token), `exclude_input_in_output`, a request carrying `stop=true` (ends the generation
 with the same request id), and cancellation (`is_cancelled`, checked every 50 ms, like the real backend's
-`cancellation_check_period_ms`). One worker thread serves every active request, a token each in turn.
+`cancellation_check_period_ms`; each cancellation seen is logged with its time to `cancelled.log` beside this
+file). One worker thread serves every active request, a token each in turn.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class TritonPythonModel:
         settings = json.loads((Path(__file__).parent / "emitter.json").read_text())
         self.ids: list[int] = [int(i) for i in settings["ids"]]
         self.pace_s = float(settings.get("pace_s", 0.0))
+        self.cancel_log = Path(__file__).parent / "cancelled.log"
         self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.counter = itertools.count()
         self.running = True
@@ -153,6 +155,9 @@ class TritonPythonModel:
             stream.next_cancel_check = now + _CANCEL_CHECK_S
             if stream.request.is_cancelled():
                 stream.stopped = True
+                # When the cancellation was seen (CLOCK_MONOTONIC is system-wide): the benchmark's cancel figure.
+                with open(self.cancel_log, "a") as log:
+                    log.write(f"{time.monotonic()}\n")
         if stream.stopped:
             stream.sender.send(_response([]), flags=_FINAL)
             return False

@@ -169,6 +169,11 @@ class Stack:
     triton: TritonServer
     proxies: dict[str, Proxy]
     grpc_url: str
+    repository: Path
+
+    @property
+    def cancel_log(self) -> Path:
+        return self.repository / "tensorrt_llm" / "1" / "cancelled.log"
 
 
 def start_proxy(work: Path, engine_dir: Path, grpc_port: int, variant: Variant) -> Proxy:
@@ -216,7 +221,7 @@ def running_stack(work: Path, *, pace_s: float, variants: list[Variant]) -> Iter
         triton.wait_ready(timeout_s=300)
         for variant in variants:
             proxies[variant.label] = start_proxy(work, engine_dir, ports[1], variant)
-        yield Stack(engine_dir, triton, proxies, f"127.0.0.1:{ports[1]}")
+        yield Stack(engine_dir, triton, proxies, f"127.0.0.1:{ports[1]}", repository)
     finally:
         for proxy in proxies.values():
             stop_process(proxy.process)
@@ -392,6 +397,68 @@ class RawClient:
         return None
 
 
+# ------------------------------------------------------------------------------------------------ cancel
+
+
+async def _cancel_seen_after(stack: Stack, before: int, disconnected: float) -> float:
+    """Seconds from `disconnected` to the emitter's next logged cancellation (waits for it, up to 10 s)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = stack.cancel_log.read_text().split() if stack.cancel_log.exists() else []
+        if len(lines) > before:
+            return float(lines[before]) - disconnected
+        await asyncio.sleep(0.002)
+    raise RuntimeError("the backend never saw the cancellation")
+
+
+async def cancel_latency(stack: Stack, client_name: str, prompt_ids: list[int], trials: int) -> list[float]:
+    """Client disconnect (or gRPC cancel) after a few tokens → the backend sees the request cancelled.
+
+    One request at a time. The emitter checks for cancellation every 50 ms (as TensorRT-LLM does every
+    `cancellation_check_period_ms`), so the floor is that period; what the proxy adds is the rest.
+    """
+    kind, _, label = client_name.partition("@")
+    seen: list[float] = []
+    for _ in range(trials):
+        before = len(stack.cancel_log.read_text().split()) if stack.cancel_log.exists() else 0
+        if kind == "direct":
+            direct = DirectClient(stack.grpc_url, prompt_ids, 8000)
+            gen = GenerationRequest(
+                request_id=f"cancel-{len(seen)}",
+                prompt_ids=direct.prompt_ids,
+                max_tokens=8000,
+                end_id=None,
+                pad_id=0,
+            )
+            call = direct.stub.ModelStreamInfer()
+            await call.write(build_infer_request("tensorrt_llm", gen))
+            for _ in range(3):
+                await call.read()
+            disconnected = time.monotonic()
+            call.cancel()
+            await direct.close()
+        else:
+            url = stack.proxies[label].url
+            host, port = url.removeprefix("http://").split(":")
+            body = json.dumps({**chat_body(str(stack.engine_dir), 8000)}).encode()
+            head = (
+                f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(head + body)
+            received = b""
+            while len(_CONTENT.findall(received)) < 3:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    raise RuntimeError(f"the stream ended early: {received[:300]!r}")
+                received += chunk
+            disconnected = time.monotonic()
+            writer.close()
+        seen.append(await _cancel_seen_after(stack, before, disconnected))
+    return seen
+
+
 # ------------------------------------------------------------------------------------------------ runs
 
 
@@ -508,6 +575,8 @@ def print_table(summary: dict[str, Any]) -> None:
     )
     print(header)
     for n, row in summary.items():
+        if n == "cancel":
+            continue
         for c, e in row.items():
             ratio = f"{e['ratio_to_direct']:.2f}" if "ratio_to_direct" in e else "-"
             added = f"{e['ttft_p50_added_ms']:+.1f}" if "ttft_p50_added_ms" in e else "-"
@@ -518,9 +587,13 @@ def print_table(summary: dict[str, Any]) -> None:
                 f"{e['client_cpu_us_per_token']:>13.0f} {e['triton_cpu_us_per_token']:>13.0f} "
                 f"{e['ttft_p50_ms']:>11.1f} {e['ttft_p90_ms']:>8.1f} {added:>8} {times:>7}"
             )
+    for c, e in summary.get("cancel", {}).items():
+        print(
+            f"cancel {c:>10}: disconnect → backend sees it p50 {e['p50_ms']:.1f} ms, max {e['max_ms']:.1f} ms"
+        )
 
 
-async def bench(args: argparse.Namespace, stack: Stack) -> list[Run]:
+async def bench(args: argparse.Namespace, stack: Stack) -> tuple[list[Run], dict[str, list[float]]]:
     tokenizer = ProxyTokenizer.load(stack.engine_dir)
     prompt_ids = tokenizer.render_chat(MESSAGES)
     clients = args.client_names
@@ -539,7 +612,14 @@ async def bench(args: argparse.Namespace, stack: Stack) -> list[Run]:
                     file=sys.stderr,
                     flush=True,
                 )
-    return runs
+    cancels: dict[str, list[float]] = {}
+    for c in clients:
+        if args.cancel_trials and not c.startswith("httpx"):
+            cancels[c] = await cancel_latency(stack, c, prompt_ids, args.cancel_trials)
+            print(
+                f"cancel {c:>10}: {[round(t * 1e3, 1) for t in cancels[c]]} ms", file=sys.stderr, flush=True
+            )
+    return runs, cancels
 
 
 def main() -> None:
@@ -562,6 +642,7 @@ def main() -> None:
         help="also run the proxy of another checkout's src/ (e.g. the code before)",
     )
     parser.add_argument("--clients", default=",".join(CLIENTS), help="client kinds: direct, httpx, raw")
+    parser.add_argument("--cancel-trials", type=int, default=10, help="disconnects measured per client")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args()
     args.streams = [int(s) for s in args.streams.split(",")]
@@ -581,8 +662,11 @@ def main() -> None:
     ):
         pids = {label or "proxy": p.process.pid for label, p in stack.proxies.items()}
         print(f"proxy pids {pids}, triton pid {stack.triton.pid}", file=sys.stderr, flush=True)
-        runs = asyncio.run(bench(args, stack))
+        runs, cancels = asyncio.run(bench(args, stack))
     summary = summarise(runs, args.client_names, args.streams)
+    summary["cancel"] = {
+        c: {"p50_ms": percentile(t, 0.5) * 1e3, "max_ms": max(t) * 1e3} for c, t in cancels.items()
+    }
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
