@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 import uvicorn
@@ -253,10 +255,22 @@ async def _respond(
     return JSONResponse(result.model_dump())
 
 
+async def _off_loop(
+    request: Request, prepare: Callable[..., Prepared], *args: Any, **kwargs: Any
+) -> Prepared:
+    """Run a request's preparation (chat template, tokenising) on the tokenizer thread.
+
+    A long template must not stall the event loop, where every running stream waits for its next token.
+    One thread: the tokenizer is used by one caller at a time, and requests are prepared in arrival order.
+    """
+    executor: ThreadPoolExecutor = request.app.state.tokenizing
+    return await asyncio.get_running_loop().run_in_executor(executor, partial(prepare, *args, **kwargs))
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     serving = _serving(request)
-    prepared = serving.prepare_chat(body, request_id=request.state.request_id)
+    prepared = await _off_loop(request, serving.prepare_chat, body, request_id=request.state.request_id)
     return await _respond(
         request, prepared, whole=serving.chat, stream=serving.chat_stream if body.stream else None
     )
@@ -265,7 +279,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request) -> Response:
     serving = _serving(request)
-    prepared = serving.prepare_completion(body, request_id=request.state.request_id)
+    prepared = await _off_loop(request, serving.prepare_completion, body, request_id=request.state.request_id)
     return await _respond(
         request, prepared, whole=serving.completion, stream=serving.completion_stream if body.stream else None
     )
@@ -291,6 +305,7 @@ def build_app(settings: ProxySettings, *, api_key: str | None = None) -> FastAPI
         )
         await backend.open()
         app.state.serving = OpenAIServing(settings, tokenizer, backend, proxy_metrics)
+        app.state.tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         logger.info(
             "serving `%s` through Triton %s (model %s)",
             settings.model_name,
@@ -300,6 +315,7 @@ def build_app(settings: ProxySettings, *, api_key: str | None = None) -> FastAPI
         try:
             yield
         finally:
+            app.state.tokenizing.shutdown(wait=False, cancel_futures=True)
             await backend.close()
 
     app = FastAPI(title="trtforge OpenAI proxy", lifespan=lifespan, docs_url=None, redoc_url=None)
