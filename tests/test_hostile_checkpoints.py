@@ -222,7 +222,9 @@ def test_build_preflight_refuses_zero_dimensions_in_one_line(tmp_path: Path, key
     (ckpt / "config.json").write_text(json.dumps({**config, key: 0, "head_dim": 64}))
     catalog = Path(os.environ["TRTFORGE_CATALOG"])
     catalog.write_text(f'[engines.small]\nmodel = "{ckpt}"\nmax_seq_len = 2048\nmax_num_tokens = 2048\n')
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "standins"), "TRTFORGE_GPU_ARCH": "sm100"}
+    standins = str(Path(__file__).parent / "standins")
+    path = os.pathsep.join(filter(None, [standins, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "TRTFORGE_GPU_ARCH": "sm100"}
     result = subprocess.run(
         [sys.executable, "-m", "trtforge", "build", "small"],
         capture_output=True,
