@@ -201,14 +201,21 @@ def test_proxy_request_tensors_are_generated_inputs_with_matching_dtypes(tmp_pat
     request = build_infer_request(
         "tensorrt_llm",
         GenerationRequest(
-            request_id="r", prompt_ids=(1, 2, 3), max_tokens=8, end_id=5, pad_id=0, sampling=sampling
+            request_id="r",
+            prompt_ids=(1, 2, 3),
+            max_tokens=8,
+            end_id=5,
+            pad_id=0,
+            sampling=sampling,
+            guide=("json_schema", '{"type": "object"}'),
         ),
     )
     sent = {tensor.name: tensor for tensor in request.inputs}
-    assert len(sent) >= 15  # every optional field set: the whole request side is covered
+    assert len(sent) >= 17  # every optional field set: the whole request side is covered
     for name, tensor in sent.items():
         assert name in inputs, f"the proxy sends {name!r}, which the tensorrt_llm config does not declare"
         declared = model_config_pb2.DataType.Name(inputs[name].data_type).removeprefix("TYPE_")
+        declared = {"STRING": "BYTES"}.get(declared, declared)  # TYPE_STRING travels as BYTES
         assert tensor.datatype == declared, name
         # Batch dimension first, then the declared dims (-1 matches anything).
         dims = list(inputs[name].dims)

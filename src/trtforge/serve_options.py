@@ -55,6 +55,9 @@ class ServeOptions(BaseModel):
     skip_special_tokens: bool = True
     preprocessing_instances: int = Field(default=1, ge=1)
     postprocessing_instances: int = Field(default=1, ge=1)
+    # -- the OpenAI proxy (None: the defaults for the engine's architecture; `none`: no parsing) -----------
+    reasoning_parser: str | None = Field(default=None, pattern=r"^[a-z0-9_]+$")
+    tool_parser: str | None = Field(default=None, pattern=r"^[a-z0-9_]+$")
 
     @field_validator("gpu_device_ids")
     @classmethod

@@ -122,6 +122,19 @@ def _serve_options(name: str, pairs: list[str] | None) -> ServeOptions:
     return merge_serve_options(base, parse_option_pairs(pairs or []))
 
 
+def _check_parsers(options: ServeOptions) -> None:
+    """An unknown parser name fails before anything starts (the message lists the known ones)."""
+    from trtforge.proxy.parsers import UnknownParserError, check_reasoning_parser, check_tool_parser
+
+    try:
+        if options.reasoning_parser is not None:
+            check_reasoning_parser(options.reasoning_parser)
+        if options.tool_parser is not None:
+            check_tool_parser(options.tool_parser)
+    except UnknownParserError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _triton_port_options(ports: TritonPorts) -> dict[str, int]:
     return {
         "--triton-http-port": ports.http,
@@ -252,9 +265,14 @@ def proxy(
 
     engine = read_engine(resolve_engine(name))
     check_ports_free({"--port": port}, host=host)
+    options = _serve_options(name, None)
     settings = ProxySettings.from_engine(
-        name, engine, f"127.0.0.1:{triton_grpc_port}"
-    )  # Triton binds loopback
+        name,
+        engine,
+        f"127.0.0.1:{triton_grpc_port}",  # Triton binds loopback
+        reasoning_parser=options.reasoning_parser,
+        tool_parser=options.tool_parser,
+    )
     console.print(f"OpenAI-compatible API for [bold]{escape(name)}[/] on http://{host}:{port}/v1")
     run_server(make_proxy(settings, host=host, port=port, api_key=api_key, workers=workers))
 
@@ -285,6 +303,7 @@ def up(
 
     ports = TritonPorts(http=triton_http_port, grpc=triton_grpc_port, metrics=triton_metrics_port)
     options = _serve_options(name, option)
+    _check_parsers(options)
     if port in (ports.http, ports.grpc, ports.metrics):
         raise UsageError(f"--port {port} is also a Triton port; pick another")
     check_ports_free({"--port": port}, host=host)
@@ -294,7 +313,13 @@ def up(
     engine, server = prepare_triton(name, engine_dir, ports=ports, options=options)
     with stop_on_signals(server):
         _start_triton(name, engine, server, ports, ready_timeout)
-        settings = ProxySettings.from_engine(name, engine, ports.grpc_url)
+        settings = ProxySettings.from_engine(
+            name,
+            engine,
+            ports.grpc_url,
+            reasoning_parser=options.reasoning_parser,
+            tool_parser=options.tool_parser,
+        )
         proxy_server = make_proxy(
             settings, host=host, port=port, log_level="warning", api_key=api_key, workers=workers
         )

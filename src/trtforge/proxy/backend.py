@@ -64,6 +64,8 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     return_log_probs: bool = False
     return_generation_logits: bool = False
+    # Guided decoding: (`guided_decoding_guide_type`, `guided_decoding_guide`), e.g. ("json_schema", "{…}").
+    guide: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,16 @@ def _tensor(request: service_pb2.ModelInferRequest, name: str, datatype: str, va
     tensor.datatype = datatype
     tensor.shape.extend(values.shape)
     request.raw_input_contents.append(values.tobytes())
+
+
+def _text(request: service_pb2.ModelInferRequest, name: str, value: str) -> None:
+    """A BYTES [1, 1] input: raw BYTES contents are each element's 4-byte little-endian length, then it."""
+    data = value.encode("utf-8")
+    tensor = request.inputs.add()
+    tensor.name = name
+    tensor.datatype = "BYTES"
+    tensor.shape.extend([1, 1])
+    request.raw_input_contents.append(len(data).to_bytes(4, "little") + data)
 
 
 def _scalar(request: service_pb2.ModelInferRequest, name: str, datatype: str, value: object) -> None:
@@ -118,6 +130,9 @@ def build_infer_request(model: str, gen: GenerationRequest) -> service_pb2.Model
     for name, datatype, value in optional:
         if value is not None:
             _scalar(request, name, datatype, value)
+    if gen.guide is not None:
+        _text(request, "guided_decoding_guide_type", gen.guide[0])
+        _text(request, "guided_decoding_guide", gen.guide[1])
     return request
 
 

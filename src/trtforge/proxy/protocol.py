@@ -6,6 +6,7 @@ does; out-of-range values fail validation and become a 400 envelope.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Literal
 
@@ -94,23 +95,70 @@ class ChatMessage(_Request):
         return content
 
     def to_template(self) -> dict[str, Any]:
-        """The message as the chat template sees it: text parts joined, extra fields passed through."""
+        """The message as the chat template sees it: text parts joined, extra fields passed through.
+
+        Tool-call arguments arrive as JSON text; templates expect the object (they write it with `tojson`).
+        """
         message = self.model_dump(exclude_none=True)
         if isinstance(self.content, list):
             message["content"] = "".join(p.text or "" for p in self.content)
+        calls = message.get("tool_calls")
+        if isinstance(calls, list):
+            message["tool_calls"] = [_call_for_template(call) for call in calls]
         return message
+
+
+def _call_for_template(call: Any) -> Any:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
+        return call
+    try:
+        arguments = json.loads(function["arguments"])
+    except ValueError:
+        return call  # not JSON: the template gets the text as sent
+    return {**call, "function": {**function, "arguments": arguments}}
+
+
+class FunctionDefinition(_Request):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ToolChoiceFunction(_Request):
+    name: str
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: ToolChoiceFunction
+
+
+class JsonSchemaFormat(_Request):
+    name: str = "response"
+    description: str | None = None
+    # `schema` would shadow pydantic's own BaseModel.schema.
+    json_schema: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
 
 
 class ResponseFormat(_Request):
     type: str
+    json_schema: JsonSchemaFormat | None = None
 
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
     chat_template_kwargs: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
@@ -119,9 +167,25 @@ class ChatCompletionRequest(SamplingFields):
     def _supported(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
-        if self.response_format is not None and self.response_format.type != "text":
-            raise ValueError(f"response_format `{self.response_format.type}` is not supported")
+        names = [tool.function.name for tool in self.tools or []]
+        if self.tool_choice == "required" and not names:
+            raise ValueError("tool_choice `required` needs tools")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ValueError(f"tool_choice names `{self.tool_choice.function.name}`, which is not in tools")
         return self
+
+    @property
+    def effective_tool_choice(self) -> str | NamedToolChoice:
+        """`none` when no tools are offered; OpenAI's default `auto` when they are."""
+        if not self.tools:
+            return "none"
+        return self.tool_choice if self.tool_choice is not None else "auto"
+
+    def template_tools(self) -> list[dict[str, Any]] | None:
+        """The tools the chat template shows the model (none with `tool_choice: none`)."""
+        if self.effective_tool_choice == "none":
+            return None
+        return [tool.model_dump(exclude_none=True) for tool in self.tools or []]
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -182,7 +246,15 @@ class CompletionRequest(SamplingFields):
 
 # --------------------------------------------------------------------------------------------------- responses
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+class _Sparse(BaseModel):
+    """A model that leaves out its unset (None) fields, as OpenAI's stream deltas do."""
+
+    @model_serializer(mode="wrap")
+    def _only_set_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class TopLogprob(BaseModel):
@@ -221,9 +293,29 @@ class Usage(BaseModel):
         )
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(BaseModel):
+    """`content` is always present (null when the model only called tools); the rest only when set."""
+
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _only_set_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        return {k: v for k, v in data.items() if v is not None or k == "content"}
 
 
 class ChatChoice(BaseModel):
@@ -242,14 +334,27 @@ class ChatCompletionResponse(BaseModel):
     usage: Usage
 
 
-class DeltaMessage(BaseModel):
+class DeltaFunctionCall(_Sparse):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(_Sparse):
+    """A piece of a streamed tool call: the first has id, type and name; the rest add arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall
+
+
+class DeltaMessage(_Sparse):
+    """OpenAI sends only what changed: `{"content": "x"}`, and `{}` with the finish reason."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
-
-    @model_serializer(mode="wrap")
-    def _only_set_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # OpenAI sends only what changed: `{"content": "x"}`, and `{}` with the finish reason.
-        return {k: v for k, v in handler(self).items() if v is not None}
+    reasoning_content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatChunkChoice(BaseModel):

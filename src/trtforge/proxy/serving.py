@@ -29,6 +29,17 @@ from trtforge.proxy.logprobs import (
     top_alternatives,
 )
 from trtforge.proxy.metrics import ProxyMetrics
+from trtforge.proxy.parsers import (
+    NONE,
+    MessageDelta,
+    MessageParser,
+    NamedToolParser,
+    ParsedMessage,
+    RequiredToolParser,
+    ToolParser,
+    make_reasoning_parser,
+    make_tool_parser,
+)
 from trtforge.proxy.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -39,19 +50,25 @@ from trtforge.proxy.protocol import (
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
+    DeltaFunctionCall,
     DeltaMessage,
+    DeltaToolCall,
     ErrorInfo,
     ErrorResponse,
     FinishReason,
+    FunctionCall,
     ModelCard,
     ModelList,
+    NamedToolChoice,
     SamplingFields,
+    ToolCall,
     Usage,
     now_s,
 )
 from trtforge.proxy.settings import ProxySettings
 from trtforge.proxy.sse import DONE_FRAME, FrameTemplate, format_event
 from trtforge.proxy.stop import StopMatcher
+from trtforge.proxy.structured import guided_decoding_for
 from trtforge.proxy.tokenizer import ProxyTokenizer
 
 logger = logging.getLogger(__name__)
@@ -79,6 +96,38 @@ class Generation:
     echo: str = ""
 
 
+# How much of the rendered prompt's end the reasoning parser sees (enough for any pre-filled tags).
+_PROMPT_TAIL_CHARS = 64
+
+
+@dataclass(frozen=True)
+class ChatPlan:
+    """How a chat reply's text becomes an assistant message: which parsers read it."""
+
+    reasoning_parser: str = NONE
+    prompt_tail: str = ""
+    tool_choice: str = "none"  # none | auto | required | named
+    tool_parser: str = NONE
+    function: str | None = None  # the function a named tool_choice forces
+
+    def message_parser(self) -> MessageParser:
+        tools: ToolParser | None
+        if self.tool_choice == "named" and self.function is not None:
+            tools = NamedToolParser(self.function)
+        elif self.tool_choice == "required":
+            tools = RequiredToolParser()
+        elif self.tool_choice == "auto":
+            tools = make_tool_parser(self.tool_parser)
+        else:
+            tools = None
+        # Forced calls are guided JSON from the first token: there is no thinking block to split off.
+        forced = self.tool_choice in ("named", "required")
+        reasoning = (
+            None if forced else make_reasoning_parser(self.reasoning_parser, prompt_text=self.prompt_tail)
+        )
+        return MessageParser(reasoning, tools)
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A validated request, ready to run: one generation per choice plus what the text path needs."""
@@ -90,6 +139,7 @@ class Prepared:
     include_usage: bool
     skip_special_tokens: bool = True
     top_logprobs: int | None = None  # None: no logprobs; 0: the chosen tokens' only; k: k alternatives too
+    chat: ChatPlan = ChatPlan()
 
     @property
     def gen(self) -> GenerationRequest:
@@ -183,12 +233,31 @@ class OpenAIServing:
 
     def prepare_chat(self, request: ChatCompletionRequest, *, request_id: str | None = None) -> Prepared:
         self._check_model(request)
-        prompt_ids = self.tokenizer.render_chat(
+        guided = guided_decoding_for(request)
+        prompt = self.tokenizer.render_chat_text(
             [m.to_template() for m in request.messages],
-            tools=request.tools,
+            tools=request.template_tools(),
             template_kwargs=request.chat_template_kwargs,
         )
-        return self._prepare(request, [(prompt_ids, "")], prompt_param="messages", request_id=request_id)
+        prepared = self._prepare(
+            request,
+            [(self.tokenizer.encode_rendered(prompt), "")],
+            prompt_param="messages",
+            request_id=request_id,
+        )
+        guide = None if guided is None else (guided.guide_type, guided.guide)
+        generations = tuple(replace(g, gen=replace(g.gen, guide=guide)) for g in prepared.generations)
+        return replace(prepared, generations=generations, chat=self._chat_plan(request, prompt))
+
+    def _chat_plan(self, request: ChatCompletionRequest, prompt: str) -> ChatPlan:
+        choice = request.effective_tool_choice
+        return ChatPlan(
+            reasoning_parser=self.settings.reasoning_parser,
+            prompt_tail=prompt[-_PROMPT_TAIL_CHARS:],
+            tool_choice="named" if isinstance(choice, NamedToolChoice) else choice,
+            tool_parser=self.settings.tool_parser,
+            function=choice.function.name if isinstance(choice, NamedToolChoice) else None,
+        )
 
     def prepare_completion(self, request: CompletionRequest, *, request_id: str | None = None) -> Prepared:
         self._check_model(request)
@@ -412,17 +481,32 @@ class OpenAIServing:
     # ---------------------------------------------------------------------------------------- chat
 
     async def chat(self, prepared: Prepared) -> ChatCompletionResponse:
-        results = await self.collect(prepared)
+        # The same parsers over the same text deltas as a stream: the joined deltas equal these messages.
+        parsers = [prepared.chat.message_parser() for _ in prepared.generations]
+        messages = [ParsedMessage() for _ in prepared.generations]
+        results = [_Collected() for _ in prepared.generations]
+        deltas = self.deltas(prepared)
+        try:
+            async for delta in deltas:
+                result = results[delta.index]
+                result.count = delta.completion_tokens
+                result.finish = delta.finish_reason or result.finish
+                result.logprobs.extend(delta.logprobs)
+                messages[delta.index].add(parsers[delta.index].feed(delta.text))
+        finally:
+            await deltas.aclose()  # type: ignore[attr-defined]
         logprobs = prepared.top_logprobs is not None
-        choices = [
-            ChatChoice(
-                index=index,
-                message=AssistantMessage(content=r.text),
-                finish_reason=r.finish,
-                logprobs=chat_logprobs(r.logprobs, self._token_text) if logprobs else None,
+        choices = []
+        for index, (parser, message, r) in enumerate(zip(parsers, messages, results, strict=True)):
+            message.add(parser.finish())
+            choices.append(
+                ChatChoice(
+                    index=index,
+                    message=_assistant_message(message),
+                    finish_reason=_chat_finish(r.finish, parser),
+                    logprobs=chat_logprobs(r.logprobs, self._token_text) if logprobs else None,
+                )
             )
-            for index, r in enumerate(results)
-        ]
         return ChatCompletionResponse(
             id=f"chatcmpl-{prepared.request_id}",
             created=now_s(),
@@ -468,15 +552,22 @@ class OpenAIServing:
         for generation in prepared.generations:
             yield frame(generation.index, DeltaMessage(role="assistant", content=""))
         counts = [0] * len(prepared.generations)
+        parsers = [prepared.chat.message_parser() for _ in prepared.generations]
         try:
             async for delta in deltas:
                 counts[delta.index] = delta.completion_tokens
-                if delta.logprobs and logprobs:
-                    yield frame(delta.index, DeltaMessage(content=delta.text), tokens=delta.logprobs)
-                elif delta.text:
-                    yield content[delta.index].render(delta.text)
+                parser = parsers[delta.index]
+                parsed = parser.feed(delta.text) if delta.text else MessageDelta()
                 if delta.finish_reason:
-                    yield frame(delta.index, DeltaMessage(), delta.finish_reason)
+                    parsed = _joined(parsed, parser.finish())
+                if delta.logprobs and logprobs:
+                    yield frame(delta.index, _delta_message(parsed), tokens=delta.logprobs)
+                elif parsed.content and not (parsed.reasoning or parsed.tool_calls):
+                    yield content[delta.index].render(parsed.content)
+                elif parsed:
+                    yield frame(delta.index, _delta_message(parsed))
+                if delta.finish_reason:
+                    yield frame(delta.index, DeltaMessage(), _chat_finish(delta.finish_reason, parser))
             if prepared.include_usage:
                 usage = self._usage(prepared, counts)
                 yield format_event(
@@ -649,3 +740,48 @@ async def _merge(streams: Sequence[AsyncIterator[TextDelta]]) -> AsyncIterator[T
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def _chat_finish(finish: FinishReason, parser: MessageParser) -> FinishReason:
+    """`tool_calls` when the reply called tools and ended by itself (a cut-off call stays `length`)."""
+    return "tool_calls" if finish == "stop" and parser.called_tools else finish
+
+
+def _assistant_message(message: ParsedMessage) -> AssistantMessage:
+    content = "".join(message.content)
+    calls = [
+        ToolCall(id=call["id"], function=FunctionCall(name=call["name"], arguments=call["arguments"]))
+        for call in message.tool_calls
+    ]
+    return AssistantMessage(
+        content=content if content or not calls else None,
+        reasoning_content="".join(message.reasoning) or None,
+        tool_calls=calls or None,
+    )
+
+
+def _delta_message(delta: MessageDelta) -> DeltaMessage:
+    calls = [
+        DeltaToolCall(
+            index=call.index,
+            id=call.id,
+            type="function" if call.id is not None else None,
+            function=DeltaFunctionCall(
+                name=call.name, arguments=call.arguments if call.arguments or call.id is not None else None
+            ),
+        )
+        for call in delta.tool_calls
+    ]
+    return DeltaMessage(
+        content=delta.content or None,
+        reasoning_content=delta.reasoning or None,
+        tool_calls=calls or None,
+    )
+
+
+def _joined(first: MessageDelta, second: MessageDelta) -> MessageDelta:
+    return MessageDelta(
+        reasoning=first.reasoning + second.reasoning,
+        content=first.content + second.content,
+        tool_calls=first.tool_calls + second.tool_calls,
+    )

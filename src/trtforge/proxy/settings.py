@@ -6,6 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trtforge.engine import EngineInfo, read_engine
+from trtforge.errors import UsageError
+from trtforge.proxy.parsers import (
+    UnknownParserError,
+    check_reasoning_parser,
+    check_tool_parser,
+    default_parsers,
+)
 
 DEFAULT_TRITON_MODEL = "tensorrt_llm"
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
@@ -27,6 +34,8 @@ class ProxySettings:
             so requests may ask for top log probabilities.
         request_timeout_s: the deadline of one generation on Triton.
         health_timeout_s: how long `/health` waits for Triton's readiness answer.
+        reasoning_parser: splits the model's thinking from its answer in chat replies (`none`: no split).
+        tool_parser: finds the model's tool calls in chat replies (`none`: tools are not parsed).
     """
 
     model_name: str
@@ -38,8 +47,15 @@ class ProxySettings:
     triton_model: str = DEFAULT_TRITON_MODEL
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
     health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S
+    reasoning_parser: str = "none"
+    tool_parser: str = "none"
 
     def __post_init__(self) -> None:
+        try:
+            check_reasoning_parser(self.reasoning_parser)
+            check_tool_parser(self.tool_parser)
+        except UnknownParserError as exc:
+            raise UsageError(str(exc)) from None
         if self.max_seq_len < 2 or not 1 <= self.max_input_len <= self.max_seq_len:
             raise ValueError(
                 f"need 1 <= max_input_len ({self.max_input_len}) <= max_seq_len ({self.max_seq_len})"
@@ -54,9 +70,15 @@ class ProxySettings:
         *,
         triton_model: str = DEFAULT_TRITON_MODEL,
         request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+        reasoning_parser: str | None = None,
+        tool_parser: str | None = None,
     ) -> ProxySettings:
-        """Settings for serving `engine` (an `EngineInfo`, or an engine directory to read) as `name`."""
+        """Settings for serving `engine` (an `EngineInfo`, or an engine directory to read) as `name`.
+
+        Parsers left as None are the defaults for the engine's architecture.
+        """
         info = engine if isinstance(engine, EngineInfo) else read_engine(Path(engine))
+        default_reasoning, default_tools = default_parsers(info.architecture)
         return cls(
             model_name=name,
             engine_dir=info.tokenizer_dir,
@@ -66,4 +88,6 @@ class ProxySettings:
             generation_logits=info.gather_generation_logits,
             triton_model=triton_model,
             request_timeout_s=request_timeout_s,
+            reasoning_parser=reasoning_parser if reasoning_parser is not None else default_reasoning,
+            tool_parser=tool_parser if tool_parser is not None else default_tools,
         )

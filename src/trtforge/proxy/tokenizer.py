@@ -61,6 +61,22 @@ class ProxyTokenizer:
         template_kwargs: dict[str, Any] | None = None,
     ) -> list[int]:
         """Ids of the chat prompt: the template with `add_generation_prompt=True`, plus the client's kwargs."""
+        return self.encode_rendered(
+            self.render_chat_text(messages, tools=tools, template_kwargs=template_kwargs)
+        )
+
+    def encode_rendered(self, text: str) -> list[int]:
+        """Ids of a rendered chat prompt: the template already wrote every special token (BOS included)."""
+        return list(self._hf.encode(text, add_special_tokens=False))
+
+    def render_chat_text(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> str:
+        """The chat prompt as text (see `render_chat`)."""
         if not self.has_chat_template:
             raise InvalidRequestError(
                 "this model has no chat template; use /v1/completions", code="no_chat_template"
@@ -73,5 +89,4 @@ class ProxyTokenizer:
             raise InvalidRequestError(
                 f"the chat template rejected the messages: {exc}", param="messages"
             ) from None
-        # The template already wrote every special token (BOS included) that the model expects.
-        return list(self._hf.encode(text, add_special_tokens=False))
+        return str(text)

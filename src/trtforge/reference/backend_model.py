@@ -21,6 +21,9 @@ Behaviour follows the TensorRT-LLM backend:
   request for them from another engine is an error.
 - Greedy unless sampling is asked for: temperature 0, top_k 1 or top_k = top_p = 0 (TensorRT-LLM's defaults)
   mean greedy; otherwise top-k/top-p sampling seeded by `seed` (default 0, so repeatable).
+- Guided decoding (`guided_decoding_guide_type` json | json_schema | regex | ebnf_grammar, and
+  `guided_decoding_guide`) with xgrammar, the grammar backend TensorRT-LLM uses: each step masks the tokens the
+  grammar does not allow; generation ends when the grammar is complete.
 Prompt text is never logged.
 """
 
@@ -48,6 +51,10 @@ class RequestError(ValueError):
     """A request the contract does not allow; its message goes back to the client."""
 
 
+GUIDE_TYPES = ("json", "json_schema", "regex", "ebnf_grammar")
+_MAX_CACHED_GRAMMARS = 32
+
+
 # --- parameters ---------------------------------------------------------------------------------------------------
 
 
@@ -56,6 +63,7 @@ class BackendParameters:
     """The backend parameters this model honours (others, like kv_cache_free_gpu_mem_fraction, mean nothing here)."""
 
     gpt_model_path: str
+    tokenizer_dir: str = ""  # for guided decoding; the engine directory when unset
     max_beam_width: int = 1
     exclude_input_in_output: bool = False
     cancellation_check_period_ms: int = 100
@@ -82,6 +90,9 @@ def parse_parameters(model_config: dict[str, Any], log: Any) -> BackendParameter
     if not model_path or model_path.startswith("${"):
         raise pb_utils.TritonModelException("parameter gpt_model_path (the engine directory) is not set")
     parsed: dict[str, Any] = {"gpt_model_path": model_path}
+    tokenizer_dir = values.get("tokenizer_dir", "")
+    if tokenizer_dir and not tokenizer_dir.startswith("${"):
+        parsed["tokenizer_dir"] = tokenizer_dir
     parsers = {
         "max_beam_width": int,
         "exclude_input_in_output": _parse_bool,
@@ -135,6 +146,7 @@ class GenerationRequest:
     stop_words: list[list[int]]
     bad_words: list[list[int]]
     embedding_bias: np.ndarray | None
+    guide: tuple[str, str] | None = None  # (guide type, guide)
 
 
 def _tensor(request: Any, name: str) -> np.ndarray | None:
@@ -150,6 +162,34 @@ def _scalar(request: Any, name: str, default: Any) -> Any:
     if array.size != 1:
         raise RequestError(f"input {name} must hold one value per request, got shape {list(array.shape)}")
     return array.reshape(-1)[0].item()
+
+
+def _text(request: Any, name: str) -> str | None:
+    """A BYTES `[1]` input as text."""
+    array = _tensor(request, name)
+    if array is None or array.size == 0:
+        return None
+    if array.size != 1:
+        raise RequestError(f"input {name} must hold one value per request, got shape {list(array.shape)}")
+    value = array.reshape(-1)[0]
+    try:
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    except UnicodeDecodeError:
+        raise RequestError(f"input {name} is not UTF-8 text") from None
+
+
+def _guide(request: Any) -> tuple[str, str] | None:
+    guide_type = _text(request, "guided_decoding_guide_type")
+    if not guide_type:
+        return None
+    if guide_type not in GUIDE_TYPES:
+        raise RequestError(
+            f"guided_decoding_guide_type {guide_type!r} is not one of {', '.join(GUIDE_TYPES)}"
+        )
+    guide = _text(request, "guided_decoding_guide") or ""
+    if guide_type != "json" and not guide:
+        raise RequestError(f"guided_decoding_guide_type {guide_type} needs guided_decoding_guide")
+    return guide_type, guide
 
 
 def _word_list(request: Any, name: str) -> list[list[int]]:
@@ -241,6 +281,7 @@ def parse_request(
         stop_words=_word_list(request, "stop_words_list"),
         bad_words=_word_list(request, "bad_words_list"),
         embedding_bias=None if bias is None or bias.size == 0 else bias.reshape(-1).astype(np.float32),
+        guide=_guide(request),
     )
 
 
@@ -266,6 +307,70 @@ class Sequence:
     generator: torch.Generator | None = None
     last_cancel_check: float = 0.0
     stopped: bool = False
+    matcher: Any = None  # xgrammar.GrammarMatcher when the request is guided
+
+
+class Guides:
+    """Compiles guided-decoding grammars with xgrammar for one tokenizer (loaded at the first guided request).
+
+    Args:
+        tokenizer_dir: the directory of the engine's Hugging Face tokenizer.
+        vocab_size: the model's vocabulary size (its logits' width, which may exceed the tokenizer's).
+    """
+
+    def __init__(self, tokenizer_dir: Path, vocab_size: int) -> None:
+        self.tokenizer_dir = tokenizer_dir
+        self.vocab_size = vocab_size
+        self._compiler: Any = None
+        self._compiled: dict[tuple[str, str], Any] = {}
+
+    def _grammar_compiler(self) -> Any:
+        if self._compiler is None:
+            try:
+                import xgrammar
+            except ImportError:
+                raise RequestError(
+                    "guided decoding needs the xgrammar package, which is not installed"
+                ) from None
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(self.tokenizer_dir), local_files_only=True)
+            info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=self.vocab_size)
+            self._compiler = xgrammar.GrammarCompiler(info)
+        return self._compiler
+
+    def matcher(self, guide_type: str, guide: str) -> Any:
+        """A fresh matcher for one request; the compiled grammar is cached."""
+        import xgrammar
+
+        key = (guide_type, guide)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiler = self._grammar_compiler()
+            try:
+                if guide_type == "json":
+                    compiled = compiler.compile_builtin_json_grammar()
+                elif guide_type == "json_schema":
+                    # Compact JSON: with free whitespace a weak model can pad forever instead of finishing.
+                    compiled = compiler.compile_json_schema(guide, any_whitespace=False)
+                elif guide_type == "regex":
+                    compiled = compiler.compile_regex(guide)
+                else:
+                    compiled = compiler.compile_grammar(guide)
+            except Exception as exc:  # xgrammar raises several types for a bad guide
+                raise RequestError(f"invalid guided_decoding_guide ({guide_type}): {exc}") from None
+            if len(self._compiled) >= _MAX_CACHED_GRAMMARS:
+                self._compiled.pop(next(iter(self._compiled)))
+            self._compiled[key] = compiled
+        return xgrammar.GrammarMatcher(compiled)
+
+    def mask(self, matcher: Any, logits: torch.Tensor) -> None:
+        """Set the logits of the tokens the grammar does not allow next to -inf."""
+        import xgrammar
+
+        bitmask = xgrammar.allocate_token_bitmask(1, self.vocab_size)
+        matcher.fill_next_token_bitmask(bitmask)
+        xgrammar.apply_token_bitmask_inplace(logits.view(1, -1), bitmask.to(logits.device))
 
 
 class Decoder:
@@ -297,7 +402,7 @@ class Decoder:
         )
         return outputs.logits[0, -1].float()
 
-    def choose(self, seq: Sequence) -> tuple[int, float]:
+    def choose(self, seq: Sequence, guides: Guides | None = None) -> tuple[int, float]:
         """Pick the next token from `seq.next_logits`; returns it with its log probability."""
         spec, sampling = seq.spec, seq.spec.sampling
         logits = seq.next_logits.clone()
@@ -313,6 +418,8 @@ class Decoder:
             and 0 <= spec.end_id < logits.numel()
         ):
             logits[spec.end_id] = -math.inf
+        if seq.matcher is not None and guides is not None:
+            guides.mask(seq.matcher, logits)
         if sampling.greedy:
             log_probs = torch.log_softmax(logits, dim=-1)
             token = int(torch.argmax(logits))
@@ -421,8 +528,10 @@ class Scheduler:
         max_input_len: int,
         log: Any,
         generation_logits: bool = False,
+        guides: Guides | None = None,
     ) -> None:
         self.decoder = decoder
+        self.guides = guides
         self.params = params
         self.max_seq_len = max_seq_len
         self.max_input_len = max_input_len
@@ -496,6 +605,10 @@ class Scheduler:
             max_new_tokens=min(spec.max_new_tokens, room),
             last_cancel_check=time.monotonic(),
         )
+        if spec.guide is not None:
+            if self.guides is None:
+                raise RequestError("guided decoding is not available in this model")
+            seq.matcher = self.guides.matcher(*spec.guide)
         seq.cache = self.decoder.make_cache()
         seq.next_logits = self.decoder.forward(spec.input_ids, seq.cache)
         self.active.append(seq)
@@ -512,7 +625,7 @@ class Scheduler:
             self.log.log_info(f"request {seq.request_id or '-'} {reason} after {len(seq.tokens)} tokens")
             self._finish(seq)
             return
-        token, log_prob = self.decoder.choose(seq)
+        token, log_prob = self.decoder.choose(seq, self.guides)
         spec = seq.spec
         if spec.return_generation_logits and seq.next_logits is not None:
             seq.logits.append(seq.next_logits.cpu().numpy().astype(np.float32))
@@ -521,7 +634,15 @@ class Scheduler:
             return
         seq.tokens.append(token)
         seq.log_probs.append(log_prob)
-        if len(seq.tokens) >= seq.max_new_tokens or any(seq.tokens[-len(w) :] == w for w in spec.stop_words):
+        # A complete grammar ends the generation (xgrammar then allows only its stop token).
+        guided_done = seq.matcher is not None and (
+            not seq.matcher.accept_token(token) or seq.matcher.is_terminated()
+        )
+        if (
+            guided_done
+            or len(seq.tokens) >= seq.max_new_tokens
+            or any(seq.tokens[-len(w) :] == w for w in spec.stop_words)
+        ):
             self._finish(seq, with_last_token=True)
             return
         if spec.streaming:
@@ -596,6 +717,9 @@ class TritonPythonModel:
         max_seq_len, max_input_len, gather = _engine_limits(
             engine_dir, decoder.model.config.max_position_embeddings
         )
+        guides = Guides(
+            Path(params.tokenizer_dir) if params.tokenizer_dir else engine_dir, decoder.vocab_size
+        )
         self.scheduler = Scheduler(
             decoder,
             params,
@@ -603,6 +727,7 @@ class TritonPythonModel:
             max_input_len=max_input_len,
             generation_logits=gather,
             log=self.log,
+            guides=guides,
         )
         self.log.log_info(f"reference tensorrt_llm model ready on {device} (engine {engine_dir})")
 
