@@ -6,7 +6,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import uvicorn
@@ -78,3 +78,12 @@ def serve_in_thread(server: uvicorn.Server, *, timeout_s: float = 30.0) -> Itera
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+def wait_until(condition: Callable[[], bool], *, timeout_s: float, poll_s: float = 0.05) -> None:
+    """Wait for an event; `timeout_s` only bounds a failure (it is never what a test asserts)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s:g} s")
+        time.sleep(poll_s)

@@ -2,8 +2,19 @@
 
 One bidirectional stream per generation. Each response carries the NEW token ids (`output_ids` [1, 1, n]),
 when asked their log probabilities (`output_log_probs` [1, 1, n]) and the raw logits they were chosen from
-(`generation_logits` [1, 1, n, vocab], engines built with `gather_generation_logits` only); the response whose `triton_final_response` parameter is true ends the generation. Closing the generator
-early (client gone, stop string matched) cancels the gRPC call, which cancels the request inside Triton.
+(`generation_logits` [1, 1, n, vocab], engines built with `gather_generation_logits` only); the response
+whose `triton_final_response` parameter is true ends the generation.
+
+A generation that is abandoned early (client gone, stop string matched, server shutting down) is never ended by
+cancelling its gRPC call: tritonserver 2.51 (the one nvidia-pytriton bundles) crashes — SIGSEGV in
+`ModelStreamInferHandler::Process` or the gRPC assertion `prior > 0` — when dozens of streams are cancelled at
+once while responses are queued. Instead the same stream carries a second request with the same id and
+`stop=true` (the `tensorrt_llm` contract's way to end a request), and a background task reads the stream until
+both final responses have arrived, then half-closes it so the call ends normally. A finished generation also
+half-closes its stream instead of cancelling it. Only a stream that does not drain within `drain_timeout_s` is
+cancelled. Each stream is read by a task of its own, so a cancelled HTTP request never cancels a gRPC read
+(grpc.aio cancels the whole call when a read is cancelled).
+
 
 Why not `tritonclient.grpc.aio.InferenceServerClient.stream_infer`: it refuses request parameters that
 start with `triton_`, so it cannot ask for `triton_enable_empty_final_response`. Without that, a backend that
@@ -13,8 +24,12 @@ client that it is done. The request is the same protobuf message, built here fro
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 import sys
+import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -34,6 +49,7 @@ logger = logging.getLogger(__name__)
 _MAX_MESSAGE_BYTES = 2**31 - 1
 _FINAL_PARAM = "triton_final_response"
 _EMPTY_FINAL_PARAM = "triton_enable_empty_final_response"
+DEFAULT_DRAIN_TIMEOUT_S = 10.0
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
 
@@ -75,6 +91,15 @@ class TokenChunk:
     ids: list[int]
     log_probs: list[float] | None = None
     logits: npt.NDArray[np.float32] | None = None  # [len(ids), vocab]
+
+
+@dataclass(frozen=True)
+class StopRecord:
+    """One abandoned generation: when it was given up (time.monotonic()) and when the model confirmed the stop."""
+
+    request_id: str
+    abandoned_at: float
+    stopped_at: float
 
 
 def _tensor(request: service_pb2.ModelInferRequest, name: str, datatype: str, values: np.ndarray) -> None:
@@ -134,6 +159,15 @@ def build_infer_request(model: str, gen: GenerationRequest) -> service_pb2.Model
         _text(request, "guided_decoding_guide_type", gen.guide[0])
         _text(request, "guided_decoding_guide", gen.guide[1])
     return request
+
+
+def build_stop_request(request: service_pb2.ModelInferRequest) -> service_pb2.ModelInferRequest:
+    """The request that ends `request` inside the model: the same id and inputs (Triton checks the required
+    ones; the model ignores their values) plus `stop=true`."""
+    stop = service_pb2.ModelInferRequest()
+    stop.CopyFrom(request)
+    _scalar(stop, "stop", "BOOL", True)
+    return stop
 
 
 def _raw_float(raw: bytes, datatype: str) -> npt.NDArray[np.float32]:
@@ -201,6 +235,65 @@ def is_final(response: service_pb2.ModelInferResponse) -> bool:
     return bool(param is not None and param.bool_param)
 
 
+class _Stream:
+    """One generation's `ModelStreamInfer` call, read by a task of its own into `inbox` (None ends it).
+
+    The call ends normally: our side is half-closed once the expected final responses have arrived (one, or
+    two after a stop request), and the server then finishes the call.
+    """
+
+    def __init__(
+        self,
+        stub: service_pb2_grpc.GRPCInferenceServiceStub,
+        request: service_pb2.ModelInferRequest,
+        timeout_s: float,
+    ) -> None:
+        self.request = request
+        self.inbox: asyncio.Queue[service_pb2.ModelStreamInferResponse | grpc.aio.AioRpcError | None] = (
+            asyncio.Queue()
+        )
+        self.finals = 0  # final (or error) responses read
+        self.sent = asyncio.Event()  # the request is written: a stop request may follow
+        self._expected_finals = 1
+        # Written to, not fed from a request iterator: an iterator makes grpc.aio run a consumer task per call.
+        self.call = stub.ModelStreamInfer(timeout=timeout_s)
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        try:
+            await self.call.write(self.request)
+            self.sent.set()
+            while (message := await self.call.read()) is not grpc.aio.EOF:
+                if message.error_message or is_final(message.infer_response):
+                    self.finals += 1
+                self.inbox.put_nowait(message)
+                if self.finals == self._expected_finals:
+                    await self.call.done_writing()  # the server ends the call once it is done too
+        except grpc.aio.AioRpcError as exc:
+            self.inbox.put_nowait(exc)
+        finally:
+            self.sent.set()
+            self.inbox.put_nowait(None)
+
+    def wants_stop(self) -> bool:
+        """True (and expect the stop's final response too) when the generation has not ended yet."""
+        if self.finals or self.reader.done():
+            return False
+        self._expected_finals = 2
+        return True
+
+    async def stop(self) -> None:
+        """Ask the model to end the generation, on the same stream."""
+        await self.sent.wait()
+        if not self.reader.done() and not self.call.done():
+            await self.call.write(build_stop_request(self.request))
+
+    def cancel(self) -> None:
+        """The last resort for a stream that does not drain."""
+        self.call.cancel()
+        self.reader.cancel()
+
+
 class TritonBackend:
     """A gRPC channel to Triton and the generation call on its `tensorrt_llm` model.
 
@@ -208,12 +301,25 @@ class TritonBackend:
         url: `host:port` of Triton's gRPC endpoint.
         model: the decoupled TensorRT-LLM model name.
         request_timeout_s: deadline of one generation.
+        drain_timeout_s: how long an abandoned generation's stream may take to end before it is cancelled.
     """
 
-    def __init__(self, url: str, model: str, *, request_timeout_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        request_timeout_s: float,
+        drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
+    ) -> None:
         self.url = url
         self.model = model
         self._timeout_s = request_timeout_s
+        self.drain_timeout_s = drain_timeout_s
+        self._draining: set[asyncio.Task[None]] = set()
+        self._live_ids: set[str] = set()  # Triton request ids in flight: a stop request names exactly one
+        # The last 4096 stopped generations: when each was abandoned and when the model answered its stop.
+        self.stops: collections.deque[StopRecord] = collections.deque(maxlen=4096)
         self._channel: grpc.aio.Channel | None = None
         self._stub: service_pb2_grpc.GRPCInferenceServiceStub | None = None
 
@@ -227,6 +333,7 @@ class TritonBackend:
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
 
     async def close(self) -> None:
+        await self.drain(self.drain_timeout_s)
         if self._channel is not None:
             await self._channel.close(grace=None)
         self._channel = self._stub = None
@@ -253,36 +360,70 @@ class TritonBackend:
     async def generate(self, gen: GenerationRequest) -> AsyncIterator[TokenChunk]:
         """Yield the new tokens of each response until the final one.
 
+        Closing the generator early (or cancelling the task that iterates it) stops the request inside the
+        model and drains its stream in the background (see the module docstring).
+
         Raises:
             TritonUnavailableError: Triton is unreachable or the model is not loaded.
             TritonTimeoutError: the generation outlived the request timeout.
             TritonRequestError: Triton answered with an error.
         """
         request = build_infer_request(self.model, gen)
-        # The call is written to, not fed from a request iterator: an iterator makes grpc.aio run a consumer
-        # task per call, and when the call ends before the iterator does, that task is cancelled and grpc.aio
-        # formats a traceback for its (disabled) debug log. Our side stays open until the answer is complete:
-        # half-closing early is legal, but some servers end the stream with it.
-        call = self.stub.ModelStreamInfer(timeout=self._timeout_s)
+        if request.id in self._live_ids:  # a client reused its X-Request-Id: a stop must not end both
+            request.id = f"{request.id}-{uuid.uuid4().hex[:8]}"
+        self._live_ids.add(request.id)
+        stream = _Stream(self.stub, request, self._timeout_s)
         try:
-            await call.write(request)
-            while True:
-                message = await call.read()
-                if message is grpc.aio.EOF:
-                    raise TritonRequestError("Triton closed the stream before the final response")
+            while (message := await stream.inbox.get()) is not None:
+                if isinstance(message, grpc.aio.AioRpcError):
+                    raise _rpc_error(message, self)
                 if message.error_message:
                     raise _response_error(message.error_message, self)
-                response = message.infer_response
-                chunk = parse_chunk(response, gen)
+                chunk = parse_chunk(message.infer_response, gen)
                 if chunk.ids:
                     yield chunk
-                if is_final(response):
+                if is_final(message.infer_response):
                     return
-        except grpc.aio.AioRpcError as exc:
-            raise _rpc_error(exc, self) from None
+            raise TritonRequestError("Triton closed the stream before the final response")
         finally:
-            # A no-op when the call already finished; otherwise Triton sees the cancellation and stops.
-            call.cancel()
+            task = asyncio.ensure_future(self._drain(stream, time.monotonic(), stream.wants_stop()))
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
+
+    async def _drain(self, stream: _Stream, abandoned_at: float, stopping: bool) -> None:
+        """Stop an abandoned generation, then wait for its stream to end (cancel it only if it does not)."""
+        request_id = stream.request.id
+        try:
+            if stopping:
+                await stream.stop()
+                while stream.finals == 0 and await stream.inbox.get() is not None:
+                    pass
+                if stream.finals:
+                    record = StopRecord(request_id, abandoned_at, time.monotonic())
+                    self.stops.append(record)
+                    logger.info(
+                        "request %s stopped in the model %.0f ms after it was abandoned",
+                        request_id,
+                        1000 * (record.stopped_at - record.abandoned_at),
+                    )
+            done, _ = await asyncio.wait({stream.reader}, timeout=self.drain_timeout_s)
+            if not done:
+                logger.warning("request %s: its Triton stream did not end; cancelling it", request_id)
+                stream.cancel()
+        except Exception as exc:  # the call failed while draining: it is over either way
+            logger.debug("request %s: draining ended with %s", request_id, type(exc).__name__)
+        finally:
+            self._live_ids.discard(request_id)
+
+    @property
+    def draining(self) -> int:
+        """Generations whose streams have not ended yet (abandoned, or finished a moment ago)."""
+        return len(self._draining)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait (up to `timeout_s`) for the streams of ended generations to end."""
+        if self._draining:
+            await asyncio.wait(set(self._draining), timeout=timeout_s)
 
 
 def _rpc_error(exc: grpc.aio.AioRpcError, backend: TritonBackend) -> Exception:

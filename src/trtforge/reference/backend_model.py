@@ -45,6 +45,8 @@ import torch
 import triton_python_backend_utils as pb_utils
 
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+# A stop request that names no active request is kept this long, for a request still waiting to start.
+_STOP_MEMORY_S = 60.0
 
 
 class RequestError(ValueError):
@@ -507,6 +509,14 @@ def _empty_response() -> Any:
     )
 
 
+def _is_stop(request: Any) -> bool:
+    """A request whose `stop` input is true (a malformed one is left to the worker to refuse)."""
+    try:
+        return bool(_scalar(request, "stop", False))
+    except RequestError:
+        return False
+
+
 def send_error(sender: Any, message: str) -> None:
     sender.send(
         pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)), flags=_FINAL
@@ -539,12 +549,25 @@ class Scheduler:
         self.log = log
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.active: list[Sequence] = []
+        self._stops: dict[str, float] = {}  # request id -> when its stop request arrived
+        self._stops_lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reference-decoder", daemon=True)
         self._thread.start()
 
     def submit(self, request: Any) -> None:
-        self.inbox.put((request, request.get_response_sender()))
+        """Queue a request; a stop request is answered at once and takes effect before the next token step.
+
+        Stops do not wait for a whole round (one step of every active request): with many requests active a
+        round takes seconds on a CPU, and TensorRT-LLM ends a cancelled request at its next iteration.
+        """
+        sender = request.get_response_sender()
+        if _is_stop(request):
+            with self._stops_lock:
+                self._stops[request.request_id()] = time.monotonic()
+            sender.send(_empty_response(), flags=_FINAL)
+            return
+        self.inbox.put((request, sender))
 
     def shutdown(self) -> None:
         self._stopping.set()
@@ -555,6 +578,9 @@ class Scheduler:
         while not self._stopping.is_set():
             self._admit(block=not self.active)
             for seq in list(self.active):
+                self._apply_stops()
+                if seq.stopped:
+                    continue  # finished by a stop request
                 try:
                     self._advance(seq)
                 except Exception as exc:  # a failing request must not take the model down
@@ -576,6 +602,7 @@ class Scheduler:
             request, sender = item
             try:
                 self._start(request, sender)
+                self._apply_stops()  # a prefill takes a while; stops need not wait for all of them
             except RequestError as exc:
                 self._safe_error(sender, str(exc))
             except Exception as exc:
@@ -584,8 +611,8 @@ class Scheduler:
 
     def _start(self, request: Any, sender: Any) -> None:
         request_id = request.request_id()
-        if bool(_scalar(request, "stop", False)):
-            self._stop_by_id(request_id)
+        if request_id and self._take_stop(request_id):
+            self.log.log_info(f"request {request_id} stopped before it started")
             sender.send(_empty_response(), flags=_FINAL)
             return
         spec = parse_request(
@@ -613,16 +640,28 @@ class Scheduler:
         seq.next_logits = self.decoder.forward(spec.input_ids, seq.cache)
         self.active.append(seq)
 
-    def _stop_by_id(self, request_id: str) -> None:
-        for seq in self.active:
-            if request_id and seq.request_id == request_id:
+    def _take_stop(self, request_id: str) -> bool:
+        with self._stops_lock:
+            return self._stops.pop(request_id, None) is not None
+
+    def _apply_stops(self) -> None:
+        """Finish the active requests that a stop request named; forget stops that matched nothing for long."""
+        if not self._stops:
+            return
+        for seq in list(self.active):
+            if seq.request_id and self._take_stop(seq.request_id):
+                self.log.log_info(f"request {seq.request_id} stopped after {len(seq.tokens)} tokens")
                 seq.stopped = True
+                self._finish(seq)
+        expired = time.monotonic() - _STOP_MEMORY_S
+        with self._stops_lock:
+            for request_id in [r for r, at in self._stops.items() if at < expired]:
+                del self._stops[request_id]
 
     def _advance(self, seq: Sequence) -> None:
         """One step for `seq`: check cancellation, pick a token, send it, finish when a stop condition holds."""
-        if seq.stopped or self._is_cancelled(seq):
-            reason = "stopped" if seq.stopped else "cancelled"
-            self.log.log_info(f"request {seq.request_id or '-'} {reason} after {len(seq.tokens)} tokens")
+        if self._is_cancelled(seq):
+            self.log.log_info(f"request {seq.request_id or '-'} cancelled after {len(seq.tokens)} tokens")
             self._finish(seq)
             return
         token, log_prob = self.decoder.choose(seq, self.guides)

@@ -1,0 +1,174 @@
+"""Mass disconnects through the proxy against the real embedded tritonserver and the reference model.
+
+tritonserver 2.51 can crash when dozens of streams are cancelled at once while responses are queued; the proxy
+ends abandoned generations with the model's `stop` input and drains their streams instead. These tests drop
+many streamed clients at the same instant, round after round, and check that Triton stays up, that every
+generation was stopped through its `stop` request (never a gRPC cancel), and that the proxy serves on.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import copy_engine_with, free_port
+from proxy_fixtures import serve_in_thread, wait_until
+from trtforge.engine import EngineInfo, read_engine
+from trtforge.proxy import ProxySettings, make_server
+from trtforge.proxy.backend import TritonBackend
+from trtforge.triton.repository import write_model_repository
+from trtforge.triton.server import TritonServer
+
+pytestmark = pytest.mark.triton
+
+MODEL = "tiny"
+CLIENTS = 63
+ROUNDS = 10
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> EngineInfo:
+    dest = tmp_path_factory.mktemp("tiny-disconnects") / "engine"
+    copy_engine_with(tiny_engine, dest, max_batch_size=CLIENTS + 1)
+    return read_engine(dest)
+
+
+@pytest.fixture(scope="module")
+def triton(tiny: EngineInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    root = tmp_path_factory.mktemp("triton-disconnects")
+    server = TritonServer(
+        write_model_repository(tiny, root / "repository"),
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_path=root / "tritonserver.log",
+    )
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def proxy(tiny: EngineInfo, triton: TritonServer) -> Iterator[tuple[str, TritonBackend]]:
+    settings = ProxySettings.from_engine(MODEL, tiny, triton.grpc_url)
+    server = make_server(settings, port=free_port(), log_level="warning")
+    with serve_in_thread(server) as url:
+        yield url, server.config.app.state.serving.backend
+
+
+def _open_streams(url: str, count: int) -> list[socket.socket]:
+    """`count` streamed completions that generate far longer than the test runs; each has its first frame."""
+    host, port = url.removeprefix("http://").split(":")
+    body = {
+        "model": MODEL,
+        "prompt": "The quick brown fox",
+        "max_tokens": 900,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    payload = json.dumps(body).encode()
+    request = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+    conns = []
+    for _ in range(count):
+        conn = socket.create_connection((host, int(port)), timeout=300)
+        conn.sendall(request)
+        conns.append(conn)
+    for conn in conns:
+        received = b""
+        while b"data: " not in received:
+            chunk = conn.recv(4096)
+            assert chunk, "the proxy closed a stream before its first frame"
+            received += chunk
+    return conns
+
+
+def _drop_all(conns: list[socket.socket]) -> None:
+    """Close every connection with a reset (SO_LINGER 0), as a client process that dies does."""
+    for conn in conns:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    for conn in conns:
+        conn.close()
+
+
+def _log_lines(triton: TritonServer, text: str) -> int:
+    assert triton.log_path is not None
+    return sum(text in line for line in triton.log_path.read_text(errors="replace").splitlines())
+
+
+def test_rounds_of_simultaneous_disconnects_leave_triton_serving(
+    proxy: tuple[str, TritonBackend], triton: TritonServer
+) -> None:
+    url, backend = proxy
+    for round_ in range(ROUNDS):
+        wanted = len(backend.stops) + CLIENTS
+        conns = _open_streams(url, CLIENTS)
+        _drop_all(conns)
+        # Every abandoned generation is stopped by the model and its stream ends without a cancel.
+        wait_until(
+            lambda wanted=wanted: len(backend.stops) >= wanted and backend.draining == 0,  # type: ignore[misc]
+            timeout_s=600,
+        )
+        assert triton.wait(timeout_s=0) is None, (
+            f"tritonserver died in round {round_}; log: {triton.log_path}"
+        )
+    assert _log_lines(triton, " cancelled after ") == 0, "a generation was ended by a gRPC cancel"
+    assert _log_lines(triton, " stopped after ") >= ROUNDS * CLIENTS
+    assert httpx.get(f"{url}/health", timeout=30).json() == {"status": "ok"}
+    ok = httpx.post(
+        f"{url}/v1/completions",
+        json={"model": MODEL, "prompt": "fox", "max_tokens": 2, "temperature": 0},
+        timeout=120,
+    )
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
+
+
+def test_a_finished_generation_ends_its_stream_without_a_stop(proxy: tuple[str, TritonBackend]) -> None:
+    url, backend = proxy
+    before = len(backend.stops)
+    response = httpx.post(
+        f"{url}/v1/completions",
+        json={"model": MODEL, "prompt": "fox", "max_tokens": 3, "temperature": 0, "stream": True},
+        timeout=120,
+    )
+    assert response.text.rstrip().endswith("data: [DONE]")
+    wait_until(lambda: backend.draining == 0, timeout_s=60)
+    assert len(backend.stops) == before
+
+
+def test_a_stop_string_match_stops_the_rest_of_the_generation(
+    proxy: tuple[str, TritonBackend], triton: TritonServer
+) -> None:
+    url, backend = proxy
+    full = httpx.post(
+        f"{url}/v1/completions",
+        json={"model": MODEL, "prompt": "fox", "max_tokens": 40, "temperature": 0, "ignore_eos": True},
+        timeout=120,
+    ).json()["choices"][0]["text"]
+    stop = full[4:6]
+    before = len(backend.stops)
+    started = time.monotonic()
+    stopped = httpx.post(
+        f"{url}/v1/completions",
+        json={
+            "model": MODEL,
+            "prompt": "fox",
+            "max_tokens": 900,
+            "temperature": 0,
+            "ignore_eos": True,
+            "stop": stop,
+        },
+        timeout=120,
+    ).json()
+    assert stopped["choices"][0]["finish_reason"] == "stop"
+    wait_until(lambda: len(backend.stops) > before, timeout_s=60)
+    record = backend.stops[-1]
+    assert record.abandoned_at >= started
