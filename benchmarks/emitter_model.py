@@ -128,8 +128,11 @@ class TritonPythonModel:
         request_id = request.request_id()
         if _value(request, "stop", False):
             for stream in heap:
-                if request_id and stream.request_id == request_id:
+                if request_id and stream.request_id == request_id and not stream.stopped:
                     stream.stopped = True
+                    # The proxy ends abandoned generations with a stop request: seen now, like a cancellation.
+                    with open(self.cancel_log, "a") as log:
+                        log.write(f"{time.monotonic()}\n")
             sender.send(_response([]), flags=_FINAL)
             return
         ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy().reshape(-1).tolist()
