@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
@@ -31,7 +31,13 @@ from trtforge.proxy.backend import TritonBackend
 from trtforge.proxy.errors import ApiError, ModelNotFoundError, TritonUnavailableError
 from trtforge.proxy.metrics import METRICS_MEDIA_TYPE, ProxyMetrics
 from trtforge.proxy.middleware import ProxyMiddleware
-from trtforge.proxy.protocol import ChatCompletionRequest, CompletionRequest, ErrorInfo, ErrorResponse
+from trtforge.proxy.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ErrorInfo,
+    ErrorResponse,
+    ModelList,
+)
 from trtforge.proxy.serving import OpenAIServing, Prepared, TextDelta, error_envelope
 from trtforge.proxy.settings import ProxySettings
 from trtforge.proxy.sse import DONE_FRAME, SSE_MEDIA_TYPE, format_event
@@ -201,22 +207,28 @@ class _ProxyServer(uvicorn.Server):
 router = APIRouter()
 
 
-def _serving(request: Request) -> OpenAIServing:
-    return request.app.state.serving  # type: ignore[no-any-return]
+def _servings(request: Request) -> dict[str, OpenAIServing]:
+    return request.app.state.servings  # type: ignore[no-any-return]
+
+
+def _serving(request: Request, model: str) -> OpenAIServing:
+    """The serving of `model` (the request's `model` field routes it)."""
+    servings = _servings(request)
+    serving = servings.get(model)
+    if serving is None:
+        raise ModelNotFoundError(model, "`, `".join(servings))
+    return serving
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> JSONResponse:
-    return JSONResponse(_serving(request).list_models().model_dump())
+    cards = [serving.model_card() for serving in _servings(request).values()]
+    return JSONResponse(ModelList(data=cards).model_dump())
 
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
-    serving = _serving(request)
-    card = serving.model_card()
-    if card.id != model_id:
-        raise ModelNotFoundError(model_id, card.id)
-    return JSONResponse(card.model_dump())
+    return JSONResponse(_serving(request, model_id).model_card().model_dump())
 
 
 @router.get("/metrics")
@@ -227,22 +239,22 @@ async def metrics(request: Request) -> Response:
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    serving = _serving(request)
-    if not await serving.backend.is_ready(serving.settings.health_timeout_s):
-        raise TritonUnavailableError(
-            f"Triton at {serving.settings.triton_grpc_url} or its model `{serving.settings.triton_model}` is not ready"
-        )
+    for serving in _servings(request).values():
+        if not await serving.backend.is_ready(serving.settings.health_timeout_s):
+            raise TritonUnavailableError(
+                f"Triton at {serving.settings.triton_grpc_url} or its model `{serving.settings.triton_model}` is not ready"
+            )
     return JSONResponse({"status": "ok"})
 
 
 async def _respond(
     request: Request,
+    serving: OpenAIServing,
     prepared: Prepared,
     *,
     whole: Callable[[Prepared], Awaitable[Any]],
     stream: Callable[[Prepared, AsyncIterator[TextDelta]], AsyncIterator[str]] | None,
 ) -> Response:
-    serving = _serving(request)
     if stream is not None:
         deltas = await _unless_disconnected(request, serving.start_stream(prepared))
         if deltas is None:
@@ -269,54 +281,66 @@ async def _off_loop(
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    serving = _serving(request)
+    serving = _serving(request, body.model)
     prepared = await _off_loop(request, serving.prepare_chat, body, request_id=request.state.request_id)
     return await _respond(
-        request, prepared, whole=serving.chat, stream=serving.chat_stream if body.stream else None
+        request, serving, prepared, whole=serving.chat, stream=serving.chat_stream if body.stream else None
     )
 
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    serving = _serving(request)
+    serving = _serving(request, body.model)
     prepared = await _off_loop(request, serving.prepare_completion, body, request_id=request.state.request_id)
     return await _respond(
-        request, prepared, whole=serving.completion, stream=serving.completion_stream if body.stream else None
+        request,
+        serving,
+        prepared,
+        whole=serving.completion,
+        stream=serving.completion_stream if body.stream else None,
     )
 
 
 # ----------------------------------------------------------------------------------------------- assembly
 
 
-def build_app(settings: ProxySettings, *, api_key: str | None = None) -> FastAPI:
-    """The proxy app. Its lifespan loads the engine's tokenizer and opens the gRPC channel to Triton.
+def build_app(settings: ProxySettings | Sequence[ProxySettings], *, api_key: str | None = None) -> FastAPI:
+    """The proxy app. Its lifespan loads each model's tokenizer and opens its gRPC channel to Triton.
 
     Args:
-        settings: what is served.
+        settings: what is served: one model, or several routed by the request's `model`.
         api_key: when set, `/v1/` routes need `Authorization: Bearer <api_key>`.
     """
+    models = [settings] if isinstance(settings, ProxySettings) else list(settings)
+    names = [m.model_name for m in models]
+    if not models or len(set(names)) != len(names):
+        raise ValueError(f"need one or more models with distinct names, got {names}")
     proxy_metrics = ProxyMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        tokenizer = await asyncio.to_thread(ProxyTokenizer.load, settings.engine_dir)
-        backend = TritonBackend(
-            settings.triton_grpc_url, settings.triton_model, request_timeout_s=settings.request_timeout_s
-        )
-        await backend.open()
-        app.state.serving = OpenAIServing(settings, tokenizer, backend, proxy_metrics)
+        servings: dict[str, OpenAIServing] = {}
         app.state.tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
-        logger.info(
-            "serving `%s` through Triton %s (model %s)",
-            settings.model_name,
-            settings.triton_grpc_url,
-            settings.triton_model,
-        )
         try:
+            for model in models:
+                tokenizer = await asyncio.to_thread(ProxyTokenizer.load, model.engine_dir)
+                backend = TritonBackend(
+                    model.triton_grpc_url, model.triton_model, request_timeout_s=model.request_timeout_s
+                )
+                await backend.open()
+                servings[model.model_name] = OpenAIServing(model, tokenizer, backend, proxy_metrics)
+                logger.info(
+                    "serving `%s` through Triton %s (model %s)",
+                    model.model_name,
+                    model.triton_grpc_url,
+                    model.triton_model,
+                )
+            app.state.servings = servings
             yield
         finally:
             app.state.tokenizing.shutdown(wait=False, cancel_futures=True)
-            await backend.close()
+            for serving in servings.values():
+                await serving.backend.close()
 
     app = FastAPI(title="trtforge OpenAI proxy", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.shutting_down = asyncio.Event()  # set by the server that runs the app (`make_server`)
@@ -331,7 +355,7 @@ def build_app(settings: ProxySettings, *, api_key: str | None = None) -> FastAPI
 
 
 def make_server(
-    settings: ProxySettings,
+    settings: ProxySettings | Sequence[ProxySettings],
     *,
     host: str = DEFAULT_PROXY_HOST,
     port: int = DEFAULT_PROXY_PORT,

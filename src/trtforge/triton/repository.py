@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -332,6 +333,67 @@ def write_model_repository(
     staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.incomplete"
     try:
         _write_models(engine, staging, options)
+        _replace_dir(staging, dest)
+    except OSError as exc:
+        raise TritonError(f"cannot write the model repository {dest}: {exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+def engine_model_name(name: str) -> str:
+    """The `tensorrt_llm`-contract model serving engine `name` in a several-engine repository."""
+    return f"{TENSORRT_LLM}-{name}"
+
+
+def write_engines_repository(
+    engines: Mapping[str, EngineInfo],
+    dest: Path,
+    *,
+    options: Mapping[str, RepositoryOptions] | None = None,
+) -> Path:
+    """Write one repository serving several engines: one `tensorrt_llm`-contract model per engine, named
+    `engine_model_name(name)` (the proxy talks to these directly; no ensemble, pre- or postprocessing).
+
+    Args:
+        engines: engine by the name clients use for it.
+        dest: as for `write_model_repository`.
+        options: serving knobs by engine name; missing names get `RepositoryOptions()`.
+
+    Raises:
+        UsageError: no engines, an engine with more than one rank (several engines share one single-process
+            tritonserver), or `dest` is neither empty nor a generated repository.
+        TritonError: the repository could not be written.
+    """
+    if not engines:
+        raise UsageError("no engines to serve")
+    for name, engine in engines.items():
+        if engine.world_size != 1:
+            raise UsageError(
+                f"engine {name!r} has {engine.world_size} ranks: serve multi-GPU engines one per Triton"
+            )
+    dest = Path(dest).expanduser().absolute()
+    _check_replaceable(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.incomplete"
+    try:
+        staging.mkdir()
+        for name, engine in engines.items():
+            chosen = (options or {}).get(name) or RepositoryOptions()
+            config = _tensorrt_llm_config(engine, str(Path(engine.path).absolute()), chosen)
+            # The contract holds for the config as the single-engine layout names it; only the name differs.
+            _check_contract(engine, render_config(config))
+            model = engine_model_name(name)
+            text = render_config({**config, "name": model})
+            (staging / model / "1").mkdir(parents=True)
+            (staging / model / "config.pbtxt").write_text(_HEADER + text)
+            if engine.backend == "reference":
+                _copy_model_file(_reference_backend_model(), staging / model)
+        marker = {
+            "generator": "trtforge",
+            "engines": {name: str(Path(e.path).absolute()) for name, e in engines.items()},
+        }
+        (staging / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         _replace_dir(staging, dest)
     except OSError as exc:
         raise TritonError(f"cannot write the model repository {dest}: {exc}") from None
