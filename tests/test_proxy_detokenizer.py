@@ -97,3 +97,27 @@ def test_special_tokens_are_skipped_or_kept_on_request(tokenizer: Tokenizer) -> 
     for skip, expected in ((True, "hi there"), (False, "hi<|im_end|> there")):
         detok = IncrementalDetokenizer(tokenizer, skip_special_tokens=skip)
         assert "".join(detok.add([i]) for i in ids) + detok.flush() == expected
+
+
+@pytest.mark.parametrize("skip", [True, False])
+@pytest.mark.parametrize("step", [1, 3])
+def test_rust_decode_stream_and_python_window_give_the_same_deltas(
+    tokenizer: Tokenizer, step: int, skip: bool
+) -> None:
+    """A `tokenizers.Tokenizer` takes the `DecodeStream` path; any other decoder the Python window path."""
+    special = tokenizer.token_to_id("<|im_end|>")
+    prompt = tokenizer.encode("The quick brown").ids
+    for text in TEXTS:
+        ids = [*tokenizer.encode(text).ids, special, *tokenizer.encode(" 🎉 end").ids][:-1]  # a cut emoji
+        fast = IncrementalDetokenizer(tokenizer, prompt, skip_special_tokens=skip)
+        plain = IncrementalDetokenizer(_CountingDecoder(tokenizer), prompt, skip_special_tokens=skip)
+        fast_deltas, plain_deltas = [], []
+        for i in range(0, len(ids), step):
+            fast_deltas.append(fast.add(ids[i : i + step]))
+            plain_deltas.append(plain.add(ids[i : i + step]))
+        assert REPLACEMENT_CHAR not in "".join(fast_deltas)
+        fast_deltas.append(fast.flush())
+        plain_deltas.append(plain.flush())
+        if step == 1:  # one id per call: both emit at the same ids
+            assert fast_deltas == plain_deltas
+        assert "".join(fast_deltas) == "".join(plain_deltas)
