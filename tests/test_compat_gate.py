@@ -155,3 +155,14 @@ def test_serve_force_warns_and_goes_on_to_start(isolated_home: Path, tmp_path: P
     assert result.returncode != 0
     assert "tensorrtllm" in result.stderr and "Traceback" not in result.stderr
     assert (isolated_home / "tmp" / "repositories").is_dir()
+
+
+def test_engines_older_than_the_contract_are_refused(tmp_path: Path) -> None:
+    engine = _engine(tmp_path, version="0.17.0")
+    here = InstalledBackend("0.17.0", [_gpu(0, "NVIDIA B200", B200)])
+    [problem] = check_compatibility("old", engine, engine_target(engine), here)
+    assert "built with TensorRT-LLM 0.17.0" in problem and "0.19 or newer" in problem
+    newer = _engine(tmp_path / "new", version="1.2.0rc1")
+    assert (
+        check_compatibility("new", newer, engine_target(newer), InstalledBackend("1.2.0rc1", here.gpus)) == []
+    )

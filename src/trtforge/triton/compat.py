@@ -20,6 +20,7 @@ from pathlib import Path
 from trtforge.engine import EngineInfo
 from trtforge.errors import BuildFailedError, StoreError, TrtforgeError, UsageError
 from trtforge.gpu import GpuInfo
+from trtforge.triton.contract import MIN_TRTLLM_VERSION
 
 __all__ = ["EngineTarget", "IncompatibleEngineError", "InstalledBackend", "check_compatibility", "gate"]
 
@@ -89,6 +90,12 @@ def check_compatibility(
         return []
     rebuild = f"rebuild it here with `trtforge build {name}`"
     problems: list[str] = []
+    if _older_than(target.trtllm_version, MIN_TRTLLM_VERSION):
+        problems.append(
+            f"engine {name!r} was built with TensorRT-LLM {target.trtllm_version}; trtforge writes tensorrt_llm "
+            f"configs for the backend of TensorRT-LLM {MIN_TRTLLM_VERSION} or newer: rebuild it with a newer "
+            "TensorRT-LLM"
+        )
     if installed.trtllm_version is None:
         problems.append(
             f"engine {name!r} needs TensorRT-LLM {target.trtllm_version or '(unknown version)'}, but no TensorRT-LLM "
@@ -126,6 +133,18 @@ def check_compatibility(
                 f"or serve it on {target.gpu_arch} GPUs"
             )
     return problems
+
+
+def _older_than(version: str | None, minimum: str) -> bool:
+    """True when `version` parses and is older than `minimum` (an unparsable version is not judged)."""
+    from packaging.version import InvalidVersion, Version
+
+    if version is None:
+        return False
+    try:
+        return Version(version) < Version(minimum)
+    except InvalidVersion:
+        return False
 
 
 def gate(

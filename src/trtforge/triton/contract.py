@@ -30,6 +30,7 @@ __all__ = [
     "BOOL_VALUES",
     "ENGINE_DTYPE",
     "LOGITS_DTYPE",
+    "MIN_TRTLLM_VERSION",
     "TRTLLM_INPUTS",
     "TRTLLM_OUTPUTS",
     "ParameterFact",
@@ -37,6 +38,10 @@ __all__ = [
     "check_tensorrt_llm_config",
     "triton_dtype",
 ]
+
+# The tables below follow the backend as shipped with TensorRT-LLM 0.19 and later (`min_tokens`/`seed`, not the
+# older `min_length`/`random_seed`; `return_num_input_tokens`...). Older engines are refused by the gate.
+MIN_TRTLLM_VERSION = "0.19"
 
 # Dtype markers resolved per engine.
 ENGINE_DTYPE = "<engine dtype>"
