@@ -57,6 +57,7 @@ def test_unknown_fields_are_accepted_and_kept_aside() -> None:
         ("top_logprobs", 21),
         ("top_logprobs", 2),  # without logprobs: true
         ("messages", []),
+        ("logit_bias", {"1": 5}),
     ],
 )
 def test_out_of_range_chat_values_are_rejected(field: str, value: object) -> None:
