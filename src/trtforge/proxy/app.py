@@ -395,7 +395,7 @@ def run_proxy(
 
 
 def make_proxy(
-    settings: ProxySettings,
+    settings: ProxySettings | Sequence[ProxySettings],
     *,
     host: str = DEFAULT_PROXY_HOST,
     port: int = DEFAULT_PROXY_PORT,
@@ -406,7 +406,8 @@ def make_proxy(
     """`make_server` for one worker (in this process); `ProxyWorkers` (processes sharing the port) for more."""
     if workers == 1:
         return make_server(settings, host=host, port=port, log_level=log_level, api_key=api_key)
-    spec = WorkerSpec(settings=settings, host=host, port=port, log_level=log_level, api_key=api_key)
+    served = settings if isinstance(settings, ProxySettings) else tuple(settings)
+    spec = WorkerSpec(settings=served, host=host, port=port, log_level=log_level, api_key=api_key)
     return ProxyWorkers(spec, workers)
 
 

@@ -207,7 +207,8 @@ def parse_output_ids(response: service_pb2.ModelInferResponse) -> list[int]:
             raw = response.raw_output_contents[index]
             if _LITTLE_ENDIAN:  # the wire is little-endian INT32; a memoryview cast is cheaper than numpy
                 return memoryview(raw).cast("i").tolist()
-            return np.frombuffer(raw, dtype="<i4").tolist()
+            ids: list[int] = np.frombuffer(raw, dtype="<i4").tolist()
+            return ids
         return list(output.contents.int_contents)
     return []
 

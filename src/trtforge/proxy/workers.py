@@ -32,7 +32,7 @@ _STOP_TIMEOUT_S = 15.0  # uvicorn's graceful timeout is 5 s; then the worker is 
 class WorkerSpec:
     """What every worker serves, and where (sent to the spawned processes, so plain picklable data)."""
 
-    settings: ProxySettings
+    settings: ProxySettings | tuple[ProxySettings, ...]
     host: str
     port: int
     log_level: str = "info"
