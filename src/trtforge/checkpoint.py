@@ -443,7 +443,8 @@ def _read_json(path: Path, *, limit: int | None = None) -> dict[str, Any]:
 
 
 def _quant_from_hf_quant_config(data: Mapping[str, Any]) -> QuantizationInfo:
-    quant = data.get("quantization") if isinstance(data.get("quantization"), Mapping) else data
+    nested = data.get("quantization")
+    quant: Mapping[str, Any] = nested if isinstance(nested, Mapping) else data
     return _quant_info(quant, HF_QUANT_CONFIG_FILE)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from trtforge.errors import InvalidEngineError
 
@@ -36,7 +36,7 @@ def rank_file_name(rank: int) -> str:
     return f"rank{rank}.engine"
 
 
-def is_engine_config(config: Any) -> bool:
+def is_engine_config(config: object) -> TypeGuard[dict[str, Any]]:
     """A parsed config.json is an engine config when it has `pretrained_config` and `build_config`."""
     return (
         isinstance(config, dict)

@@ -134,7 +134,7 @@ class MemoryPlan:
 def engine_parts(info: CheckpointInfo, tp_size: int) -> tuple[EnginePart, ...]:
     """Engine bytes per tensor role, as stored in the checkpoint, and per TP rank."""
     roles = info.roles()
-    totals: dict[str, list[int]] = {}
+    totals: dict[TensorRole, list[int]] = {}
     for tensor in info.tensors:
         role = roles[tensor.name]
         row = totals.setdefault(role, [0, 0, 0])
@@ -146,7 +146,7 @@ def engine_parts(info: CheckpointInfo, tp_size: int) -> tuple[EnginePart, ...]:
     parts = []
     for role in sorted(totals, key=order.index):
         count, params, nbytes = totals[role]
-        split = SPLIT_BY_TP[role]  # type: ignore[index]
+        split = SPLIT_BY_TP[role]
         parts.append(
             EnginePart(role, count, params, nbytes, math.ceil(nbytes / tp_size) if split else nbytes, split)
         )

@@ -174,13 +174,14 @@ class BuildWatchdog:
         return WatchResult(outcome, exit_code, started, complete_at, reaped_at, stopped)
 
     def _pump(self, stream: IO[bytes], log: IO[bytes]) -> None:
-        for raw in iter(stream.readline, b""):
-            log.write(raw)
-            log.flush()
-            self._last_output = time.monotonic()
-            line = raw.decode(errors="replace").rstrip()
-            if line:
-                self._on_line(line)
+        with stream:  # closed here, at end of output: closing it from another thread would race this read
+            for raw in iter(stream.readline, b""):
+                log.write(raw)
+                log.flush()
+                self._last_output = time.monotonic()
+                line = raw.decode(errors="replace").rstrip()
+                if line:
+                    self._on_line(line)
 
     def _set_phase(self, phase: str) -> None:
         if phase != self._phase:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from trtforge.build.command import LAUNCHERS
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 class _RichProgress:
     """Phase and elapsed time on a live line; the builder's log streams above it."""
 
-    def __init__(self, progress: Progress, task: int) -> None:
+    def __init__(self, progress: Progress, task: TaskID) -> None:
         self._progress = progress
         self._task = task
 
@@ -202,14 +202,14 @@ def engines(json_output: Annotated[bool, typer.Option("--json")] = False) -> Non
         print_json(rows)
         return
     table = Table("name", "path", "size", "quantization", "built", "linked")
-    for row in rows:
+    for entry in scan.entries:
         table.add_row(
-            row["name"],
-            row["path"],
-            _human_bytes(row["size_bytes"]),
-            row["quantization"] or "-",
-            row["built"] or "?",
-            ", ".join(row["linked"]) or "-",
+            entry.name,
+            str(entry.path),
+            _human_bytes(entry.size_bytes),
+            entry.quantization or "-",
+            entry.built_at or "?",
+            ", ".join(link.name for link in entry.links) or "-",
         )
     console.print(table)
 

@@ -32,6 +32,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import numpy as np
@@ -102,7 +103,9 @@ class StopRecord:
     stopped_at: float
 
 
-def _tensor(request: service_pb2.ModelInferRequest, name: str, datatype: str, values: np.ndarray) -> None:
+def _tensor(
+    request: service_pb2.ModelInferRequest, name: str, datatype: str, values: npt.NDArray[Any]
+) -> None:
     tensor = request.inputs.add()
     tensor.name = name
     tensor.datatype = datatype

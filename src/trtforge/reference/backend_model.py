@@ -35,6 +35,7 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ def parse_parameters(model_config: dict[str, Any], log: Any) -> BackendParameter
     tokenizer_dir = values.get("tokenizer_dir", "")
     if tokenizer_dir and not tokenizer_dir.startswith("${"):
         parsed["tokenizer_dir"] = tokenizer_dir
-    parsers = {
+    parsers: dict[str, Callable[[str], Any]] = {
         "max_beam_width": int,
         "exclude_input_in_output": _parse_bool,
         "cancellation_check_period_ms": int,
@@ -147,11 +148,11 @@ class GenerationRequest:
     sampling: SamplingSettings
     stop_words: list[list[int]]
     bad_words: list[list[int]]
-    embedding_bias: np.ndarray | None
+    embedding_bias: npt.NDArray[Any] | None
     guide: tuple[str, str] | None = None  # (guide type, guide)
 
 
-def _tensor(request: Any, name: str) -> np.ndarray | None:
+def _tensor(request: Any, name: str) -> npt.NDArray[Any] | None:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return None if tensor is None else tensor.as_numpy()
 
@@ -382,7 +383,9 @@ class Decoder:
         from transformers import AutoModelForCausalLM, DynamicCache
 
         self.device = device
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        # transformers' decorated PreTrainedModel.to() is typed as taking the model itself, not a device.
+        self.model = model.to(device).eval()  # type: ignore[arg-type]
         self.vocab_size = int(self.model.config.vocab_size)
         # transformers 5.x renamed forward's `past_key_values` to `cache`; use whichever this version has.
         forward_args = inspect.signature(self.model.forward).parameters
@@ -402,11 +405,14 @@ class Decoder:
         outputs = self.model(
             input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache}
         )
-        return outputs.logits[0, -1].float()
+        logits: torch.Tensor = outputs.logits[0, -1].float()
+        return logits
 
     def choose(self, seq: Sequence, guides: Guides | None = None) -> tuple[int, float]:
         """Pick the next token from `seq.next_logits`; returns it with its log probability."""
         spec, sampling = seq.spec, seq.spec.sampling
+        if seq.next_logits is None:
+            raise RuntimeError(f"request {seq.request_id}: a token chosen before the prompt was read")
         logits = seq.next_logits.clone()
         if spec.embedding_bias is not None and spec.embedding_bias.size == logits.numel():
             logits += torch.from_numpy(spec.embedding_bias).to(logits.device)
@@ -462,7 +468,7 @@ class Decoder:
 # --- responses ----------------------------------------------------------------------------------------------------
 
 
-def _output(name: str, array: np.ndarray) -> Any:
+def _output(name: str, array: npt.NDArray[Any]) -> Any:
     return pb_utils.Tensor(name, array)
 
 

@@ -81,7 +81,7 @@ _SYSTEM_PROMPT = "You are a helpful assistant."
 
 
 def _data_bytes(name: str) -> bytes:
-    return resources.files("trtforge.reference").joinpath(_DATA, name).read_bytes()
+    return (resources.files("trtforge.reference") / _DATA / name).read_bytes()
 
 
 def _version(distribution: str) -> str:

@@ -457,7 +457,7 @@ def _copy_model_file(source: Path, model_dir: Path) -> None:
 
 
 def _bundled_model(name: str) -> Path:
-    return Path(str(resources.files("trtforge.triton").joinpath("models", name, "model.py")))
+    return Path(str(resources.files("trtforge.triton") / "models" / name / "model.py"))
 
 
 def _reference_backend_model() -> Path:

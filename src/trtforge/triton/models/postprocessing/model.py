@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import triton_python_backend_utils as pb_utils
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
@@ -52,7 +54,7 @@ def byte_level_alphabet() -> dict[str, int]:
     return alphabet
 
 
-def decoder_kind(tokenizer) -> str:
+def decoder_kind(tokenizer: PreTrainedTokenizerBase) -> str:
     """The tokenizer's decoding family from its decoder pipeline: byte_level, sentencepiece or generic."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or backend.decoder is None:
@@ -61,7 +63,7 @@ def decoder_kind(tokenizer) -> str:
         spec = json.loads(backend.decoder.__getstate__())
     except Exception:
         spec = json.loads(backend.to_str()).get("decoder") or {}
-    kinds = set()
+    kinds: set[str | None] = set()
     pending = [spec]
     while pending:
         node = pending.pop()
@@ -75,15 +77,16 @@ def decoder_kind(tokenizer) -> str:
     return "generic"
 
 
-def token_byte_table(tokenizer, *, skip_special_tokens: bool = True) -> list[bytes]:
+def token_byte_table(tokenizer: PreTrainedTokenizerBase, *, skip_special_tokens: bool = True) -> list[bytes]:
     """The bytes each token id stands for (b"" for skipped special tokens and unknown ids)."""
     kind = decoder_kind(tokenizer)
     alphabet = byte_level_alphabet() if kind == "byte_level" else {}
     special = set(tokenizer.all_special_ids)
     added = set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
     size = len(tokenizer)
-    pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
-    table = []
+    # A list of ids gives a list of tokens (None for ids without one); a single id would give a str.
+    pieces = cast("list[str | None]", tokenizer.convert_ids_to_tokens(list(range(size))))
+    table: list[bytes] = []
     for token_id, piece in enumerate(pieces):
         if piece is None or (token_id in special and skip_special_tokens):
             table.append(b"")
@@ -97,27 +100,28 @@ def token_byte_table(tokenizer, *, skip_special_tokens: bool = True) -> list[byt
                 bytes([int(match.group(1), 16)]) if match else piece.replace("▁", " ").encode("utf-8")
             )
         else:
-            table.append(tokenizer.decode([token_id], clean_up_tokenization_spaces=False).encode("utf-8"))
+            text = tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
+            table.append(text.encode("utf-8") if isinstance(text, str) else b"")  # a list of ids gives a str
     return table
 
 
-def tokens_to_bytes(table: list[bytes], tokens) -> bytes:
+def tokens_to_bytes(table: list[bytes], tokens: npt.NDArray[Any]) -> bytes:
     size = len(table)
     return b"".join(table[t] if 0 <= t < size else b"" for t in np.asarray(tokens).reshape(-1).tolist())
 
 
 class TritonPythonModel:
-    def initialize(self, args):
+    def initialize(self, args: dict[str, str]) -> None:
         parameters = json.loads(args["model_config"]).get("parameters", {})
 
         def param(key: str, default: str = "") -> str:
-            return parameters.get(key, {}).get("string_value", default)
+            return str(parameters.get(key, {}).get("string_value", default))
 
         tokenizer = AutoTokenizer.from_pretrained(param("tokenizer_dir"))
         skip = param("skip_special_tokens", "true").strip().lower() not in ("false", "0", "no")
         self.table = token_byte_table(tokenizer, skip_special_tokens=skip)
 
-    def execute(self, requests):
+    def execute(self, requests: list[Any]) -> list[Any]:
         responses = []
         for request in requests:
             try:
@@ -128,9 +132,9 @@ class TritonPythonModel:
                 )
         return responses
 
-    def _process(self, request):
-        tokens = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()
-        lengths = pb_utils.get_input_tensor_by_name(request, "SEQUENCE_LENGTH").as_numpy()
+    def _process(self, request: Any) -> Any:
+        tokens: npt.NDArray[Any] = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()
+        lengths: npt.NDArray[Any] = pb_utils.get_input_tensor_by_name(request, "SEQUENCE_LENGTH").as_numpy()
         if tokens.ndim == 2:  # [b, n] from a caller that leaves the beam dimension out
             tokens = tokens[:, None, :]
         lengths = lengths.reshape(tokens.shape[0], -1)

@@ -25,10 +25,15 @@ from __future__ import annotations
 
 import csv
 import json
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import triton_python_backend_utils as pb_utils
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+# Numpy arrays in and out of Triton tensors; pb_utils itself is untyped (Triton provides it at run time).
+Array = npt.NDArray[Any]
 
 
 def parse_bool(text: str, default: bool) -> bool:
@@ -40,9 +45,9 @@ def parse_bool(text: str, default: bool) -> bool:
     return default
 
 
-def split_words(row) -> list[str]:
+def split_words(row: Array) -> list[str]:
     """The words of one batch item: every element may hold several comma-separated (CSV-quoted) words."""
-    words = []
+    words: list[str] = []
     for element in np.asarray(row, dtype=object).reshape(-1):
         text = element.decode("utf-8") if isinstance(element, bytes) else str(element)
         for parsed in csv.reader([text]):
@@ -50,7 +55,7 @@ def split_words(row) -> list[str]:
     return words
 
 
-def word_list(tokenizer, batch_words, batch_size: int) -> np.ndarray:
+def word_list(tokenizer: PreTrainedTokenizerBase, batch_words: Array | None, batch_size: int) -> Array:
     """Stop/bad words in the TensorRT-LLM word-list layout [b, 2, w]; [b, 2, 0] when there are none."""
     if batch_words is None:
         return np.empty((batch_size, 2, 0), dtype=np.int32)
@@ -73,7 +78,9 @@ def word_list(tokenizer, batch_words, batch_size: int) -> np.ndarray:
     return out
 
 
-def embedding_bias(tokenizer, words, weights, batch_size: int) -> np.ndarray:
+def embedding_bias(
+    tokenizer: PreTrainedTokenizerBase, words: Array | None, weights: Array | None, batch_size: int
+) -> Array:
     """A per-token bias vector per batch item: each word's tokens get its weight; [b, 0] when unused."""
     if words is None or weights is None:
         return np.empty((batch_size, 0), dtype=np.float32)
@@ -88,13 +95,13 @@ def embedding_bias(tokenizer, words, weights, batch_size: int) -> np.ndarray:
 
 
 class TritonPythonModel:
-    def initialize(self, args):
+    def initialize(self, args: dict[str, str]) -> None:
         parameters = json.loads(args["model_config"]).get("parameters", {})
 
         def param(key: str, default: str = "") -> str:
-            return parameters.get(key, {}).get("string_value", default)
+            return str(parameters.get(key, {}).get("string_value", default))
 
-        self.tokenizer = AutoTokenizer.from_pretrained(param("tokenizer_dir"))
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(param("tokenizer_dir"))
         self.add_special_tokens = parse_bool(param("add_special_tokens", "true"), True)
         max_input_len = param("max_input_len", "0")
         self.max_input_len = int(max_input_len) if max_input_len.isdigit() else 0
@@ -102,7 +109,7 @@ class TritonPythonModel:
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.end_id
 
-    def execute(self, requests):
+    def execute(self, requests: list[Any]) -> list[Any]:
         responses = []
         for request in requests:
             try:
@@ -113,12 +120,21 @@ class TritonPythonModel:
                 )
         return responses
 
-    def _input(self, request, name: str):
+    def _input(self, request: Any, name: str) -> Array | None:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
-        return None if tensor is None else tensor.as_numpy()
+        if tensor is None:
+            return None
+        array: Array = tensor.as_numpy()
+        return array
 
-    def _process(self, request):
-        queries = self._input(request, "QUERY")
+    def _required(self, request: Any, name: str) -> Array:
+        array = self._input(request, name)
+        if array is None:
+            raise ValueError(f"{name} is required")
+        return array
+
+    def _process(self, request: Any) -> list[Any]:
+        queries = self._required(request, "QUERY")
         batch_size = queries.shape[0]
         end_ids = self._ids_or_default(self._input(request, "END_ID"), self.end_id, batch_size, "END_ID")
         pad_ids = self._ids_or_default(self._input(request, "PAD_ID"), self.pad_id, batch_size, "PAD_ID")
@@ -142,15 +158,15 @@ class TritonPythonModel:
                 self._input(request, "EMBEDDING_BIAS_WEIGHTS"),
                 batch_size,
             ),
-            "REQUEST_OUTPUT_LEN": self._input(request, "REQUEST_OUTPUT_LEN").astype(np.int32),
+            "REQUEST_OUTPUT_LEN": self._required(request, "REQUEST_OUTPUT_LEN").astype(np.int32),
             "OUT_END_ID": end_ids,
             "OUT_PAD_ID": pad_ids,
         }
         return [pb_utils.Tensor(name, value) for name, value in outputs.items()]
 
-    def _encode(self, query) -> list[int]:
+    def _encode(self, query: object) -> list[int]:
         text = query.decode("utf-8") if isinstance(query, bytes) else str(query)
-        tokens = self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens)
+        tokens: list[int] = self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens)
         if not tokens:
             raise ValueError("the prompt encodes to no tokens")
         if self.max_input_len and len(tokens) > self.max_input_len:
@@ -160,9 +176,10 @@ class TritonPythonModel:
         return tokens
 
     @staticmethod
-    def _ids_or_default(given, default, batch_size: int, name: str) -> np.ndarray:
+    def _ids_or_default(given: Array | None, default: int | None, batch_size: int, name: str) -> Array:
         if given is not None:
-            return given.reshape(batch_size, 1).astype(np.int32)
+            ids: Array = given.reshape(batch_size, 1).astype(np.int32)
+            return ids
         if default is None:
             raise ValueError(f"{name} is required: the tokenizer defines no default")
         return np.full((batch_size, 1), default, dtype=np.int32)
