@@ -107,11 +107,12 @@ def test_up_serves_openai_clients_and_ctrl_c_stops_everything(isolated_home: Pat
     finally:
         process.send_signal(signal.SIGINT)
         try:
-            process.wait(timeout=60)
+            _, stderr = process.communicate(timeout=60)  # also closes the pipes
         except subprocess.TimeoutExpired:
             process.kill()
+            process.communicate()
             raise
-    assert process.returncode in (0, 130), process.stderr.read()
+    assert process.returncode in (0, 130), stderr
     deadline = time.monotonic() + 10
     while _processes_mentioning(str(isolated_home)) and time.monotonic() < deadline:
         time.sleep(0.2)
