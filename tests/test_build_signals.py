@@ -80,7 +80,7 @@ def test_term_or_hup_ends_the_builder_session(builder: Path, sig: signal.Signals
 def _kill_build(pidfile: Path) -> list[int]:
     proc, pids = _start_hung_build(pidfile)
     proc.kill()
-    proc.wait(timeout=60)
+    proc.communicate(timeout=60)  # reaps it and closes its stderr pipe
     assert all(_alive(pid) for pid in pids), "SIGKILL cannot be caught: the builder is orphaned"
     return pids
 
