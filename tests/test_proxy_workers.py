@@ -84,6 +84,8 @@ def workers_proxy(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+        if process.stdout:
+            process.stdout.close()
 
 
 def test_workers_share_the_port_and_stop_together(
