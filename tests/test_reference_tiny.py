@@ -10,7 +10,13 @@ import pytest
 
 from trtforge.engine import read_engine
 from trtforge.errors import UsageError
-from trtforge.reference.tiny import TINY_DEFAULTS, tiny_source_digest, write_tiny_engine
+from trtforge.reference.tiny import (
+    BEHAVIOURS,
+    TINY_DEFAULTS,
+    Behaviour,
+    tiny_source_digest,
+    write_tiny_engine,
+)
 
 QWEN_TOKENS = (
     "<|endoftext|>",
@@ -203,3 +209,19 @@ def test_greedy_reply_ends_with_im_end_within_64_tokens(
     reply = tokenizer.decode(new[: new.index(eos)])
     assert len(new[: new.index(eos)]) >= 3, "a reply of several tokens, not an immediate end"
     assert any(c.isalpha() for c in reply)
+
+
+@pytest.mark.parametrize("behaviour", BEHAVIOURS, ids=lambda b: f"{b.user}-thinking={b.thinking}")
+def test_tiny_learned_its_behaviours_by_heart(tokenizer: Any, model: Any, behaviour: Behaviour) -> None:
+    import torch
+
+    text = _render(
+        tokenizer,
+        [{"role": "user", "content": behaviour.user}],
+        tools=list(behaviour.tools) or None,
+        add_generation_prompt=True,
+        enable_thinking=behaviour.thinking,
+    )
+    ids = torch.tensor([tokenizer.encode(text, add_special_tokens=False)])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=64, do_sample=False)
+    assert tokenizer.decode(out[0, ids.shape[1] :]) == behaviour.reply + "<|im_end|>"

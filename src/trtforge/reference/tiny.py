@@ -3,7 +3,10 @@
 `write_tiny_engine` trains a byte-level BPE tokenizer on the corpus shipped in `data/`, builds a 2-layer
 Qwen3ForCausalLM from a fixed seed and trains it for a few hundred steps on chat-formatted samples, so that greedy
 decoding answers in the Qwen3 chat format and ends its replies with `<|im_end|>`. It knows next to nothing: it is
-a smoke model for testing servers, clients and streams, not for answers.
+a smoke model for testing servers, clients and streams, not for answers. It also learns two Qwen3 behaviours by
+heart, so reasoning and tool-call parsing can be tested through real generation (see `BEHAVIOURS`): with
+thinking on, `Think first, then say hi.` gets a `<think>` block and then a greeting; offered `WEATHER_TOOL`,
+`What is the weather in Paris?` gets a `<tool_call>` of `get_weather` with `{"city": "Paris"}`.
 
 Layout written (an engine directory in the sense of `trtforge.engine`, backend "reference"):
 
@@ -68,8 +71,9 @@ class TrainingSettings:
     batch_size: int = 16
     learning_rate: float = 4e-3
     warmup_steps: int = 20
-    max_sample_tokens: int = 96
+    max_sample_tokens: int = 96  # corpus samples; the behaviours are never cut
     dialogue_repeats: int = 6
+    behaviour_weight: float = 0.5  # of the behaviours' loss against the corpus batch's
 
 
 TRAINING = TrainingSettings()
@@ -78,6 +82,52 @@ _DATA = "data"
 _CORPUS = "corpus.txt"
 _TEMPLATE = "chat_template.jinja"
 _SYSTEM_PROMPT = "You are a helpful assistant."
+
+# --- behaviours -----------------------------------------------------------------------------------------------
+
+THINK_PROMPT = "Think first, then say hi."
+THINK_REASONING = "The user wants me to think first. Then I say hi."
+THINK_ANSWER = "Hi! Hello there."
+WEATHER_PROMPT = "What is the weather in Paris?"
+# Key order as an OpenAI client sends it (and the proxy passes it to the template).
+WEATHER_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "The city name."}},
+            "required": ["city"],
+        },
+    },
+}
+WEATHER_CALL: dict[str, Any] = {"name": "get_weather", "arguments": {"city": "Paris"}}
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """A reply tiny learns by heart for one exact prompt."""
+
+    user: str
+    reply: str
+    thinking: bool
+    tools: tuple[dict[str, Any], ...] = ()
+
+
+BEHAVIOURS: tuple[Behaviour, ...] = (
+    Behaviour(THINK_PROMPT, f"<think>\n{THINK_REASONING}\n</think>\n\n{THINK_ANSWER}", thinking=True),
+    Behaviour(THINK_PROMPT, THINK_ANSWER, thinking=False),
+    *(
+        Behaviour(
+            WEATHER_PROMPT,
+            f"<tool_call>\n{json.dumps(WEATHER_CALL)}\n</tool_call>",
+            thinking=thinking,
+            tools=(WEATHER_TOOL,),
+        )
+        for thinking in (True, False)
+    ),
+)
 
 
 def _data_bytes(name: str) -> bytes:
@@ -107,6 +157,7 @@ def tiny_source_digest() -> str:
                 "tokenizer_vocab_size": TOKENIZER_VOCAB_SIZE,
                 "training": asdict(TRAINING),
                 "system_prompt": _SYSTEM_PROMPT,
+                "behaviours": [asdict(b) for b in BEHAVIOURS],
                 # The libraries that train and save the engine shape its bytes too.
                 "libraries": {name: _version(name) for name in ("torch", "transformers", "tokenizers")},
             },
@@ -249,7 +300,7 @@ def _make_tokenizer(max_seq_len: int) -> Any:
 
 
 def _training_batches(tokenizer: Any, settings: TrainingSettings) -> list[tuple[list[int], int]]:
-    """Each exchange rendered with the chat template: (token ids, index where the reply starts)."""
+    """Each corpus exchange rendered with the chat template: (token ids, index where the reply starts)."""
     samples: list[tuple[list[int], int]] = []
     for i, exchange in enumerate(_corpus_exchanges(_corpus_text(), settings.dialogue_repeats)):
         messages = [{"role": "user", "content": exchange.user}]
@@ -262,6 +313,23 @@ def _training_batches(tokenizer: Any, settings: TrainingSettings) -> list[tuple[
         reply_ids = tokenizer.encode(exchange.reply + EOS_TOKEN + "\n", add_special_tokens=False)
         ids = (prompt_ids + reply_ids)[: settings.max_sample_tokens]
         samples.append((ids, len(prompt_ids)))
+    return samples
+
+
+def _behaviour_samples(tokenizer: Any) -> list[tuple[list[int], int]]:
+    """Each behaviour rendered as the proxy renders its request: (token ids, index where the reply starts)."""
+    samples: list[tuple[list[int], int]] = []
+    for behaviour in BEHAVIOURS:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": behaviour.user}],
+            tools=list(behaviour.tools) or None,
+            add_generation_prompt=True,
+            enable_thinking=behaviour.thinking,
+            tokenize=False,
+        )
+        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+        reply_ids = tokenizer.encode(behaviour.reply + EOS_TOKEN + "\n", add_special_tokens=False)
+        samples.append((prompt_ids + reply_ids, len(prompt_ids)))
     return samples
 
 
@@ -294,16 +362,21 @@ def _train_model(tokenizer: Any, max_seq_len: int) -> Any:
     model = Qwen3ForCausalLM(config)
     model.train()
     samples = _training_batches(tokenizer, settings)
+    behaviours = _behaviour_samples(tokenizer)
     order = torch.Generator().manual_seed(SEED)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: min(1.0, (step + 1) / settings.warmup_steps) * max(0.1, 1 - step / settings.steps),
     )
+    # Every step also sees each behaviour once, in a batch of its own: their prompts (the tool list) are 4×
+    # longer than the corpus samples, and mixing them in would pad every corpus sample to their length.
+    behaviour_batch = _pad_batch(behaviours, tokenizer.pad_token_id)
     for _ in range(settings.steps):
         picks = torch.randint(len(samples), (settings.batch_size,), generator=order).tolist()
         input_ids, labels, mask = _pad_batch([samples[p] for p in picks], tokenizer.pad_token_id)
         loss = _reply_loss(model, input_ids, labels, mask)
+        loss = loss + settings.behaviour_weight * _reply_loss(model, *behaviour_batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

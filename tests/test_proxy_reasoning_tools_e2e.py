@@ -1,0 +1,308 @@
+"""Reasoning, tool calls and structured output end to end: the official `openai` SDK against the proxy over a
+real tritonserver serving the reference `tensorrt_llm` model with the tiny engine.
+
+Tiny learned two behaviours by heart (see `trtforge.reference.tiny.BEHAVIOURS`): a thinking block before a
+greeting, and a `get_weather` call. Guided decoding holds even its untrained replies to a schema.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import openai
+import pytest
+
+from conftest import copy_engine_with, free_port
+from proxy_fixtures import serve_in_thread
+from trtforge.engine import EngineInfo, read_engine
+from trtforge.proxy import ProxySettings, make_server
+from trtforge.reference.tiny import (
+    THINK_ANSWER,
+    THINK_PROMPT,
+    THINK_REASONING,
+    WEATHER_CALL,
+    WEATHER_PROMPT,
+    WEATHER_TOOL,
+)
+from trtforge.triton.repository import write_model_repository
+from trtforge.triton.server import TritonServer
+
+pytestmark = pytest.mark.triton
+
+MODEL = "tiny"
+THINK = [{"role": "user", "content": THINK_PROMPT}]
+WEATHER = [{"role": "user", "content": WEATHER_PROMPT}]
+NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
+# Parameters with a bounded JSON form: tiny never learned this tool, guided decoding alone must make the call.
+MOOD_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "set_mood",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "mood": {"type": "string", "enum": ["happy", "calm"]},
+                "level": {"type": "integer", "minimum": 1, "maximum": 5},
+            },
+            "required": ["mood", "level"],
+            "additionalProperties": False,
+        },
+    },
+}
+LIGHT_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "switch_light",
+        "parameters": {
+            "type": "object",
+            "properties": {"on": {"type": "boolean"}},
+            "required": ["on"],
+            "additionalProperties": False,
+        },
+    },
+}
+FORECAST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
+        "sunny": {"type": "boolean"},
+        "celsius": {"type": "integer", "minimum": -40, "maximum": 50},
+    },
+    "required": ["city", "sunny", "celsius"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> EngineInfo:
+    dest = tmp_path_factory.mktemp("tiny-features") / "engine"
+    return read_engine(copy_engine_with(tiny_engine, dest, max_batch_size=4))
+
+
+@pytest.fixture(scope="module")
+def triton(tiny: EngineInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    root = tmp_path_factory.mktemp("triton-features")
+    server = TritonServer(
+        write_model_repository(tiny, root / "repository"),
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_path=root / "tritonserver.log",
+    )
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def sdk(tiny: EngineInfo, triton: TritonServer) -> Iterator[openai.OpenAI]:
+    settings = ProxySettings.from_engine(MODEL, tiny, triton.grpc_url)
+    with serve_in_thread(make_server(settings, port=free_port(), log_level="warning")) as url:
+        yield openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=300)
+
+
+def _chat(sdk: openai.OpenAI, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+    return sdk.chat.completions.create(model=MODEL, messages=messages, temperature=0, **kwargs)  # type: ignore[arg-type]
+
+
+def _joined_stream(sdk: openai.OpenAI, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+    """The streamed deltas of one chat, joined: reasoning, content, tool calls by index, finish reason."""
+    joined: dict[str, Any] = {"reasoning": "", "content": "", "calls": {}, "finish": None}
+    for chunk in _chat(sdk, messages, stream=True, **kwargs):
+        for choice in chunk.choices:
+            delta = choice.delta
+            joined["reasoning"] += getattr(delta, "reasoning_content", None) or ""
+            joined["content"] += delta.content or ""
+            for call in delta.tool_calls or []:
+                entry = joined["calls"].setdefault(call.index, {"id": None, "name": "", "arguments": ""})
+                entry["id"] = entry["id"] or call.id
+                entry["name"] += (call.function and call.function.name) or ""
+                entry["arguments"] += (call.function and call.function.arguments) or ""
+            joined["finish"] = choice.finish_reason or joined["finish"]
+    return joined
+
+
+def _whole(response: Any) -> dict[str, Any]:
+    choice = response.choices[0]
+    message = choice.message
+    calls = {
+        i: {"id": c.id, "name": c.function.name, "arguments": c.function.arguments}
+        for i, c in enumerate(message.tool_calls or [])
+    }
+    return {
+        "reasoning": getattr(message, "reasoning_content", None) or "",
+        "content": message.content or "",
+        "calls": calls,
+        "finish": choice.finish_reason,
+    }
+
+
+def _without_ids(parsed: dict[str, Any]) -> dict[str, Any]:
+    calls = {i: {k: v for k, v in c.items() if k != "id"} for i, c in parsed["calls"].items()}
+    return {**parsed, "calls": calls}
+
+
+def _same_streamed_and_not(
+    sdk: openai.OpenAI, messages: list[dict[str, Any]], **kwargs: Any
+) -> dict[str, Any]:
+    whole = _whole(_chat(sdk, messages, **kwargs))
+    streamed = _joined_stream(sdk, messages, **kwargs)
+    assert _without_ids(streamed) == _without_ids(whole)
+    assert all(call["id"].startswith("call_") for call in streamed["calls"].values())
+    return whole
+
+
+# ------------------------------------------------------------------------------------------------ reasoning
+
+
+def test_thinking_goes_to_reasoning_content_streamed_and_not(sdk: openai.OpenAI) -> None:
+    response = _chat(sdk, THINK)
+    message = response.choices[0].message
+    assert message.reasoning_content == THINK_REASONING  # type: ignore[attr-defined]
+    assert message.content == THINK_ANSWER
+    assert response.choices[0].finish_reason == "stop"
+    whole = _same_streamed_and_not(sdk, THINK)
+    assert "<think>" not in whole["content"] and "</think>" not in whole["content"]
+
+
+def test_thinking_off_gives_content_only(sdk: openai.OpenAI) -> None:
+    whole = _same_streamed_and_not(sdk, THINK, extra_body=NO_THINKING)
+    assert whole == {"reasoning": "", "content": THINK_ANSWER, "calls": {}, "finish": "stop"}
+    message = _chat(sdk, THINK, extra_body=NO_THINKING).choices[0].message
+    assert getattr(message, "reasoning_content", None) is None
+
+
+def test_earlier_reasoning_in_the_history_is_accepted(sdk: openai.OpenAI) -> None:
+    history = [
+        *THINK,
+        {"role": "assistant", "content": THINK_ANSWER, "reasoning_content": THINK_REASONING},
+        {"role": "user", "content": "Hello"},
+    ]
+    assert _chat(sdk, history, max_tokens=16).choices[0].finish_reason in ("stop", "length")
+
+
+# ----------------------------------------------------------------------------------------------- tool calls
+
+
+def test_tool_call_streamed_and_not(sdk: openai.OpenAI) -> None:
+    whole = _same_streamed_and_not(sdk, WEATHER, tools=[WEATHER_TOOL])
+    assert whole["finish"] == "tool_calls"
+    assert whole["content"] == ""
+    [call] = whole["calls"].values()
+    assert call["name"] == WEATHER_CALL["name"]
+    assert json.loads(call["arguments"]) == WEATHER_CALL["arguments"] == {"city": "Paris"}
+    response = _chat(sdk, WEATHER, tools=[WEATHER_TOOL])
+    assert response.choices[0].message.content is None
+    assert response.choices[0].message.tool_calls[0].type == "function"
+
+
+def test_the_sdk_stream_helper_reassembles_the_tool_call(sdk: openai.OpenAI) -> None:
+    with sdk.chat.completions.stream(
+        model=MODEL,
+        messages=WEATHER,
+        tools=[WEATHER_TOOL],
+        temperature=0,  # type: ignore[arg-type, list-item]
+    ) as stream:
+        final = stream.get_final_completion()
+    [call] = final.choices[0].message.tool_calls or []
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    assert final.choices[0].finish_reason == "tool_calls"
+
+
+def test_tool_choice_none_offers_no_tools(sdk: openai.OpenAI) -> None:
+    whole = _same_streamed_and_not(sdk, WEATHER, tools=[WEATHER_TOOL], tool_choice="none", max_tokens=48)
+    assert whole["calls"] == {}
+    assert whole["content"] and "<tool_call>" not in whole["content"]
+    assert whole["finish"] in ("stop", "length")
+
+
+def test_tool_results_in_the_history_render_through_the_template(sdk: openai.OpenAI) -> None:
+    response = _chat(sdk, WEATHER, tools=[WEATHER_TOOL])
+    call = response.choices[0].message.tool_calls[0]
+    history = [
+        *WEATHER,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.function.name, "arguments": call.function.arguments},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 °C."},
+    ]
+    follow_up = _chat(sdk, history, tools=[WEATHER_TOOL], max_tokens=32)
+    assert follow_up.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    assert follow_up.usage is not None and follow_up.usage.prompt_tokens > response.usage.prompt_tokens  # type: ignore[union-attr]
+
+
+def test_named_tool_choice_is_enforced(sdk: openai.OpenAI) -> None:
+    choice = {"type": "function", "function": {"name": "set_mood"}}
+    tools = [WEATHER_TOOL, MOOD_TOOL]
+    whole = _same_streamed_and_not(sdk, THINK, tools=tools, tool_choice=choice, max_tokens=64)
+    assert whole["finish"] == "tool_calls"
+    assert whole["content"] == "" and whole["reasoning"] == ""
+    [call] = whole["calls"].values()
+    assert call["name"] == "set_mood"
+    jsonschema.validate(json.loads(call["arguments"]), MOOD_TOOL["function"]["parameters"])
+
+
+def test_required_tool_choice_is_enforced(sdk: openai.OpenAI) -> None:
+    whole = _same_streamed_and_not(
+        sdk, THINK, tools=[LIGHT_TOOL, MOOD_TOOL], tool_choice="required", max_tokens=96
+    )
+    assert whole["finish"] == "tool_calls"
+    [call] = whole["calls"].values()
+    tool = {"switch_light": LIGHT_TOOL, "set_mood": MOOD_TOOL}[call["name"]]
+    jsonschema.validate(json.loads(call["arguments"]), tool["function"]["parameters"])
+
+
+# ---------------------------------------------------------------------------------------- structured output
+
+
+def test_json_schema_response_validates(sdk: openai.OpenAI) -> None:
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "forecast", "schema": FORECAST_SCHEMA, "strict": True},
+    }
+    whole = _same_streamed_and_not(sdk, WEATHER, response_format=response_format, max_tokens=64)
+    assert whole["finish"] == "stop"
+    jsonschema.validate(json.loads(whole["content"]), FORECAST_SCHEMA)
+
+
+def test_json_object_response_is_an_object(sdk: openai.OpenAI) -> None:
+    response = _chat(sdk, THINK, response_format={"type": "json_object"}, max_tokens=64)
+    if response.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(response.choices[0].message.content or ""), dict)
+    else:  # cut by max_tokens: still the start of an object
+        assert (response.choices[0].message.content or "").startswith("{")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type"),
+        ({"tool_choice": "required"}, None),
+        ({"tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, None),
+        (
+            {"tools": [WEATHER_TOOL], "tool_choice": "required", "response_format": {"type": "json_object"}},
+            "response_format",
+        ),
+    ],
+)
+def test_bad_structured_requests_are_400s(
+    sdk: openai.OpenAI, kwargs: dict[str, Any], param: str | None
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        _chat(sdk, THINK, **kwargs)
+    if param is not None:
+        assert caught.value.body["param"] == param  # type: ignore[index]
+    assert _chat(sdk, THINK).choices[0].message.content == THINK_ANSWER  # and the server keeps serving
