@@ -46,14 +46,20 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_nvfp4_checkpoint(tmp_path_factory.mktemp("ckpt") / "small-nvfp4", tiny=True)
 
 
-@pytest.fixture
-def bucket(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh bucket; the AWS variables point every client (ours and the subprocesses') at SeaweedFS."""
-    for key, value in s3.env().items():
-        monkeypatch.setenv(key, value)
+@pytest.fixture(scope="module")
+def shared_bucket(s3: S3Server) -> str:
+    """One bucket for the module (each new bucket is a new SeaweedFS collection with volumes of its own)."""
     name = f"engines-{uuid.uuid4().hex[:12]}"
     create_bucket(s3, name)
-    return f"s3://{name}/fleet"
+    return name
+
+
+@pytest.fixture
+def bucket(s3: S3Server, shared_bucket: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh cache URL (its own prefix); the AWS variables point every client at SeaweedFS."""
+    for key, value in s3.env().items():
+        monkeypatch.setenv(key, value)
+    return f"s3://{shared_bucket}/{uuid.uuid4().hex[:12]}/fleet"
 
 
 @dataclass

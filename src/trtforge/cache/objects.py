@@ -165,8 +165,10 @@ class ObjectCache:
             stop.set()  # the receiver ends at its next chunk (or its stall timeout); never waited on here
 
     def _error(self, what: str, key: str, exc: BaseException) -> CacheError:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return CacheError(f"{self.url}: cannot {what} {key}: {detail[:300]}")
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        if len(detail) > 600:  # keep the request and the cause at the end (the server's answer)
+            detail = f"{detail[:250]} … {detail[-350:]}"
+        return CacheError(f"{self.url}: cannot {what} {key}: {detail}")
 
 
 def part_size(size: int) -> int:
