@@ -119,6 +119,12 @@ class TensorInfo:
     def numel(self) -> int:
         return math.prod(self.shape)
 
+    def params(self, role: TensorRole) -> int:
+        """Model parameters this tensor holds: NVFP4-packed U8 weights hold two a byte; scales hold none."""
+        if role in ("block_scale", "global_scale"):
+            return 0
+        return self.numel * 2 if role == "nvfp4_weight" and self.dtype == "U8" else self.numel
+
     @property
     def nbytes(self) -> int:
         return (self.numel * DTYPE_BITS.get(self.dtype, 8) + 7) // 8
@@ -250,15 +256,9 @@ class CheckpointInfo:
 
     @property
     def params_total(self) -> int:
-        """Model parameters: NVFP4-packed U8 weights count two a byte; scales are not parameters."""
-        total = 0
+        """Model parameters (`TensorInfo.params` summed over the tensors)."""
         roles = self.roles()
-        for tensor in self.tensors:
-            role = roles[tensor.name]
-            if role in ("block_scale", "global_scale"):
-                continue
-            total += tensor.numel * 2 if role == "nvfp4_weight" and tensor.dtype == "U8" else tensor.numel
-        return total
+        return sum(tensor.params(roles[tensor.name]) for tensor in self.tensors)
 
     @property
     def weights_bytes(self) -> int:
@@ -442,6 +442,21 @@ def _read_json(path: Path, *, limit: int | None = None) -> dict[str, Any]:
     return read_json_object(path) if limit is None else read_json_object(path, limit=limit)
 
 
+def read_hf_quant_config(model_dir: Path) -> QuantizationInfo | None:
+    """The quantization a ModelOpt checkpoint directory declares in `hf_quant_config.json`; None without one.
+
+    Raises:
+        CheckpointError: the file is unreadable, leads outside the directory, or has fields of the wrong type.
+    """
+    directory = Path(model_dir).resolve()
+    return _hf_quant_in(checkpoint_root(directory), directory)
+
+
+def _hf_quant_in(root: Path, path: Path) -> QuantizationInfo | None:
+    file = _inside(root, path / HF_QUANT_CONFIG_FILE)
+    return _quant_from_hf_quant_config(_read_json(file)) if file else None
+
+
 def _quant_from_hf_quant_config(data: Mapping[str, Any]) -> QuantizationInfo:
     nested = data.get("quantization")
     quant: Mapping[str, Any] = nested if isinstance(nested, Mapping) else data
@@ -512,8 +527,7 @@ def _inspect_dir(
     if config_path is None:
         raise CheckpointError(f"{path}: no {CONFIG_FILE}: not a Hugging Face checkpoint directory")
     config = _read_json(config_path)
-    hf_quant_path = _inside(root, path / HF_QUANT_CONFIG_FILE)
-    hf_quant = _quant_from_hf_quant_config(_read_json(hf_quant_path)) if hf_quant_path else None
+    hf_quant = _hf_quant_in(root, path)
 
     shards, missing = _local_shards(path, root)
     tensors: list[TensorInfo] = []

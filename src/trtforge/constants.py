@@ -24,6 +24,9 @@ DEFAULT_TRITON_METRICS_PORT = 8002
 
 TINY_ENGINE_NAME = "tiny"
 
+# The share of free GPU memory the `tensorrtllm` backend gives the KV cache when its config does not say.
+DEFAULT_KV_CACHE_FREE_GPU_MEM_FRACTION = 0.9
+
 
 def _cache_home() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")

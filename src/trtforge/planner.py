@@ -26,13 +26,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trtforge.checkpoint import CheckpointInfo, TensorRole
+from trtforge.constants import DEFAULT_KV_CACHE_FREE_GPU_MEM_FRACTION
 from trtforge.errors import PlanError, UsageError
 
 GIB = 1 << 30
 RUNTIME_RESERVE_BYTES = 1 * GIB
 ACTIVATION_DTYPE_BYTES = 2  # BF16 activations
 LOGITS_DTYPE_BYTES = 4  # FP32 logits for the last token of each sequence
-DEFAULT_KV_FRACTION = 0.9  # Triton tensorrtllm backend default (reference §4)
 TP_CHOICES = (1, 2, 4, 8)
 
 KV_DTYPE_BYTES = {"FP8": 1, "INT8": 1, "BF16": 2, "F16": 2, "FP16": 2, "F32": 4, "FP32": 4}
@@ -58,7 +58,7 @@ class PlanSettings:
     max_seq_len: int = 16384
     max_num_tokens: int = 8192
     tp_size: int = 1
-    kv_cache_free_gpu_mem_fraction: float = DEFAULT_KV_FRACTION
+    kv_cache_free_gpu_mem_fraction: float = DEFAULT_KV_CACHE_FREE_GPU_MEM_FRACTION
     kv_cache_dtype: str | None = None  # None: what the checkpoint declares
 
     def __post_init__(self) -> None:
@@ -139,8 +139,7 @@ def engine_parts(info: CheckpointInfo, tp_size: int) -> tuple[EnginePart, ...]:
         role = roles[tensor.name]
         row = totals.setdefault(role, [0, 0, 0])
         row[0] += 1
-        if role not in ("block_scale", "global_scale"):
-            row[1] += tensor.numel * 2 if role == "nvfp4_weight" and tensor.dtype == "U8" else tensor.numel
+        row[1] += tensor.params(role)
         row[2] += tensor.nbytes
     order = list(SPLIT_BY_TP)
     parts = []

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 from trtforge.catalog import CatalogEntry
+from trtforge.checkpoint import HF_QUANT_CONFIG_FILE, read_hf_quant_config
 from trtforge.engine import CHAT_TEMPLATE, EngineInfo, rank_file_name, read_engine
 from trtforge.errors import CheckpointError, InvalidEngineError
-from trtforge.untrusted import checkpoint_root, copy_bounded, inside, read_json_object
+from trtforge.untrusted import checkpoint_root, copy_bounded, inside
 
-HF_QUANT_CONFIG = "hf_quant_config.json"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -28,18 +27,11 @@ TOKENIZER_REQUIRED = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
 def checkpoint_quant_algo(model_dir: Path | None) -> str | None:
-    """The quant_algo a ModelOpt checkpoint declares in `hf_quant_config.json` (reference §3), or None."""
+    """The quant_algo a ModelOpt checkpoint declares in `hf_quant_config.json` (upper case), or None."""
     if model_dir is None:
         return None
-    directory = model_dir.resolve()
-    root = checkpoint_root(directory)
-    path = inside(root, (directory / HF_QUANT_CONFIG).relative_to(root))
-    if path is None:
-        return None
-    data: Any = read_json_object(path)
-    quantization = data.get("quantization")
-    algo = quantization.get("quant_algo") if isinstance(quantization, dict) else None
-    return str(algo).upper() if algo else None
+    quant = read_hf_quant_config(model_dir)
+    return quant.quant_algo if quant else None
 
 
 def check_engine(engine_dir: Path, entry: CatalogEntry, *, checkpoint_quant: str | None) -> EngineInfo:
@@ -66,7 +58,7 @@ def check_engine(engine_dir: Path, entry: CatalogEntry, *, checkpoint_quant: str
     built = (info.quant_algo or "").upper() or None
     if checkpoint_quant and built != checkpoint_quant:
         raise InvalidEngineError(
-            f"{where}: quant_algo {built} but the checkpoint's {HF_QUANT_CONFIG} says {checkpoint_quant}; "
+            f"{where}: quant_algo {built} but the checkpoint's {HF_QUANT_CONFIG_FILE} says {checkpoint_quant}; "
             "an engine built this way produces garbage, refusing to publish it"
         )
     if entry.quantization and built != entry.quantization:

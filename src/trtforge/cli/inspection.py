@@ -13,6 +13,7 @@ from rich.table import Table
 
 from trtforge.checkpoint import CheckpointInfo, check_checkpoint, inspect_checkpoint
 from trtforge.cli._app import app, console, print_json
+from trtforge.constants import DEFAULT_KV_CACHE_FREE_GPU_MEM_FRACTION
 from trtforge.errors import CheckpointError, GpuError
 from trtforge.gpu import (
     KNOWN_GPUS,
@@ -22,7 +23,7 @@ from trtforge.gpu import (
     parse_memory_size,
     try_detect_gpus,
 )
-from trtforge.planner import DEFAULT_KV_FRACTION, MemoryPlan, PlanSettings, plan_memory
+from trtforge.planner import MemoryPlan, PlanSettings, plan_memory
 
 GB = 1000**3
 
@@ -110,7 +111,7 @@ def plan(
     tp_size: Annotated[int | None, typer.Option(help="Default: the catalogue entry's, else 1.")] = None,
     kv_cache_free_gpu_mem_fraction: Annotated[
         float, typer.Option(help="Share of the memory left after weights that the KV cache takes.")
-    ] = DEFAULT_KV_FRACTION,
+    ] = DEFAULT_KV_CACHE_FREE_GPU_MEM_FRACTION,
     kv_cache_dtype: Annotated[
         str | None, typer.Option(help="Override the checkpoint's KV-cache dtype (FP8, BF16) to compare.")
     ] = None,

@@ -25,6 +25,8 @@ from typing import Literal
 
 from tritonclient.grpc import model_config_pb2
 
+from trtforge.constants import DEFAULT_KV_CACHE_FREE_GPU_MEM_FRACTION
+
 __all__ = [
     "BACKEND_PARAMETERS",
     "BOOL_VALUES",
@@ -226,7 +228,9 @@ BACKEND_PARAMETERS: dict[str, ParameterFact] = {
     "batch_scheduler_policy": _p(
         "enum", values=frozenset({"max_utilization", "guaranteed_no_evict"}), default="guaranteed_no_evict"
     ),
-    "kv_cache_free_gpu_mem_fraction": _p("float", range=(0.0, 1.0), default="0.9"),
+    "kv_cache_free_gpu_mem_fraction": _p(
+        "float", range=(0.0, 1.0), default=str(DEFAULT_KV_CACHE_FREE_GPU_MEM_FRACTION)
+    ),
     "max_tokens_in_paged_kv_cache": _p("int", default="unbounded (the free-memory fraction decides)"),
     "cross_kv_cache_fraction": _p("float", range=(0.0, 1.0)),
     "kv_cache_host_memory_bytes": _p("uint", default="0 (no host offloading)"),
