@@ -27,5 +27,10 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
+# The benchmarks behind docs/benchmarks.md, with their default sizes (each prints a markdown table).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/build_reap.py
+	$(BIN)/python benchmarks/proxy.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -26,7 +26,7 @@ import socket
 import struct
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -163,7 +163,6 @@ class CheckpointInfo:
     tensors: tuple[TensorInfo, ...]
     files: tuple[str, ...]
     missing_files: tuple[str, ...] = ()
-    file_problems: tuple[str, ...] = field(default=())
 
     # -- model -------------------------------------------------------------------------------------------
     @property
@@ -698,7 +697,6 @@ def check_checkpoint(info: CheckpointInfo, *, quantization: str | None = None) -
     """
     problems: list[str] = []
     problems += [f"{INDEX_FILE}: shard {name} is missing" for name in info.missing_files]
-    problems += list(info.file_problems)
     problems += _check_dimensions(info)
     problems += _check_architecture(info)
     problems += _check_quant_declarations(info, quantization)

@@ -286,7 +286,7 @@ class LinkRecord:
 
 @dataclass(frozen=True)
 class EngineRecord:
-    """A published store entry as `scan_store` sees it."""
+    """A published store entry as `EngineStore.scan` sees it."""
 
     path: Path
     hash: str
@@ -738,15 +738,7 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-# --- module-level conveniences over the default store ------------------------------------------------------
-
-
-def scan_store() -> StoreScan:
-    return EngineStore().scan()
-
-
-def plan_gc() -> GcPlan:
-    return EngineStore().plan_gc()
+# --- the default store -----------------------------------------------------------------------------------------
 
 
 def verify_engine(name_or_path: str | Path) -> VerifyReport:

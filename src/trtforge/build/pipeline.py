@@ -7,7 +7,6 @@ run_build(plan)     under the hash's lock: cached? else build into store/tmp/<ha
 
 from __future__ import annotations
 
-import importlib
 import re
 import shutil
 import time
@@ -30,6 +29,7 @@ from trtforge.constants import (
     trtllm_version_override,
 )
 from trtforge.errors import BuildFailedError, CheckpointError, GpuError, TrtforgeError
+from trtforge.preflight import preflight_build
 from trtforge.processes import start_time
 from trtforge.store import BUILD_LOG, BuildInputs, EngineStore, link_engine, write_manifest
 from trtforge.untrusted import checkpoint_root, hash_tree, inside, read_json_object
@@ -147,7 +147,7 @@ def plan_build(
         # A hub model's `model_dir` holds only its small files: preflight reads the weights' headers from the hub,
         # at the revision being built.
         checked = entry if entry.local_model_dir else entry.model_copy(update={"revision": revision})
-        _preflight(checked, model_dir=entry.local_model_dir, gpu_arch=arch, force=force)
+        preflight_build(checked, model_dir=entry.local_model_dir, gpu_arch=arch, force=force)
     inputs = BuildInputs(entry.build_fields(), revision, version, arch)
     digest = inputs.digest()
     return BuildPlan(
@@ -252,15 +252,6 @@ def _hub_snapshot(model: str, sha: str) -> Path | None:
         return Path(snapshot_download(model, revision=sha, allow_patterns=patterns))
     except Exception:
         return None  # the builder will say why (gated, offline...) in its own words
-
-
-def _preflight(entry: CatalogEntry, *, model_dir: Path | None, gpu_arch: str, force: bool) -> None:
-    """Issue 4's checks (checkpoint, GPU fit), when that module is installed."""
-    try:
-        preflight = importlib.import_module("trtforge.preflight")
-    except ModuleNotFoundError:
-        return
-    preflight.preflight_build(entry, model_dir=model_dir, gpu_arch=gpu_arch, force=force)
 
 
 # --- running -----------------------------------------------------------------------------------------------

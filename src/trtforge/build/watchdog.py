@@ -59,11 +59,6 @@ class WatchResult:
     reaped_at: float  # every process of the session gone
     stopped: bool  # we signalled the builder
 
-    @property
-    def reap_delay_s(self) -> float | None:
-        """Seconds from the engine being complete to the builder's session being gone."""
-        return None if self.engine_complete_at is None else self.reaped_at - self.engine_complete_at
-
 
 @dataclass
 class _FileSeen:
