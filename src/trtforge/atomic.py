@@ -10,9 +10,14 @@ import uuid
 from pathlib import Path
 
 
+def unique_name(stem: str, suffix: str) -> str:
+    """`<stem>.<uuid8>.<suffix>`: a name no concurrent writer picks, whose stem and suffix say what it is."""
+    return f"{stem}.{uuid.uuid4().hex[:8]}.{suffix}"
+
+
 def temporary_sibling(path: Path, suffix: str = "tmp") -> Path:
     """A fresh hidden name in `path`'s directory: `.<name>.<uuid8>.<suffix>`."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.{suffix}")
+    return path.with_name(unique_name(f".{path.name}", suffix))
 
 
 def write_text_atomic(path: Path, text: str, *, mode: int | None = None) -> None:

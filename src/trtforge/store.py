@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import stat
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,7 +35,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from trtforge.atomic import temporary_sibling, write_text_atomic
+from trtforge.atomic import temporary_sibling, unique_name, write_text_atomic
 from trtforge.catalog import check_name
 from trtforge.constants import engine_link_dirs, logs_dir, store_dir
 from trtforge.engine import ENGINE_CONFIG, MANIFEST, EngineBackend, is_engine_config
@@ -52,7 +51,8 @@ BUILDERS_DIR = ".builders"
 # filelock truncates it, which sets its mtime, so a build waiting on a lock keeps it young).
 LOG_KEEP_S = 7 * 24 * 3600.0
 LOCK_IDLE_S = 3600.0
-INCOMPLETE_SUFFIX = ".incomplete"
+INCOMPLETE = "incomplete"  # the kind of a build directory in tmp/
+INCOMPLETE_SUFFIX = f".{INCOMPLETE}"
 BUILD_LOG = "build.log"
 MANIFEST_FORMAT = 1
 HASH_CHARS = 32
@@ -448,7 +448,7 @@ class EngineStore:
     def new_incomplete(self, digest: str) -> Path:
         """A fresh, empty build directory inside the store (same filesystem: publishing is a rename)."""
         tmp = self._directory(self.root / TMP_DIR)
-        path = tmp / f"{digest}.{uuid.uuid4().hex[:8]}{INCOMPLETE_SUFFIX}"
+        path = tmp / unique_name(digest, INCOMPLETE)
         path.mkdir()
         return path
 
@@ -466,7 +466,7 @@ class EngineStore:
     def new_scratch(self, digest: str, kind: str) -> Path:
         """A scratch directory next to the incomplete ones (e.g. the builder's workspace)."""
         tmp = self._directory(self.root / TMP_DIR)
-        path = tmp / f"{digest}.{uuid.uuid4().hex[:8]}.{kind}"
+        path = tmp / unique_name(digest, kind)
         path.mkdir()
         return path
 
@@ -476,9 +476,7 @@ class EngineStore:
             if not self.entry_problems(final):
                 raise StoreError(f"{final}: already published")
             # Something with the entry's name that is not the entry: move it out of the way (gc removes it).
-            os.replace(
-                final, self.root / TMP_DIR / f"{final.name.split('-')[0]}.{uuid.uuid4().hex[:8]}.invalid"
-            )
+            os.replace(final, self.root / TMP_DIR / unique_name(final.name.split("-")[0], "invalid"))
         os.replace(incomplete, final)
         return final
 
@@ -655,7 +653,7 @@ class EngineStore:
         try:
             with self.lock(digest, timeout_s=0):
                 size = _tree_size(path)
-                trash = self.root / TMP_DIR / f"{digest}.{uuid.uuid4().hex[:8]}.deleting"
+                trash = self.root / TMP_DIR / unique_name(digest, "deleting")
                 trash.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     os.replace(path, trash)

@@ -25,12 +25,12 @@ import os
 import shutil
 import sys
 import sysconfig
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trtforge import constants
+from trtforge.atomic import temporary_sibling
 from trtforge.errors import TritonError
 
 __all__ = ["TritonDistribution", "find_tritonserver"]
@@ -158,7 +158,7 @@ def _prepare_backend_dir(server_dir: Path, stub: Path, py_version: str) -> Path:
     if _backend_dir_is_complete(target):
         return target
     root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".{target.name}.{uuid.uuid4().hex[:8]}.incomplete"
+    staging = temporary_sibling(target, "incomplete")
     try:
         python_dir = staging / "python"
         python_dir.mkdir(parents=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -28,6 +27,7 @@ from typing import Any
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
+from trtforge.atomic import temporary_sibling
 from trtforge.engine import XGRAMMAR_TOKENIZER_INFO, EngineInfo
 from trtforge.errors import TritonError, UsageError
 from trtforge.serve_options import ServeOptions
@@ -330,7 +330,7 @@ def write_model_repository(
     dest = Path(dest).expanduser().absolute()
     _check_replaceable(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.incomplete"
+    staging = temporary_sibling(dest, "incomplete")
     try:
         _write_models(engine, staging, options)
         _replace_dir(staging, dest)
@@ -375,7 +375,7 @@ def write_engines_repository(
     dest = Path(dest).expanduser().absolute()
     _check_replaceable(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.incomplete"
+    staging = temporary_sibling(dest, "incomplete")
     try:
         staging.mkdir()
         for name, engine in engines.items():
@@ -482,7 +482,7 @@ def _replace_dir(staging: Path, dest: Path) -> None:
     if not dest.exists():
         os.rename(staging, dest)
         return
-    old = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.old"
+    old = temporary_sibling(dest, "old")
     os.rename(dest, old)
     try:
         os.rename(staging, dest)
