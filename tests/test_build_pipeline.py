@@ -167,7 +167,7 @@ def test_timeout_ends_the_build(builder: Path, monkeypatch: pytest.MonkeyPatch) 
 def test_engine_with_the_wrong_quantization_is_refused(
     builder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # An old builder lets --quantization override the checkpoint: the seed's "garbage output" engine.
+    # An old builder lets --quantization override the checkpoint: an engine that produces garbage.
     monkeypatch.setenv("TRTFORGE_STANDIN_MODE", "legacy-quant")
     checkpoint = load_catalog().get("small").model
     add_entry("wrong", model=checkpoint, quantization="FP8", max_seq_len=2048, max_num_tokens=2048)

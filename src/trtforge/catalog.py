@@ -1,4 +1,4 @@
-"""The engine catalogue: what `trtforge build NAME` builds (the seed's `mkEngine`).
+"""The engine catalogue: what `trtforge build NAME` builds.
 
 Built-in entries are merged with the user's TOML file (`$TRTFORGE_CATALOG`, else `./engines.toml`):
 
@@ -37,7 +37,7 @@ from trtforge.constants import TINY_ENGINE_NAME, catalog_path
 from trtforge.errors import CatalogError
 from trtforge.serve_options import ServeOptions
 
-# `trtllm-bench build --quantization` choices (reference §1), upper case as the builder wants them.
+# `trtllm-bench build --quantization` choices, upper case as the builder wants them.
 QUANTIZATION_CHOICES = ("W8A16", "W4A16", "W4A16_AWQ", "W4A8_AWQ", "W4A16_GPTQ", "FP8", "INT8", "NVFP4")
 MAX_WORLD_SIZE = 8
 BUILTIN_MODEL_PREFIX = "builtin:"

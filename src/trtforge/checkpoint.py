@@ -4,7 +4,7 @@ A safetensors file starts with an 8-byte little-endian header length and a JSON 
 dtype, shape and byte range, so a 20 GB checkpoint is described by a few hundred kilobytes read from disk (or by
 HTTP range requests for a hub id, through `huggingface_hub.get_safetensors_metadata`).
 
-What a ModelOpt NVFP4 export looks like (reference §3):
+What a ModelOpt NVFP4 export looks like:
 
     <checkpoint>/
         config.json                    architecture, dimensions, maybe `quantization_config`
@@ -76,7 +76,7 @@ DTYPE_BITS: dict[str, int] = {
 TORCH_DTYPE_NAMES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32", "half": "F16", "float": "F32"}
 
 # Architectures the TensorRT-engine flow (`trtllm-bench build`, `tensorrt_llm._tensorrt_engine.LLM`) can build
-# from a Hugging Face checkpoint. Qwen3 dense joined around July 2025 (PR #5650); Qwen3-MoE did not (reference §3).
+# from a Hugging Face checkpoint. Qwen3 dense joined around July 2025; Qwen3-MoE did not.
 SUPPORTED_ARCHITECTURES: frozenset[str] = frozenset(
     {
         "LlamaForCausalLM",

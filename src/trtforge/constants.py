@@ -92,7 +92,7 @@ def triton_home() -> Path | None:
     return None
 
 
-# --- engine builds (issue 3) ---
+# --- engine builds ---
 
 DEFAULT_STALL_TIMEOUT_S = 900.0
 

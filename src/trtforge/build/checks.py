@@ -39,7 +39,7 @@ def check_engine(engine_dir: Path, entry: CatalogEntry, *, checkpoint_quant: str
 
     Raises:
         InvalidEngineError: config.json is not an engine config, world size or rank files disagree with the
-            entry, or the quantization differs from the checkpoint's (the seed's "garbage output" case).
+            entry, or the quantization differs from the checkpoint's (an engine that produces garbage).
     """
     info = read_engine(engine_dir)
     where = f"{engine_dir.name}/config.json"

@@ -1,4 +1,4 @@
-"""The `trtllm-bench build` command line and environment (reference §1), and the probe for its version."""
+"""The `trtllm-bench build` command line and environment, and the probe for its version."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ LAUNCHERS: tuple[str, ...] = ("auto", "mpirun", "none")
 BENCH_MODULE = "tensorrt_llm.commands.bench"
 MPIRUN_PREFIX = ("mpirun", "-np", "1", "--allow-run-as-root")
 
-# Remedies for the shutdown hang (reference §1): TP 1 stays in-process (no MPI pool to join), and Open MPI talks
+# Remedies for the shutdown hang: TP 1 stays in-process (no MPI pool to join), and Open MPI talks
 # over loopback only, so no probing of other interfaces can block.
 SINGLE_PROCESS_ENV = {"TLLM_WORKER_USE_SINGLE_PROCESS": "1"}
 LOOPBACK_MPI_ENV = {"OMPI_MCA_btl_tcp_if_include": "lo", "OMPI_MCA_oob_tcp_if_include": "lo"}
@@ -92,7 +92,7 @@ def build_command(
     revision: str | None,
     base_env: Mapping[str, str] | None = None,
 ) -> BuilderCommand:
-    """The argv for `trtllm-bench build` exactly as reference §1 spells it.
+    """The argv for `trtllm-bench build` exactly as TensorRT-LLM's command line spells it.
 
     Global options come before `build`. A local checkpoint is passed as `--model <entry name> --model_path <dir>`
     (an absolute `--model` would drop the workspace from the engine path).

@@ -1,6 +1,6 @@
 """Run a builder in its own session, stream its log, and stop it the moment its engine is complete.
 
-`trtllm-bench build` can hang at shutdown after saving the engine (reference §1). The watchdog does not wait for
+`trtllm-bench build` can hang at shutdown after saving the engine (its MPI worker pool). The watchdog does not wait for
 it to exit: the build is done as soon as `<workspace>/<model>/tp_{tp}_pp_{pp}/` holds a whole engine — a config
 that parses and every `rank{i}.engine`, each as large as its source in `tmp*-llm-workspace/tmp.engine/` and no
 longer growing. Then every process of the builder's session is ended (TERM, then KILL after a short grace), so a

@@ -1,6 +1,6 @@
 """Stand-in for `python -m tensorrt_llm.commands.bench` (trtllm-bench): the `build` subcommand only.
 
-It follows the real command line (reference §1): a click group whose global options (--model, --model_path,
+It follows the real command line: a click group whose global options (--model, --model_path,
 --workspace, --revision, --log_level) come before `build`; unknown flags and flags after the wrong command are
 rejected; `--quantization` has the real choices; `--trust_remote_code` takes a value; the option groups
 (--dataset | --max_batch_size + --max_num_tokens | --target_input_len + --target_output_len) are enforced;
@@ -208,7 +208,7 @@ def build(obj: dict, tp_size: int, pp_size: int, quantization: str | None, datas
     if MODE == "hung-child" or (
         os.environ.get("TLLM_WORKER_USE_SINGLE_PROCESS") != "1" and MODE.startswith("hang")
     ):
-        # The MPI pool worker the executor spawns (reference §1).
+        # The MPI pool worker the executor spawns.
         child = subprocess.Popen([sys.executable, "-c", WORKER_SOURCE])
         write_pidfile(child.pid)
     log("Loading engine into executor (MpiPoolSession)" if child else "Loading engine into executor")
@@ -283,7 +283,7 @@ def copy_growing(source: Path, dest: Path, size: int, delay_s: float) -> None:
 
 
 def engine_config(hf: dict, quant: dict, tp: int, pp: int, batch: int, tokens: int, seq: int) -> dict:
-    """config.json in the engine schema (reference §2)."""
+    """config.json in the engine schema (see trtforge.engine)."""
     algo = quant.get("quant_algo")
     return {
         "version": __version__,
