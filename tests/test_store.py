@@ -150,6 +150,35 @@ def test_gc_plans_then_removes_only_unlinked(tiny: Path) -> None:
     verify_engine("tiny")
 
 
+def test_gc_keeps_an_entry_a_build_links_while_gc_runs(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two unlinked entries; while gc deletes the first, a build of the second finds it cached and links it
+    # (holding the entry's lock, as `run_build` does). gc must see that link, not the one from its plan.
+    store = EngineStore()
+    first = store.root / f"{'5' * 32}-trtllm-engine-old-1.0"
+    second = store.root / f"{'6' * 32}-trtllm-engine-reused-1.0"
+    shutil.copytree(tiny, first)
+    shutil.copytree(tiny, second)
+    plan = store.plan_gc()
+    assert [entry.path for entry in plan.entries] == [first, second]
+
+    remove_entry = EngineStore._remove_entry
+    removals: list[Path] = []
+
+    def build_links_second(self: EngineStore, path: Path, digest: str, **kwargs: bool) -> int:
+        if not removals:
+            with store.lock("6" * 32):
+                link_engine("reused", second)
+        removals.append(path)
+        return remove_entry(self, path, digest, **kwargs)
+
+    monkeypatch.setattr(EngineStore, "_remove_entry", build_links_second)
+    plan.execute()
+    assert removals == [first, second]
+    assert not first.exists()
+    assert (second / "config.json").is_file()
+    assert resolve_engine("reused") == second
+
+
 def test_gc_leaves_a_build_in_progress_alone(tiny: Path) -> None:
     store = EngineStore()
     building = store.new_incomplete("3" * 32)

@@ -341,13 +341,14 @@ class GcPlan:
     idle_locks: tuple[Path, ...] = field(default=())
 
     def execute(self) -> int:
-        """Delete the planned paths (skipping any that are now linked or being built); returns bytes freed."""
+        """Delete the planned paths (skipping any that are now linked or being built); returns bytes freed.
+
+        Each entry's links are looked at again under its lock: a build links its entry while holding that lock,
+        so an entry linked at any moment before gc takes the lock is kept.
+        """
         freed = 0
-        linked = {link.target for link in self.store.links(shadowed=True)}
         for entry in self.entries:
-            if entry.path.resolve() in linked:
-                continue
-            freed += self.store._remove_entry(entry.path, entry.hash)
+            freed += self.store._remove_entry(entry.path, entry.hash, unless_linked=True)
         for path in self.incomplete:
             freed += self.store._remove_entry(path, path.name.split(".")[0])
         for log in self.old_logs:
@@ -641,6 +642,10 @@ class EngineStore:
         except (Timeout, OSError):
             pass
 
+    def _is_linked(self, path: Path) -> bool:
+        target = path.resolve()
+        return any(link.target == target for link in self.links(shadowed=True))
+
     def _is_locked(self, digest: str) -> bool:
         try:
             with self.lock(digest, timeout_s=0):
@@ -648,10 +653,15 @@ class EngineStore:
         except Timeout:
             return True
 
-    def _remove_entry(self, path: Path, digest: str) -> int:
-        """Rename out of sight first (so nothing half-deleted looks like an engine), then delete."""
+    def _remove_entry(self, path: Path, digest: str, *, unless_linked: bool = False) -> int:
+        """Rename out of sight first (so nothing half-deleted looks like an engine), then delete.
+
+        `unless_linked`: keep the entry when a link points to it (checked under the lock).
+        """
         try:
             with self.lock(digest, timeout_s=0):
+                if unless_linked and self._is_linked(path):
+                    return 0
                 size = _tree_size(path)
                 trash = self.root / TMP_DIR / unique_name(digest, "deleting")
                 trash.parent.mkdir(parents=True, exist_ok=True)
