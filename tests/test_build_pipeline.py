@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 from checkpoints import write_nvfp4_checkpoint
 from trtforge.build.pipeline import ensure_engine, plan_build
 from trtforge.catalog import add_entry, load_catalog
-from trtforge.errors import BuildFailedError, GpuError, InvalidEngineError
+from trtforge.errors import BuildFailedError, CheckpointError, GpuError, InvalidEngineError
 from trtforge.processes import session_members
 from trtforge.store import EngineStore, resolve_engine, verify_engine
 
@@ -90,6 +91,86 @@ def test_hash_changes_with_every_input(builder: Path, checkpoint: Path) -> None:
     assert plan_build(entry, gpu_arch="sm120").hash != base
     assert plan_build(entry.model_copy(update={"max_seq_len": 4096})).hash != base
     assert plan_build(entry).hash == base
+
+
+@pytest.mark.parametrize(
+    ("arch", "config", "refusal"),
+    [
+        ("sm90", None, GpuError),  # NVFP4 on a Hopper GPU
+        ("sm100", {"architectures": ["Qwen3MoeForCausalLM"]}, CheckpointError),
+    ],
+)
+def test_refusals_come_before_hashing_the_checkpoint(
+    builder: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    arch: str,
+    config: dict[str, object] | None,
+    refusal: type[Exception],
+) -> None:
+    checkpoint = write_nvfp4_checkpoint(tmp_path / "refused", tiny=True, config=config)
+    add_entry("refused", model=str(checkpoint), quantization="NVFP4", max_seq_len=2048, max_num_tokens=2048)
+
+    def walk_files(root: Path, **_: object) -> None:
+        raise AssertionError(f"hashing {root} before its refusal")
+
+    monkeypatch.setattr("trtforge.untrusted.walk_files", walk_files)  # what hashing a tree starts with
+    with pytest.raises(refusal):
+        plan_build(load_catalog().get("refused"), gpu_arch=arch)
+
+
+def _age(root: Path, seconds: float) -> None:
+    """Date every file under `root` back (a checkpoint downloaded a while ago)."""
+    then = time.time() - seconds
+    for path in root.rglob("*"):
+        os.utime(path, (then, then))
+
+
+def _flip_last_byte(path: Path) -> None:
+    """Change the content of `path` in place: same size, same inode."""
+    with open(path, "r+b") as handle:
+        handle.seek(-1, os.SEEK_END)
+        last = handle.read(1)
+        handle.seek(-1, os.SEEK_END)
+        handle.write(b"\x01" if last != b"\x01" else b"\x02")
+
+
+def test_a_rebuild_does_not_read_an_unchanged_checkpoint_again(builder: Path, tmp_path: Path) -> None:
+    checkpoint = write_nvfp4_checkpoint(tmp_path / "cached", tiny=True)
+    add_entry("cached", model=str(checkpoint), quantization="NVFP4", max_seq_len=2048, max_num_tokens=2048)
+    _age(checkpoint, 3600)
+    entry = load_catalog().get("cached")
+    first = plan_build(entry).inputs.model_revision
+
+    # Same bytes count, same mtime, same inode: the cache answers, so changed content goes unseen (not re-read).
+    shard = sorted(checkpoint.glob("*.safetensors"))[0]
+    stamp = shard.stat()
+    _flip_last_byte(shard)
+    os.utime(shard, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert (shard.stat().st_ino, shard.stat().st_size) == (stamp.st_ino, stamp.st_size)
+    assert plan_build(entry).inputs.model_revision == first
+
+    # A new mtime (or inode, or size) is a new version: read again.
+    os.utime(shard, ns=(stamp.st_atime_ns, stamp.st_mtime_ns - 10**9))
+    changed = plan_build(entry).inputs.model_revision
+    assert changed != first
+    copy = shard.with_name("copy")
+    shutil.copy2(shard, copy)  # same content and mtime, another inode
+    copy.replace(shard)
+    assert plan_build(entry).inputs.model_revision == changed
+
+
+def test_files_written_just_before_hashing_are_not_cached(builder: Path, tmp_path: Path) -> None:
+    # A file modified in the same instant it is hashed could change again without its stamp changing.
+    checkpoint = write_nvfp4_checkpoint(tmp_path / "fresh", tiny=True)
+    add_entry("fresh", model=str(checkpoint), quantization="NVFP4", max_seq_len=2048, max_num_tokens=2048)
+    entry = load_catalog().get("fresh")
+    first = plan_build(entry).inputs.model_revision
+    shard = sorted(checkpoint.glob("*.safetensors"))[0]
+    stamp = shard.stat()
+    _flip_last_byte(shard)
+    os.utime(shard, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert plan_build(entry).inputs.model_revision != first
 
 
 @pytest.mark.parametrize("mode", ["hang-after-save", "hang-ignore-term", "hung-child"])

@@ -152,7 +152,7 @@ def test_a_directory_without_config_json_is_refused_before_hashing(
     def no_hashing(root: Path, **_: object) -> str:
         raise AssertionError(f"hashed {root} before checking for config.json")
 
-    monkeypatch.setattr("trtforge.build.pipeline.hash_tree", no_hashing)
+    monkeypatch.setattr("trtforge.build.pipeline.hash_checkpoint", no_hashing)
     _add("small", not_a_model)
     with pytest.raises(CheckpointError, match=r"no config\.json"):
         plan_build(load_catalog().get("small"))

@@ -18,9 +18,9 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from trtforge.errors import CheckpointError, TrtforgeError
 
@@ -196,17 +196,36 @@ def sha256_regular(
     path: Path, *, error: ErrorType = CheckpointError, shown: Path | None = None, follow: bool = True
 ) -> str:
     """The sha256 of regular file `path`, read through a descriptor checked to be a regular file."""
-    digest = hashlib.sha256()
     with os.fdopen(open_regular(path, error=error, shown=shown, follow=follow), "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
+        return sha256_handle(handle)
+
+
+def sha256_handle(handle: BinaryIO) -> str:
+    """The sha256 of what is left to read from an open file."""
+    digest = hashlib.sha256()
+    while chunk := handle.read(_CHUNK):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
-def hash_tree(root: Path, *, error: ErrorType = CheckpointError) -> str:
-    """A content hash of the tree at `root`: relative paths and the content of every file (links by target)."""
+# (real path, path to show in errors) -> sha256 of the file's content.
+FileHasher = Callable[[Path, Path], str]
+
+
+def hash_tree(
+    root: Path, *, error: ErrorType = CheckpointError, file_sha256: FileHasher | None = None
+) -> str:
+    """A content hash of the tree at `root`: relative paths and the content of every file (links by target).
+
+    `file_sha256` hashes one file (default: `sha256_regular`); a cache can answer without reading it.
+    """
     root = Path(os.path.realpath(root))
+
+    def read_and_hash(real: Path, shown: Path) -> str:
+        return sha256_regular(real, error=error, shown=shown)
+
+    hasher = file_sha256 or read_and_hash
     digest = hashlib.sha256()
     for relative, real in walk_files(root, error=error, confine=checkpoint_root(root)):
-        digest.update(f"{relative}\0{sha256_regular(real, error=error, shown=root / relative)}\n".encode())
+        digest.update(f"{relative}\0{hasher(real, root / relative)}\n".encode())
     return digest.hexdigest()

@@ -29,10 +29,11 @@ from trtforge.constants import (
     trtllm_version_override,
 )
 from trtforge.errors import BuildFailedError, CheckpointError, GpuError, TrtforgeError
+from trtforge.hashcache import hash_checkpoint
 from trtforge.preflight import preflight_build
 from trtforge.processes import start_time
 from trtforge.store import BUILD_LOG, BuildInputs, EngineStore, link_engine, write_manifest
-from trtforge.untrusted import checkpoint_root, hash_tree, inside, read_json_object
+from trtforge.untrusted import checkpoint_root, inside, read_json_object
 
 REFERENCE_ARCH = "cpu"
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -131,7 +132,7 @@ def plan_build(
         # Any Hugging Face causal LM, run by transformers: no TensorRT-LLM, no NVFP4 preflight.
         from trtforge.reference.hf_engine import HF_GENERATOR_VERSION
 
-        model_dir, revision = _resolve_model(entry)
+        model_dir, revision = _resolve_model(entry, gpu_arch=None)
         version, arch = HF_GENERATOR_VERSION, REFERENCE_ARCH
     else:
         arch = _target_arch(gpu_arch)
@@ -143,11 +144,7 @@ def plan_build(
             if pinned is None:
                 raise
             version, builder_missing = pinned, str(exc)
-        model_dir, revision = _resolve_model(entry)
-        # A hub model's `model_dir` holds only its small files: preflight reads the weights' headers from the hub,
-        # at the revision being built.
-        checked = entry if entry.local_model_dir else entry.model_copy(update={"revision": revision})
-        preflight_build(checked, model_dir=entry.local_model_dir, gpu_arch=arch, force=force)
+        model_dir, revision = _resolve_model(entry, gpu_arch=arch, force=force)
     inputs = BuildInputs(entry.build_fields(), revision, version, arch)
     digest = inputs.digest()
     return BuildPlan(
@@ -188,20 +185,33 @@ def _target_arch(explicit: str | None) -> str:
     return arch
 
 
-def _resolve_model(entry: CatalogEntry) -> tuple[Path | None, str]:
-    """(checkpoint directory if one is on disk, resolved revision) for a TensorRT entry."""
+def _resolve_model(
+    entry: CatalogEntry, *, gpu_arch: str | None, force: bool = False
+) -> tuple[Path | None, str]:
+    """(checkpoint directory if one is on disk, resolved revision), after preflight for `gpu_arch`.
+
+    Every refusal (checkpoint, architecture, fit) comes before a local checkpoint is hashed: hashing reads every
+    byte of it (the hash cache spares that only when the files are unchanged since the last build).
+    `gpu_arch=None`: no preflight (a reference model runs on the CPU, unquantized).
+    """
     local = entry.local_model_dir
     if local is not None:
         if not local.is_dir():
             raise CheckpointError(f"{local}: checkpoint directory not found (entry {entry.name!r})")
-        # The cheap check first: a directory without a valid config.json is refused before hashing gigabytes.
+        # Not a Hugging Face checkpoint directory at all: refused even with --force.
         root = checkpoint_root(local)
         config = inside(root, (local / "config.json").relative_to(root))
         if config is None:
             raise CheckpointError(f"{local}: no config.json: not a Hugging Face checkpoint directory")
         read_json_object(config)
-        return local, f"dir:{hash_tree(local)}"
+        if gpu_arch is not None:
+            preflight_build(entry, model_dir=local, gpu_arch=gpu_arch, force=force)
+        return local, f"dir:{hash_checkpoint(local)}"
     sha = resolve_hub_revision(entry.model, entry.revision)
+    if gpu_arch is not None:
+        # The snapshot holds only the small files: preflight reads the weights' headers from the hub, at `sha`.
+        checked = entry.model_copy(update={"revision": sha})
+        preflight_build(checked, model_dir=None, gpu_arch=gpu_arch, force=force)
     return _hub_snapshot(entry.model, sha), sha
 
 
