@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from checkpoints import write_nvfp4_checkpoint
+from trtforge.build.command import build_command
 from trtforge.build.pipeline import ensure_engine, plan_build
+from trtforge.build.watchdog import DEFAULT_GRACE_S, FINISHED_GRACE_S, BuildWatchdog, Outcome, WatchResult
 from trtforge.catalog import add_entry, load_catalog
 from trtforge.errors import BuildFailedError, CheckpointError, GpuError, InvalidEngineError
 from trtforge.processes import session_members
@@ -183,6 +185,50 @@ def test_hung_builder_is_reaped_quickly(builder: Path, monkeypatch: pytest.Monke
     assert time.monotonic() - started < 20
     verify_engine(result.path)
     _assert_nothing_left(builder)
+
+
+def _watch(mode: str, checkpoint: Path, work: Path, **options: float) -> WatchResult:
+    """Run the watchdog on the stand-in builder in `mode`, as the pipeline does."""
+    entry = load_catalog().get("small")
+    env = {**os.environ, "TRTFORGE_STANDIN_MODE": mode}
+    command = build_command(
+        entry,
+        python=sys.executable,
+        launcher="none",
+        workspace=work / "workspace",
+        model_path=checkpoint,
+        revision=None,
+        base_env=env,
+    )
+    return BuildWatchdog(
+        command.argv,
+        env=command.env,
+        workspace=command.workspace,
+        engine_dir=command.engine_dir,
+        world_size=entry.world_size,
+        log_path=work / "build.log",
+        **options,
+    ).run()
+
+
+def test_a_finished_builder_ignoring_sigterm_gets_the_short_grace(
+    builder: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    # Once its engine is whole the builder has nothing left to save: the working builder's grace is not for it.
+    result = _watch("hang-ignore-term", checkpoint, tmp_path, stall_timeout_s=60)
+    assert result.outcome is Outcome.COMPLETE
+    assert result.engine_complete_at is not None and result.engine_complete_at <= result.reaped_at
+    assert result.stopped and result.killed  # TERM was ignored: KILL ended it
+    assert result.stop_grace_s == FINISHED_GRACE_S < 1.0 < DEFAULT_GRACE_S
+    _assert_nothing_left(builder)
+
+
+def test_a_builder_stopped_while_working_gets_the_full_grace(
+    builder: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    result = _watch("partial", checkpoint, tmp_path, stall_timeout_s=1)
+    assert result.outcome is Outcome.STALLED
+    assert result.stopped and result.stop_grace_s == DEFAULT_GRACE_S
 
 
 @pytest.mark.parametrize(

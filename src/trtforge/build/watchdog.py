@@ -1,10 +1,11 @@
 """Run a builder in its own session, stream its log, and stop it the moment its engine is complete.
 
-`trtllm-bench build` can hang at shutdown after saving the engine (its MPI worker pool). The watchdog does not wait for
-it to exit: the build is done as soon as `<workspace>/<model>/tp_{tp}_pp_{pp}/` holds a whole engine — a config
-that parses and every `rank{i}.engine`, each as large as its source in `tmp*-llm-workspace/tmp.engine/` and no
-longer growing. Then every process of the builder's session is ended (TERM, then KILL after a short grace), so a
-builder that ignores SIGTERM or has a hung child is still reaped within seconds.
+`trtllm-bench build` can hang at shutdown after saving the engine (joining its MPI worker pool). The watchdog does
+not wait for it to exit: the build is done as soon as `<workspace>/<model>/tp_{tp}_pp_{pp}/` holds a whole engine —
+a config that parses and every `rank{i}.engine`, each as large as its source in `tmp*-llm-workspace/tmp.engine/`
+and no longer growing. Then every process of the builder's session is ended: TERM, then KILL after
+`FINISHED_GRACE_S`, so a finished builder that ignores SIGTERM or has a hung child is gone well within a second.
+A builder stopped while still working (stall, timeout, a signal to us) gets `DEFAULT_GRACE_S` to exit cleanly.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from trtforge.processes import session_members, start_time
 LLM_WORKSPACE_GLOB = "tmp*-llm-workspace"
 LLM_TMP_ENGINE = "tmp.engine"
 DEFAULT_POLL_S = 0.2
-DEFAULT_GRACE_S = 2.0
+DEFAULT_GRACE_S = 2.0  # TERM → KILL for a builder stopped while working: time to exit cleanly
+# TERM → KILL once its engine is whole and checked: the builder has nothing left to write, and a builder hung in
+# shutdown (which may ignore TERM) must not hold the build up for the working grace.
+FINISHED_GRACE_S = 0.2
 # Signals that end `trtforge build` (SIGINT arrives as KeyboardInterrupt already): each becomes an exception in
 # the main thread, so the watchdog's cleanup ends the builder's session instead of orphaning it.
 ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -58,6 +62,8 @@ class WatchResult:
     engine_complete_at: float | None
     reaped_at: float  # every process of the session gone
     stopped: bool  # we signalled the builder
+    stop_grace_s: float | None  # the TERM → KILL grace the stop allowed (None: not signalled)
+    killed: bool  # some process outlived the grace and got SIGKILL
 
 
 @dataclass
@@ -161,12 +167,22 @@ class BuildWatchdog:
                 _ignore_ending_signals()  # a second TERM must not interrupt the cleanup that ends the builder
                 if complete_at is not None:
                     self._set_phase("engine complete; stopping the builder")
-                stopped = end_session(proc, grace_s=self.grace_s)
+                grace_s = FINISHED_GRACE_S if complete_at is not None else self.grace_s
+                ending = end_session(proc, grace_s=grace_s)
                 reaped_at = time.monotonic()
                 if reader.ident is not None:
                     reader.join(timeout=1)
                 self.state = WatchState.DONE
-        return WatchResult(outcome, exit_code, started, complete_at, reaped_at, stopped)
+        return WatchResult(
+            outcome,
+            exit_code,
+            started,
+            complete_at,
+            reaped_at,
+            stopped=ending.signalled,
+            stop_grace_s=grace_s if ending.signalled else None,
+            killed=ending.killed,
+        )
 
     def _pump(self, stream: IO[bytes], log: IO[bytes]) -> None:
         with stream:  # closed here, at end of output: closing it from another thread would race this read
@@ -288,18 +304,23 @@ def _signal_session(sid: int, sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
-def end_session(proc: subprocess.Popen[bytes], *, grace_s: float = DEFAULT_GRACE_S) -> bool:
-    """End every process of the session `proc` leads: TERM, then KILL after `grace_s`. Returns True when any
-    process had to be signalled (False when the builder and its children had all exited by themselves)."""
+@dataclass(frozen=True)
+class SessionEnd:
+    signalled: bool  # False: the builder and its children had all exited by themselves
+    killed: bool  # TERM was not enough within the grace
+
+
+def end_session(proc: subprocess.Popen[bytes], *, grace_s: float = DEFAULT_GRACE_S) -> SessionEnd:
+    """End every process of the session `proc` leads: TERM, then KILL after `grace_s`."""
     sid = proc.pid
     if proc.poll() is not None and not session_members(sid):
-        return False
+        return SessionEnd(signalled=False, killed=False)
     _signal_session(sid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         proc.poll()
         if proc.returncode is not None and not session_members(sid):
-            return True
+            return SessionEnd(signalled=True, killed=False)
         time.sleep(0.05)
     _signal_session(sid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -307,7 +328,7 @@ def end_session(proc: subprocess.Popen[bytes], *, grace_s: float = DEFAULT_GRACE
     deadline = time.monotonic() + 2
     while session_members(sid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return True
+    return SessionEnd(signalled=True, killed=True)
 
 
 def end_orphaned_session(sid: int, leader_start: str | None, *, grace_s: float = DEFAULT_GRACE_S) -> bool:
