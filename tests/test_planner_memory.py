@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from checkpoints import write_nvfp4_checkpoint
+from trtforge.catalog import CatalogEntry
 from trtforge.checkpoint import CheckpointInfo, inspect_checkpoint
 from trtforge.cli import app
 from trtforge.errors import PlanError, UsageError
@@ -111,7 +112,7 @@ def test_rtx_5090_does_not_fit_batch_8_and_recommends_settings_that_do(info: Che
     assert changes["max_batch_size"]["max_batch_size"] == plan.max_concurrent_sequences
     assert changes["max_seq_len"]["max_seq_len"] % 1024 == 0
     assert changes["tp_size"]["tp_size"] == 2
-    assert "--max-batch-size" in (plan.recommendation or "")
+    assert f"max_batch_size = {plan.max_concurrent_sequences}" in (plan.recommendation or "")
     # Every recommended setting really fits.
     memory = KNOWN_GPUS["RTX5090"].memory_bytes
     for alt in plan.alternatives:
@@ -124,16 +125,19 @@ def test_rtx_5090_does_not_fit_batch_8_and_recommends_settings_that_do(info: Che
     assert "\n" not in str(caught.value)
 
 
-def test_bf16_kv_cache_recommends_fp8(tmp_path: Path) -> None:
+def test_recommendations_are_only_settings_a_catalogue_entry_takes(tmp_path: Path) -> None:
+    # A BF16 KV cache would fit as FP8, but the KV dtype comes with the checkpoint: no build option changes it.
     bf16_kv = inspect_checkpoint(write_nvfp4_checkpoint(tmp_path / "c", kv_cache_quant_algo=None))
     assert bf16_kv.kv_cache_dtype == "BF16"
     plan = plan_memory(
         bf16_kv, PlanSettings(max_batch_size=4), gpu_memory_bytes=KNOWN_GPUS["RTX5090"].memory_bytes
     )
     assert plan.kv_bytes_per_token == 262144
-    assert plan.fits is False
-    assert {"change": "kv_cache_dtype", "kv_cache_dtype": "FP8"} in plan.alternatives
-    assert "FP8 KV cache" in (plan.recommendation or "")
+    assert plan.fits is False and plan.alternatives
+    for alt in plan.alternatives:
+        assert alt["change"] in CatalogEntry.model_fields
+        assert f"{alt['change']} = {alt[alt['change']]}" in (plan.recommendation or "")
+    assert "FP8" not in (plan.recommendation or "")
 
 
 def test_weights_alone_too_big_recommends_more_tp(info: CheckpointInfo) -> None:
@@ -155,17 +159,27 @@ def test_invalid_settings_are_usage_errors() -> None:
 
 def test_plan_cli_json_keys_and_numbers(qwen3_32b: Path) -> None:
     result = CliRunner().invoke(app, ["plan", str(qwen3_32b), "--gpu", "RTX5090", "--json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # does not fit: `build` would refuse it
     data = json.loads(result.stdout)
     for key in JSON_KEYS:
         assert key in data
     assert data["kv_bytes_per_token"] == 131072
-    assert data["fits"] is False and "--max-batch-size" in data["recommendation"]
+    assert data["fits"] is False and "max_batch_size = " in data["recommendation"]
     assert data["gpu_arch"] == "sm120" and data["arch_problem"] is None
+
+
+def test_plan_cli_exit_status_says_whether_build_would_accept_it(qwen3_32b: Path) -> None:
+    fits = CliRunner().invoke(app, ["plan", str(qwen3_32b), "--gpu", "B200"])
+    assert fits.exit_code == 0, fits.output
+    assert "fits" in fits.output
+    too_big = CliRunner().invoke(app, ["plan", str(qwen3_32b), "--gpu", "RTX5090", "--max-batch-size", "64"])
+    assert too_big.exit_code == 1
+    assert "does not fit" in too_big.output
 
 
 def test_plan_cli_on_hopper_reports_the_arch_problem(qwen3_32b: Path) -> None:
     result = CliRunner().invoke(app, ["plan", str(qwen3_32b), "--gpu", "H100", "--json"])
+    assert result.exit_code == 1
     data = json.loads(result.stdout)
     assert "NVFP4 needs compute capability ≥ 10.0" in data["arch_problem"]
 

@@ -80,7 +80,7 @@ def test_requested_quantization_contradiction(tmp_path: Path) -> None:
 
 
 def test_declared_memory_that_does_not_fit_is_refused(qwen3_32b: Path) -> None:
-    with pytest.raises(PlanError, match=r"does not fit on the declared GPU: .* fits with --max-batch-size 4"):
+    with pytest.raises(PlanError, match=r"does not fit on the declared GPU: .* fits with max_batch_size = 4"):
         preflight_build(
             _entry(qwen3_32b),
             model_dir=None,

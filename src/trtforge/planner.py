@@ -243,7 +243,11 @@ def _plan_core(info: CheckpointInfo, settings: PlanSettings, gpu_memory_bytes: i
 def _alternatives(
     info: CheckpointInfo, settings: PlanSettings, gpu_memory_bytes: int, core: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """Concrete settings that fit, cheapest change first: smaller batch, shorter sequences, FP8 KV, more TP."""
+    """Catalogue settings that fit, cheapest change first: smaller batch, shorter sequences, more TP.
+
+    Only what a catalogue entry (and so `build`) can change is offered: the KV-cache dtype, for one, comes with
+    the checkpoint.
+    """
     found: list[dict[str, Any]] = []
 
     def fits(candidate: PlanSettings) -> bool:
@@ -256,9 +260,6 @@ def _alternatives(
         seq_len = (per_sequence // 1024) * 1024 if per_sequence >= 1024 else per_sequence
         if seq_len >= 1 and fits(replace(settings, max_seq_len=seq_len)):
             found.append({"change": "max_seq_len", "max_seq_len": seq_len})
-        current_kv = (settings.kv_cache_dtype or info.kv_cache_dtype).upper()
-        if KV_DTYPE_BYTES.get(current_kv, 2) > 1 and fits(replace(settings, kv_cache_dtype="FP8")):
-            found.append({"change": "kv_cache_dtype", "kv_cache_dtype": "FP8"})
     for tp in TP_CHOICES:
         if (
             tp > settings.tp_size
@@ -282,14 +283,8 @@ def _recommendation_text(
         )
     if not alternatives:
         return f"{head}; no setting up to tp_size {TP_CHOICES[-1]} fits: use a GPU with more memory"
-    options = []
-    for alt in alternatives:
-        change = alt["change"]
-        if change == "kv_cache_dtype":
-            options.append("an FP8 KV cache (a checkpoint exported with kv_cache_quant_algo FP8)")
-        else:
-            options.append(f"--{change.replace('_', '-')} {alt[change]}")
-    return f"{head}; fits with " + " or ".join(options)
+    options = [f"{alt['change']} = {alt[alt['change']]}" for alt in alternatives]
+    return f"{head}; fits with " + ", or ".join(options)
 
 
 def trtllm_bench_estimate(

@@ -14,7 +14,7 @@ from rich.table import Table
 from trtforge.checkpoint import CheckpointInfo, check_checkpoint, inspect_checkpoint
 from trtforge.cli._app import app, console, print_json
 from trtforge.constants import DEFAULT_KV_CACHE_FREE_GPU_MEM_FRACTION
-from trtforge.errors import CheckpointError, GpuError
+from trtforge.errors import CheckpointError, GpuError, PlanError
 from trtforge.gpu import (
     KNOWN_GPUS,
     check_arch_supports,
@@ -118,7 +118,10 @@ def plan(
     revision: Annotated[str | None, typer.Option(help="Hub revision.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the plan as JSON on stdout.")] = False,
 ) -> None:
-    """Estimate engine size, KV cache capacity and whether max_batch_size × max_seq_len fits a GPU."""
+    """Estimate engine size, KV cache capacity and whether max_batch_size × max_seq_len fits a GPU.
+
+    Exits 1 when it does not fit or the GPU cannot run the quantization (what `build` would refuse).
+    """
     from trtforge.catalog import load_catalog
 
     catalog = load_catalog()
@@ -142,6 +145,8 @@ def plan(
         print_json({**result.to_json(), "gpu_arch": arch, "arch_problem": arch_problem})
     else:
         _print_plan(result, arch_problem)
+    if result.fits is False or arch_problem:
+        raise typer.Exit(PlanError.exit_code)  # `build` would refuse it: scripts can test the exit status
 
 
 def _target_gpu(gpu: str | None, gpu_memory: str | None) -> tuple[str | None, int | None, str | None]:
