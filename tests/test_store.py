@@ -80,6 +80,22 @@ def test_verify_reports_missing_truncated_changed(tiny: Path, damage, word: str)
     assert result.exit_code != 0
 
 
+def test_verify_without_a_manifest_checks_structure_only(tiny: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "engine"  # an engine built outside trtforge: no manifest to check files against
+    shutil.copytree(tiny, elsewhere)
+    (elsewhere / "trtforge.json").unlink()
+    (elsewhere / "build.log").write_text("not what was built")
+    result = CliRunner().invoke(app, ["verify", str(elsewhere)])
+    assert result.exit_code == 0, result.output
+    assert "structure only" in result.output
+    shutil.rmtree(elsewhere / "hf_model")  # neither rank files nor a reference model: not an engine
+    assert CliRunner().invoke(app, ["verify", str(elsewhere)]).exit_code != 0
+    # In the store a manifest is part of every entry: without one the entry is not trusted.
+    (tiny / "trtforge.json").unlink()
+    with pytest.raises(VerifyError, match=r"trtforge\.json"):
+        verify_engine(tiny)
+
+
 def test_resolve_engine_names_paths_and_errors(
     tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

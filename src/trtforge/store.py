@@ -38,8 +38,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from trtforge.atomic import temporary_sibling, unique_name, write_text_atomic
 from trtforge.catalog import check_name
 from trtforge.constants import engine_link_dirs, logs_dir, store_dir
-from trtforge.engine import ENGINE_CONFIG, MANIFEST, EngineBackend, is_engine_config
-from trtforge.errors import EngineNotFoundError, StoreError, VerifyError
+from trtforge.engine import ENGINE_CONFIG, MANIFEST, EngineBackend, is_engine_config, read_engine
+from trtforge.errors import EngineNotFoundError, InvalidEngineError, StoreError, VerifyError
 from trtforge.untrusted import read_bounded, sha256_regular
 
 ENTRY_INFIX = "-trtllm-engine-"
@@ -272,6 +272,15 @@ def unlisted_problems(root: Path, manifest: Manifest) -> list[str]:
             else:
                 problems.append(f"{relative}: not in the manifest")
     return problems
+
+
+def structure_problems(path: Path) -> list[str]:
+    """What makes `path` not a loadable engine directory: config, world size against rank files (or model)."""
+    try:
+        read_engine(path)
+    except InvalidEngineError as exc:
+        return [str(exc)]
+    return []
 
 
 # --- records -----------------------------------------------------------------------------------------------
@@ -599,12 +608,19 @@ class EngineStore:
                 found[key] = LinkRecord(name=link.name, link=link, target=target)
         return list(found.values())
 
+    def holds(self, path: Path) -> bool:
+        """Whether `path` is (or would be) a published entry of this store: every entry has a manifest."""
+        return Path(os.path.realpath(path)).parent == Path(os.path.realpath(self.root))
+
     def verify(self, path: Path) -> VerifyReport:
         """Check the manifest describes this directory, then every file against it (type and size first, then
         sha256, reading only regular files and following no link); lists every problem, unlisted files and
         symlinks included."""
         path = Path(path)
         problems: list[str] = []
+        if not os.path.lexists(path / MANIFEST) and not self.holds(path):
+            # An engine built elsewhere: nothing to check its files against, only its layout.
+            return VerifyReport(path, 0, tuple(structure_problems(path)), has_manifest=False)
         try:
             manifest = read_manifest(path)
         except StoreError as exc:

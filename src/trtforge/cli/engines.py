@@ -228,12 +228,13 @@ def link(
 
 @app.command()
 def verify(name_or_path: Annotated[str, typer.Argument(help="Linked name or engine directory.")]) -> None:
-    """Check every file of an engine against its manifest; non-zero exit on any missing or changed file."""
+    """Check every file of an engine against its manifest; non-zero exit on any missing or changed file.
+
+    A directory outside the store without a manifest (an engine built elsewhere) gets its structure checked.
+    """
     report = verify_engine(name_or_path)
-    note = "" if report.has_manifest else " (no manifest: structure only)"
-    console.print(
-        f"[green]ok[/] {escape(str(report.path))}: {report.checked_files} files{note}", soft_wrap=True
-    )
+    what = f"{report.checked_files} files" if report.has_manifest else "structure only (no manifest)"
+    console.print(f"[green]ok[/] {escape(str(report.path))}: {what}", soft_wrap=True)
 
 
 @app.command()
