@@ -59,7 +59,7 @@ def proxy(tiny: EngineInfo, triton: TritonServer) -> Iterator[tuple[str, TritonB
     settings = ProxySettings.from_engine(MODEL, tiny, triton.grpc_url)
     server = make_server(settings, port=free_port(), log_level="warning")
     with serve_in_thread(server) as url:
-        yield url, server.config.app.state.serving.backend
+        yield url, server.config.app.state.servings[MODEL].backend
 
 
 def _open_streams(url: str, count: int) -> list[socket.socket]:
