@@ -4,26 +4,46 @@
                ──TritonServer────────────▶ tritonserver (gRPC/HTTP/metrics on 127.0.0.1)
                ──ProxySettings/make_server▶ uvicorn on 127.0.0.1:9000
 
-`serve` runs the first two, `proxy` the last, `up` all three in one process group of ours.
+`serve` runs the first two, `proxy` the last; `up` runs all three as one `Stack`, which also watches
+tritonserver: when it dies, the proxy stays up (open streams get an error frame and `[DONE]`, new requests a 503,
+`/health` says not ready) and the stack starts a new tritonserver with backoff until it is ready again, or —
+with `restart=False`, for supervisors such as Kubernetes — ends `serve()` with an error.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 import hashlib
 import json
+import logging
 import re
 import socket
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 from trtforge import constants
 from trtforge.engine import EngineInfo, read_engine
-from trtforge.errors import UsageError
+from trtforge.errors import TritonError, UsageError
 
 if TYPE_CHECKING:
+    import uvicorn
+
+    from trtforge.proxy.workers import ProxyWorkers
     from trtforge.triton import RepositoryOptions, TritonServer
+
+logger = logging.getLogger(__name__)
+
+RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+# stop() from another thread waits this long for the proxy to end its streams before stopping tritonserver.
+_PROXY_STOP_WAIT_S = 10.0
+# A tritonserver that stayed up this long starts the backoff over when it dies.
+_HEALTHY_RUN_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -104,3 +124,222 @@ def curl_example(port: int, model: str) -> str:
         separators=(",", ":"),
     )
     return f"curl 127.0.0.1:{port}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'"
+
+
+class StackState(enum.Enum):
+    CREATED = "created"
+    STARTING = "starting"
+    SERVING = "serving"
+    RESTARTING = "restarting"  # tritonserver died; the proxy answers 503 until a new one is ready
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """What `up` serves and how.
+
+    Args:
+        name: the model name clients pass (the engine name).
+        engine_dir: the engine directory.
+        ports: tritonserver's ports.
+        host, port: where the proxy listens.
+        options: serve options for the model repository.
+        api_key: the key clients must send, or None.
+        workers: proxy processes sharing the port.
+        ready_timeout_s: how long one tritonserver start may take to be ready.
+        restart: start a new tritonserver when it dies (False: `serve()` ends with an error instead).
+        log_level: the proxy's log level.
+    """
+
+    name: str
+    engine_dir: Path
+    ports: TritonPorts = TritonPorts()
+    host: str = constants.DEFAULT_PROXY_HOST
+    port: int = constants.DEFAULT_PROXY_PORT
+    options: RepositoryOptions | None = None
+    api_key: str | None = None
+    workers: int = 1
+    ready_timeout_s: float = 600.0
+    restart: bool = True
+    log_level: str = "warning"
+
+
+class TritonDiedError(TritonError):
+    """tritonserver exited while serving and the stack does not restart it."""
+
+
+class Stack:
+    """engine → model repository → tritonserver → OpenAI proxy → the watch on tritonserver; a context manager.
+
+        with Stack(StackConfig("tiny", engine_dir)) as stack:   # tritonserver started and ready
+            stack.serve()                                       # the proxy, until stop() or a signal
+
+    `stop()` may be called from any thread; leaving the block stops the proxy, then tritonserver.
+
+    Args:
+        config: what to serve.
+        say: where progress lines go (one line each).
+    """
+
+    def __init__(self, config: StackConfig, *, say: Callable[[str], None] = logger.info) -> None:
+        self.config = config
+        self._say = say
+        self.state = StackState.CREATED
+        self.engine: EngineInfo | None = None
+        self.triton: TritonServer | None = None
+        self.proxy: uvicorn.Server | ProxyWorkers | None = None
+        self.restarts = 0
+        self._died: str | None = None  # why serve() must fail (tritonserver died, no restart)
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # guards replacing and stopping `triton`
+        self._watcher: threading.Thread | None = None
+        self._serving = threading.Event()  # serve() was entered
+        self._served = threading.Event()  # serve() returned
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Write the repository, start tritonserver and wait until it is ready, then build the proxy."""
+        from trtforge.proxy import ProxySettings, make_proxy
+
+        if self.state is not StackState.CREATED:
+            raise UsageError(f"this Stack was already started (state {self.state.value})")
+        self.state = StackState.STARTING
+        self._start_triton()
+        assert self.engine is not None
+        cfg = self.config
+        settings = ProxySettings.from_engine(
+            cfg.name,
+            self.engine,
+            cfg.ports.grpc_url,
+            reasoning_parser=cfg.options.reasoning_parser if cfg.options else None,
+            tool_parser=cfg.options.tool_parser if cfg.options else None,
+        )
+        self.proxy = make_proxy(
+            settings,
+            host=cfg.host,
+            port=cfg.port,
+            log_level=cfg.log_level,
+            api_key=cfg.api_key,
+            workers=cfg.workers,
+        )
+        self._watcher = threading.Thread(target=self._watch, name="triton-watch", daemon=True)
+        self._watcher.start()
+        self.state = StackState.SERVING
+
+    def serve(self) -> None:
+        """Run the proxy in this thread until `stop()`, SIGINT/SIGTERM, or tritonserver dies without restart.
+
+        Raises:
+            TritonDiedError: tritonserver died and `restart` is off.
+            ProxyStartError: the proxy could not start.
+        """
+        from trtforge.proxy import run_server
+
+        if self.proxy is None:
+            raise UsageError("Stack.serve() needs a started stack")
+        self._serving.set()
+        try:
+            run_server(self.proxy)
+        finally:
+            self._served.set()
+        if self._died is not None:
+            raise TritonDiedError(self._died)
+
+    def stop(self) -> None:
+        """Stop the proxy, then tritonserver (idempotent; any thread)."""
+        if self.state is StackState.STOPPED:
+            return
+        self.state = StackState.STOPPING
+        self._stopping.set()
+        if self.proxy is not None:
+            self.proxy.should_exit = True
+            if self._serving.is_set():  # serve() runs in another thread: let the proxy end its streams first
+                self._served.wait(timeout=_PROXY_STOP_WAIT_S)
+        with self._lock:
+            if self.triton is not None:
+                self.triton.stop()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join()
+        self.state = StackState.STOPPED
+
+    # -- tritonserver ----------------------------------------------------------------------------------
+
+    def _start_triton(self) -> None:
+        cfg = self.config
+        with self._lock:
+            if self._stopping.is_set():
+                raise TritonError("the stack is stopping")
+            self.engine, self.triton = prepare_triton(
+                cfg.name, cfg.engine_dir, ports=cfg.ports, options=cfg.options
+            )
+            triton = self.triton
+            # The stack stops tritonserver only after the proxy, its one client, has ended every generation:
+            # nothing is left for tritonserver's graceful unload to wait for (it takes seconds).
+            triton.exit_timeout_s = 0
+            self._say(
+                f"starting tritonserver for {cfg.name} ({self.engine.backend} backend, world size "
+                f"{self.engine.world_size}); log: {triton.log_path}"
+            )
+            triton.start()
+        started = time.monotonic()
+        triton.wait_ready(timeout_s=cfg.ready_timeout_s)
+        self._say(
+            f"tritonserver ready in {time.monotonic() - started:.1f} s: gRPC 127.0.0.1:{cfg.ports.grpc}, "
+            f"HTTP 127.0.0.1:{cfg.ports.http}, metrics 127.0.0.1:{cfg.ports.metrics}"
+        )
+
+    def _watch(self) -> None:
+        """Wait for tritonserver to die; then restart it with backoff, or stop the proxy."""
+        attempt = 0
+        while not self._stopping.is_set():
+            triton = self.triton
+            assert triton is not None
+            up_since = time.monotonic()
+            while (code := triton.wait(timeout_s=0.2)) is None:
+                if self._stopping.is_set():
+                    return
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - up_since >= _HEALTHY_RUN_S:
+                attempt = 0
+            why = f"tritonserver exited with status {code}; log: {triton.log_path}"
+            with self._lock:
+                triton.stop()  # reap what is left of it (python-backend stubs, the log file)
+            if not self.config.restart:
+                self._died = why
+                self._say(f"{why}; stopping (restarts are off)")
+                if self.proxy is not None:
+                    self.proxy.should_exit = True
+                return
+            self.state = StackState.RESTARTING
+            while not self._stopping.is_set():
+                delay = RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)]
+                attempt += 1
+                self._say(f"{why}; starting a new one in {delay:g} s (restart {self.restarts + 1})")
+                if self._stopping.wait(delay):
+                    return
+                try:
+                    self._start_triton()
+                except TritonError as exc:
+                    if self._stopping.is_set():
+                        return
+                    why = str(exc)
+                    continue
+                self.restarts += 1
+                self.state = StackState.SERVING
+                break

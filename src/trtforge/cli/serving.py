@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -172,13 +176,19 @@ def _engine_for(name: str, *, build: bool) -> Path:
     return resolve_engine(name)
 
 
-def _watch_triton(server: TritonServer, proxy: uvicorn.Server | ProxyWorkers) -> None:
-    """Stop the proxy when tritonserver dies under it, so `up` never serves 503s forever."""
-    while not proxy.should_exit:
-        if server.wait(timeout_s=1.0) is not None:
-            console.print(f"[bold red]error:[/] tritonserver exited unexpectedly; log: {server.log_path}")
-            proxy.should_exit = True
-            return
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """Within the block SIGTERM raises SystemExit, as SIGINT raises KeyboardInterrupt, so `with` blocks unwind
+    (the proxy handles both itself while it runs). Main thread only (Python's signal rule)."""
+
+    def raise_exit(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, raise_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _demo_request(proxy: uvicorn.Server | ProxyWorkers, port: int, model: str, api_key: str | None) -> None:
@@ -296,10 +306,16 @@ def up(
     option: ServeOptionArg = None,
     force: Force = False,
     workers: Workers = 1,
+    restart: Annotated[
+        bool, typer.Option(help="Start a new tritonserver when it dies (--no-restart: exit 1 instead).")
+    ] = True,
 ) -> None:
-    """Build (if missing), start Triton and the proxy, and serve until Ctrl-C; then stop everything."""
-    from trtforge.proxy import ProxySettings, make_proxy, run_server
-    from trtforge.triton import stop_on_signals
+    """Build (if missing), start Triton and the proxy, and serve until Ctrl-C; then stop everything.
+
+    When tritonserver dies, the proxy stays up (503 until Triton is back) and a new tritonserver is started with
+    backoff; `--no-restart` exits with status 1 instead.
+    """
+    from trtforge.stack import Stack, StackConfig
 
     ports = TritonPorts(http=triton_http_port, grpc=triton_grpc_port, metrics=triton_metrics_port)
     options = _serve_options(name, option)
@@ -310,24 +326,24 @@ def up(
     check_ports_free(_triton_port_options(ports))
     engine_dir = _engine_for(name, build=build)
     _check_compatible(name, engine_dir, options, force=force)
-    engine, server = prepare_triton(name, engine_dir, ports=ports, options=options)
-    with stop_on_signals(server):
-        _start_triton(name, engine, server, ports, ready_timeout)
-        settings = ProxySettings.from_engine(
-            name,
-            engine,
-            ports.grpc_url,
-            reasoning_parser=options.reasoning_parser,
-            tool_parser=options.tool_parser,
-        )
-        proxy_server = make_proxy(
-            settings, host=host, port=port, log_level="warning", api_key=api_key, workers=workers
-        )
-        threading.Thread(target=_watch_triton, args=(server, proxy_server), daemon=True).start()
+    config = StackConfig(
+        name=name,
+        engine_dir=engine_dir,
+        ports=ports,
+        host=host,
+        port=port,
+        options=options,
+        api_key=api_key,
+        workers=workers,
+        ready_timeout_s=ready_timeout,
+        restart=restart,
+    )
+    with _sigterm_exits(), Stack(config, say=lambda line: console.print(escape(line))) as stack:
+        assert stack.proxy is not None
         if demo:
             threading.Thread(
-                target=_demo_request, args=(proxy_server, port, name, api_key), daemon=True
+                target=_demo_request, args=(stack.proxy, port, name, api_key), daemon=True
             ).start()
         console.print(f"OpenAI-compatible API for [bold]{escape(name)}[/] on http://{host}:{port}/v1")
-        run_server(proxy_server)
+        stack.serve()
     console.print("stopped tritonserver and the proxy")

@@ -332,6 +332,11 @@ class TritonBackend:
         options = [
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            # Triton is local: after it restarts, reconnect within a second instead of grpc's backoff of
+            # up to two minutes (the proxy answers 503 until the channel is connected again).
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 1000),
         ]
         self._channel = grpc.aio.insecure_channel(self.url, options=options)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
