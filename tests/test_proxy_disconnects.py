@@ -172,3 +172,35 @@ def test_a_stop_string_match_stops_the_rest_of_the_generation(
     wait_until(lambda: len(backend.stops) > before, timeout_s=60)
     record = backend.stops[-1]
     assert record.abandoned_at >= started
+
+
+def test_a_client_that_never_reads_does_not_hold_up_others(proxy: tuple[str, TritonBackend]) -> None:
+    url, backend = proxy
+    host, port = url.removeprefix("http://").split(":")
+    body = {
+        "model": MODEL,
+        "prompt": "The quick brown fox",
+        "max_tokens": 900,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    payload = json.dumps(body).encode()
+    request = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills after a few frames
+    stalled.connect((host, int(port)))
+    stalled.sendall(request)  # and never reads
+    try:
+        ok = httpx.post(
+            f"{url}/v1/completions",
+            json={"model": MODEL, "prompt": "fox", "max_tokens": 2, "temperature": 0},
+            timeout=120,
+        )
+        assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
+    finally:
+        _drop_all([stalled])
+    # The stalled generation ends (stopped, or finished while the proxy's send buffer held its frames).
+    wait_until(lambda: backend.draining == 0, timeout_s=600)

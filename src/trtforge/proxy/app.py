@@ -29,6 +29,7 @@ from trtforge.constants import DEFAULT_PROXY_HOST, DEFAULT_PROXY_PORT
 from trtforge.errors import TrtforgeError
 from trtforge.proxy.backend import TritonBackend
 from trtforge.proxy.errors import ApiError, ModelNotFoundError, TritonUnavailableError
+from trtforge.proxy.limits import BodyLimitMiddleware
 from trtforge.proxy.metrics import METRICS_MEDIA_TYPE, ProxyMetrics
 from trtforge.proxy.middleware import ProxyMiddleware
 from trtforge.proxy.protocol import (
@@ -345,6 +346,7 @@ def build_app(settings: ProxySettings | Sequence[ProxySettings], *, api_key: str
     app = FastAPI(title="trtforge OpenAI proxy", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.shutting_down = asyncio.Event()  # set by the server that runs the app (`make_server`)
     app.state.metrics = proxy_metrics
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)  # inside: after the API key
     app.add_middleware(ProxyMiddleware, api_key=api_key)
     app.include_router(router)
     app.add_exception_handler(ApiError, _api_error)

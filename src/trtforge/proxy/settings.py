@@ -17,6 +17,7 @@ from trtforge.proxy.parsers import (
 DEFAULT_TRITON_MODEL = "tensorrt_llm"
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
 DEFAULT_HEALTH_TIMEOUT_S = 2.0
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class ProxySettings:
         health_timeout_s: how long `/health` waits for Triton's readiness answer.
         reasoning_parser: splits the model's thinking from its answer in chat replies (`none`: no split).
         tool_parser: finds the model's tool calls in chat replies (`none`: tools are not parsed).
+        max_body_bytes: the largest request body accepted (larger ones get a 413 before they are parsed).
     """
 
     model_name: str
@@ -49,6 +51,7 @@ class ProxySettings:
     health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S
     reasoning_parser: str = "none"
     tool_parser: str = "none"
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
     def __post_init__(self) -> None:
         try:

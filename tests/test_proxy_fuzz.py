@@ -1,0 +1,78 @@
+"""schemathesis against the proxy's own OpenAPI document, with the real tritonserver and the reference model behind.
+
+Every generated request must get an answer below 500, and every error must be OpenAI's envelope. The engine's
+context is short (64 tokens) so that the requests the fuzzer makes valid stay quick to generate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hypothesis
+import pytest
+import schemathesis
+from schemathesis.checks import not_a_server_error
+
+from conftest import copy_engine_with, free_port
+from proxy_fixtures import serve_in_thread
+from trtforge.engine import read_engine
+from trtforge.proxy import ProxySettings, make_server
+from trtforge.triton.repository import write_model_repository
+from trtforge.triton.server import TritonServer
+
+pytestmark = pytest.mark.triton
+
+MODEL = "tiny"
+EXAMPLES_PER_OPERATION = 40
+
+
+@pytest.fixture(scope="module")
+def proxy_url(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("fuzz")
+    engine = read_engine(copy_engine_with(tiny_engine, root / "engine", max_seq_len=64, max_batch_size=8))
+    server = TritonServer(
+        write_model_repository(engine, root / "repository"),
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_path=root / "tritonserver.log",
+    )
+    with server:
+        settings = ProxySettings.from_engine(MODEL, engine, server.grpc_url)
+        with serve_in_thread(make_server(settings, port=free_port(), log_level="critical")) as url:
+            yield url
+
+
+def error_envelope(ctx: Any, response: Any, case: Any) -> bool | None:
+    """Every 4xx/5xx body is `{"error": {"message", "type", "param", "code"}}` with a message."""
+    if response.status_code < 400:
+        return None
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
+    return None
+
+
+def test_no_server_errors_and_every_error_in_the_envelope(proxy_url: str) -> None:
+    schema = schemathesis.openapi.from_url(f"{proxy_url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/v1/chat/completions", "/v1/completions", "/v1/models"}
+    for operation in operations:
+
+        @hypothesis.given(case=operation.as_strategy())
+        @hypothesis.settings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(hypothesis.HealthCheck),
+            phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+        )
+        def check(case: Any) -> None:
+            response = case.call(timeout=120)
+            case.validate_response(response, checks=[not_a_server_error, error_envelope])
+
+        check()
