@@ -346,7 +346,8 @@ def build_app(settings: ProxySettings | Sequence[ProxySettings], *, api_key: str
     app = FastAPI(title="trtforge OpenAI proxy", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.shutting_down = asyncio.Event()  # set by the server that runs the app (`make_server`)
     app.state.metrics = proxy_metrics
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)  # inside: after the API key
+    # Inside the API-key check; one limit for the whole app: the largest any served model allows.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max(m.max_body_bytes for m in models))
     app.add_middleware(ProxyMiddleware, api_key=api_key)
     app.include_router(router)
     app.add_exception_handler(ApiError, _api_error)
