@@ -297,11 +297,9 @@ def test_shutdown_ends_open_streams_at_once_with_an_error_and_done(
         lines = response.iter_lines()
         assert next(line for line in lines if line.startswith("data: "))
         server.should_exit = True
-        started = time.monotonic()
         frames = [line.removeprefix("data: ") for line in lines if line]
-        elapsed_s = time.monotonic() - started
-    # Without the proxy ending it, the stream runs on through uvicorn's 5 s graceful wait, then is cut.
-    assert elapsed_s < 3, elapsed_s
+    # Ended by the proxy, not cut by uvicorn after its graceful wait (a cut stream has no error frame and no
+    # [DONE]), however fast or slow the machine is.
     assert frames[-1] == "[DONE]"
     assert json.loads(frames[-2])["error"]["message"] == "the server is shutting down"
 
