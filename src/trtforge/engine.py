@@ -45,6 +45,47 @@ def is_engine_config(config: object) -> TypeGuard[dict[str, Any]]:
     )
 
 
+def write_reference_engine_config(
+    dest: Path,
+    *,
+    version: str,
+    architecture: str,
+    shape: dict[str, Any],
+    max_batch_size: int,
+    max_seq_len: int,
+    max_num_tokens: int,
+    gather_generation_logits: bool = False,
+) -> None:
+    """Write `config.json` of a reference engine: one rank, float32, unquantized, the entry's build limits.
+
+    Args:
+        version: the generator's version (it feeds the store's content hash).
+        shape: the model's `pretrained_config` dimensions (vocab_size, hidden_size, ...), in output order.
+        gather_generation_logits: whether the engine returns generation logits (top log probabilities).
+    """
+    build_config: dict[str, Any] = {
+        "max_input_len": max_seq_len - 1,
+        "max_seq_len": max_seq_len,
+        "max_batch_size": max_batch_size,
+        "max_beam_width": 1,
+        "max_num_tokens": max_num_tokens,
+    }
+    if gather_generation_logits:
+        build_config["gather_generation_logits"] = True
+    engine_config = {
+        "version": version,
+        "pretrained_config": {
+            "architecture": architecture,
+            "dtype": "float32",
+            **shape,
+            "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1},
+            "quantization": {"quant_algo": None, "kv_cache_quant_algo": None},
+        },
+        "build_config": build_config,
+    }
+    (dest / ENGINE_CONFIG).write_text(json.dumps(engine_config, indent=2) + "\n", encoding="utf-8")
+
+
 @dataclass(frozen=True)
 class EngineInfo:
     """The facts about an engine directory that serving needs."""

@@ -17,14 +17,13 @@ system, copied otherwise.
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trtforge.engine import CHAT_TEMPLATE, ENGINE_CONFIG, REFERENCE_MODEL_DIR
+from trtforge.engine import CHAT_TEMPLATE, REFERENCE_MODEL_DIR, write_reference_engine_config
 from trtforge.errors import CheckpointError, UsageError
 from trtforge.untrusted import inside, read_json_object
 
@@ -132,28 +131,24 @@ def _write_engine_config(
 ) -> None:
     text = hf_config.get("text_config") if isinstance(hf_config.get("text_config"), dict) else hf_config
     assert isinstance(text, dict)
-    engine_config = {
-        "version": HF_GENERATOR_VERSION,
-        "pretrained_config": {
-            "architecture": hf_config["architectures"][0],
-            "dtype": "float32",
-            "vocab_size": text.get("vocab_size"),
-            "hidden_size": text.get("hidden_size"),
-            "num_hidden_layers": text.get("num_hidden_layers"),
-            "num_attention_heads": text.get("num_attention_heads"),
-            "num_key_value_heads": text.get("num_key_value_heads"),
-            "max_position_embeddings": text.get("max_position_embeddings"),
-            "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1},
-            "quantization": {"quant_algo": None, "kv_cache_quant_algo": None},
+    write_reference_engine_config(
+        dest,
+        version=HF_GENERATOR_VERSION,
+        architecture=hf_config["architectures"][0],
+        shape={
+            key: text.get(key)
+            for key in (
+                "vocab_size",
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "max_position_embeddings",
+            )
         },
-        "build_config": {
-            "max_input_len": max_seq_len - 1,
-            "max_seq_len": max_seq_len,
-            "max_batch_size": max_batch_size,
-            "max_beam_width": 1,
-            "max_num_tokens": max_num_tokens,
-            # The reference backend can always return the raw logits (top log probabilities).
-            "gather_generation_logits": True,
-        },
-    }
-    (dest / ENGINE_CONFIG).write_text(json.dumps(engine_config, indent=2) + "\n", encoding="utf-8")
+        max_batch_size=max_batch_size,
+        max_seq_len=max_seq_len,
+        max_num_tokens=max_num_tokens,
+        # The reference backend can always return the raw logits (top log probabilities).
+        gather_generation_logits=True,
+    )

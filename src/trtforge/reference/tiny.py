@@ -34,7 +34,7 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
-from trtforge.engine import CHAT_TEMPLATE, ENGINE_CONFIG, REFERENCE_MODEL_DIR
+from trtforge.engine import CHAT_TEMPLATE, REFERENCE_MODEL_DIR, write_reference_engine_config
 from trtforge.errors import UsageError
 
 # Bump when anything about how the engine is made changes (it feeds the store's content hash).
@@ -444,11 +444,11 @@ def _normalise_json_files(directory: Path) -> None:
 def _write_engine_config(
     dest: Path, hf_config: Any, *, max_batch_size: int, max_seq_len: int, max_num_tokens: int
 ) -> None:
-    engine_config = {
-        "version": GENERATOR_VERSION,
-        "pretrained_config": {
-            "architecture": "Qwen3ForCausalLM",
-            "dtype": "float32",
+    write_reference_engine_config(
+        dest,
+        version=GENERATOR_VERSION,
+        architecture="Qwen3ForCausalLM",
+        shape={
             "vocab_size": hf_config.vocab_size,
             "hidden_size": hf_config.hidden_size,
             "num_hidden_layers": hf_config.num_hidden_layers,
@@ -457,15 +457,8 @@ def _write_engine_config(
             "head_size": hf_config.head_dim,
             "intermediate_size": hf_config.intermediate_size,
             "max_position_embeddings": hf_config.max_position_embeddings,
-            "mapping": {"world_size": 1, "tp_size": 1, "pp_size": 1},
-            "quantization": {"quant_algo": None, "kv_cache_quant_algo": None},
         },
-        "build_config": {
-            "max_input_len": max_seq_len - 1,
-            "max_seq_len": max_seq_len,
-            "max_batch_size": max_batch_size,
-            "max_beam_width": 1,
-            "max_num_tokens": max_num_tokens,
-        },
-    }
-    (dest / ENGINE_CONFIG).write_text(json.dumps(engine_config, indent=2) + "\n", encoding="utf-8")
+        max_batch_size=max_batch_size,
+        max_seq_len=max_seq_len,
+        max_num_tokens=max_num_tokens,
+    )
