@@ -359,9 +359,17 @@ def test_a_pull_killed_mid_file_resumes_where_it_stopped(
         env = {**os.environ, "AWS_ENDPOINT_URL": proxy.endpoint}
         argv = [sys.executable, "-m", "trtforge", "pull", "small", "--from", bucket, "--json"]
         puller = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        big_file = EngineStore().root / "tmp" / f"{digest}.pull.incomplete" / "rank0.engine"
+
+        def stalled_inside_the_big_file() -> bool:
+            # The proxy has stopped forwarding, and the puller (which reads ahead and writes on a thread) has
+            # written part of rank0.engine: only then does the kill interrupt the pull inside that file.
+            return proxy.exhausted.is_set() and big_file.exists() and big_file.stat().st_size > 0
+
         try:
-            while not proxy.exhausted.wait(timeout=1):
+            while not stalled_inside_the_big_file():
                 assert puller.poll() is None, "the pull ended before the proxy stalled it"
+                proxy.exhausted.wait(timeout=0.1)
         finally:
             puller.kill()
             puller.wait()

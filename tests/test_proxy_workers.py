@@ -48,13 +48,25 @@ def _listeners(pids: list[int], port: int) -> list[int]:
     inodes = _listening_inodes(port)
     holders = []
     for pid in pids:
-        try:
-            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
-        except OSError:
-            continue
-        if any(link.startswith("socket:[") and link[8:-1] in inodes for link in links):
+        if any(link.startswith("socket:[") and link[8:-1] in inodes for link in _fd_links(pid)):
             holders.append(pid)
     return holders
+
+
+def _fd_links(pid: int) -> list[str]:
+    """What `pid`'s open descriptors point at. One that closes while we read is skipped, not the whole
+    process: a worker opens and closes descriptors all the time (connections, pipes)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+    links = []
+    for fd in fds:
+        try:
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return links
 
 
 def _get(url: str) -> int:
