@@ -8,6 +8,9 @@
 tritonserver: when it dies, the proxy stays up (open streams get an error frame and `[DONE]`, new requests a 503,
 `/health` says not ready) and the stack starts a new tritonserver with backoff until it is ready again, or —
 with `restart=False`, for supervisors such as Kubernetes — ends `serve()` with an error.
+
+A stack of several engines (`StackConfig.others`) writes one repository with a `tensorrt_llm`-contract model
+per engine (`write_engines_repository`) into one single-rank tritonserver, and one proxy routes by `model`.
 """
 
 from __future__ import annotations
@@ -117,6 +120,38 @@ def prepare_triton(
     return engine, server
 
 
+def prepare_triton_engines(
+    engines: dict[str, Path],
+    *,
+    ports: TritonPorts,
+    options: dict[str, RepositoryOptions | None],
+    log_path: Path | None = None,
+) -> tuple[dict[str, EngineInfo], TritonServer]:
+    """`prepare_triton` for several engines sharing one tritonserver (one model per engine, single rank)."""
+    from trtforge.triton import TritonServer  # tritonclient/grpc: only when serving
+    from trtforge.triton.repository import RepositoryOptions, write_engines_repository
+
+    infos = {name: read_engine(engine_dir) for name, engine_dir in engines.items()}
+    key = hashlib.sha256(
+        "\0".join(f"{name}={info.path.resolve()}" for name, info in infos.items()).encode()
+    ).hexdigest()[:12]
+    slug = _slug("+".join(engines))[:80]
+    repository = write_engines_repository(
+        infos,
+        constants.scratch_dir() / "repositories" / f"{slug}-{key}",
+        options={name: opts or RepositoryOptions() for name, opts in options.items()},
+    )
+    server = TritonServer(
+        repository,
+        http_port=ports.http,
+        grpc_port=ports.grpc,
+        metrics_port=ports.metrics,
+        world_size=1,
+        log_path=log_path or constants.scratch_dir() / "logs" / f"tritonserver-{slug}.log",
+    )
+    return infos, server
+
+
 def curl_example(port: int, model: str) -> str:
     """A ready-to-paste curl line for the chat endpoint."""
     body = json.dumps(
@@ -136,6 +171,15 @@ class StackState(enum.Enum):
 
 
 @dataclass(frozen=True)
+class StackEngine:
+    """One more engine a stack serves next to `StackConfig.name` (its own name, directory and serve options)."""
+
+    name: str
+    engine_dir: Path
+    options: RepositoryOptions | None = None
+
+
+@dataclass(frozen=True)
 class StackConfig:
     """What `up` serves and how.
 
@@ -150,6 +194,7 @@ class StackConfig:
         ready_timeout_s: how long one tritonserver start may take to be ready.
         restart: start a new tritonserver when it dies (False: `serve()` ends with an error instead).
         log_level: the proxy's log level.
+        others: more engines served by the same tritonserver and proxy, routed by `model` (each one rank).
     """
 
     name: str
@@ -163,6 +208,18 @@ class StackConfig:
     ready_timeout_s: float = 600.0
     restart: bool = True
     log_level: str = "warning"
+    others: tuple[StackEngine, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [engine.name for engine in self.engines]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise UsageError(f"engine {duplicates[0]!r} is named more than once; serve each engine once")
+
+    @property
+    def engines(self) -> tuple[StackEngine, ...]:
+        """Every engine served, the first one (`name`) first."""
+        return (StackEngine(self.name, self.engine_dir, self.options), *self.others)
 
 
 class TritonDiedError(TritonError):
@@ -186,7 +243,8 @@ class Stack:
         self.config = config
         self._say = say
         self.state = StackState.CREATED
-        self.engine: EngineInfo | None = None
+        self.engine: EngineInfo | None = None  # the first engine (`config.name`)
+        self.engines: dict[str, EngineInfo] = {}  # every engine by name
         self.triton: TritonServer | None = None
         self.proxy: uvicorn.Server | ProxyWorkers | None = None
         self.restarts = 0
@@ -215,22 +273,29 @@ class Stack:
     def start(self) -> None:
         """Write the repository, start tritonserver and wait until it is ready, then build the proxy."""
         from trtforge.proxy import ProxySettings, make_proxy
+        from trtforge.proxy.settings import DEFAULT_TRITON_MODEL
+        from trtforge.triton.repository import engine_model_name
 
         if self.state is not StackState.CREATED:
             raise UsageError(f"this Stack was already started (state {self.state.value})")
         self.state = StackState.STARTING
         self._start_triton()
-        assert self.engine is not None
         cfg = self.config
-        settings = ProxySettings.from_engine(
-            cfg.name,
-            self.engine,
-            cfg.ports.grpc_url,
-            reasoning_parser=cfg.options.reasoning_parser if cfg.options else None,
-            tool_parser=cfg.options.tool_parser if cfg.options else None,
-        )
+        several = len(cfg.engines) > 1
+        settings = [
+            ProxySettings.from_engine(
+                spec.name,
+                self.engines[spec.name],
+                cfg.ports.grpc_url,
+                reasoning_parser=spec.options.reasoning_parser if spec.options else None,
+                tool_parser=spec.options.tool_parser if spec.options else None,
+                # One engine: the repository's one `tensorrt_llm` model as before; several: each engine's own.
+                triton_model=engine_model_name(spec.name) if several else DEFAULT_TRITON_MODEL,
+            )
+            for spec in cfg.engines
+        ]
         self.proxy = make_proxy(
-            settings,
+            settings[0] if len(settings) == 1 else settings,
             host=cfg.host,
             port=cfg.port,
             log_level=cfg.log_level,
@@ -284,15 +349,25 @@ class Stack:
         with self._lock:
             if self._stopping.is_set():
                 raise TritonError("the stack is stopping")
-            self.engine, self.triton = prepare_triton(
-                cfg.name, cfg.engine_dir, ports=cfg.ports, options=cfg.options
-            )
+            if cfg.others:
+                self.engines, self.triton = prepare_triton_engines(
+                    {spec.name: spec.engine_dir for spec in cfg.engines},
+                    ports=cfg.ports,
+                    options={spec.name: spec.options for spec in cfg.engines},
+                )
+                self.engine = self.engines[cfg.name]
+            else:
+                self.engine, self.triton = prepare_triton(
+                    cfg.name, cfg.engine_dir, ports=cfg.ports, options=cfg.options
+                )
+                self.engines = {cfg.name: self.engine}
             triton = self.triton
+            names = ", ".join(spec.name for spec in cfg.engines)
             # The stack stops tritonserver only after the proxy, its one client, has ended every generation:
             # nothing is left for tritonserver's graceful unload to wait for (it takes seconds).
             triton.exit_timeout_s = 0
             self._say(
-                f"starting tritonserver for {cfg.name} ({self.engine.backend} backend, world size "
+                f"starting tritonserver for {names} ({self.engine.backend} backend, world size "
                 f"{self.engine.world_size}); log: {triton.log_path}"
             )
             triton.start()

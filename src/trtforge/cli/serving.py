@@ -1,4 +1,4 @@
-"""`trtforge serve`, `proxy` and `up`: run Triton, the OpenAI proxy, or both, for one engine."""
+"""`trtforge serve`, `proxy` and `up`: run Triton, the OpenAI proxy, or both, for one engine (`up`: or several)."""
 
 from __future__ import annotations
 
@@ -287,11 +287,24 @@ def proxy(
     run_server(make_proxy(settings, host=host, port=port, api_key=api_key, workers=workers))
 
 
+def _check_shareable(name: str, ranks: int) -> None:
+    """Several engines share one single-process tritonserver: each must have one rank."""
+    if ranks != 1:
+        raise UsageError(
+            f"engine {name!r} has {ranks} ranks and cannot share a Triton with other engines; serve it alone"
+        )
+
+
 @app.command()
 def up(
-    name: Annotated[
-        str, typer.Argument(help="Engine to build (if missing) and serve.")
-    ] = constants.TINY_ENGINE_NAME,
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Engines to build (if missing) and serve; several share one Triton and one proxy, routed by "
+            "`model`.",
+            show_default=constants.TINY_ENGINE_NAME,
+        ),
+    ] = None,
     port: ProxyPort = constants.DEFAULT_PROXY_PORT,
     host: ProxyHost = constants.DEFAULT_PROXY_HOST,
     triton_grpc_port: GrpcPort = constants.DEFAULT_TRITON_GRPC_PORT,
@@ -312,38 +325,56 @@ def up(
 ) -> None:
     """Build (if missing), start Triton and the proxy, and serve until Ctrl-C; then stop everything.
 
-    When tritonserver dies, the proxy stays up (503 until Triton is back) and a new tritonserver is started with
+    Several engines share one tritonserver and one proxy, which routes by the request's `model` (each engine
+    must have one rank; `--option` applies to every engine, over each catalogue entry's serve table). When
+    tritonserver dies, the proxy stays up (503 until Triton is back) and a new tritonserver is started with
     backoff; `--no-restart` exits with status 1 instead.
     """
-    from trtforge.stack import Stack, StackConfig
+    from trtforge.stack import Stack, StackConfig, StackEngine
 
+    names = names or [constants.TINY_ENGINE_NAME]
     ports = TritonPorts(http=triton_http_port, grpc=triton_grpc_port, metrics=triton_metrics_port)
-    options = _serve_options(name, option)
-    _check_parsers(options)
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UsageError(f"engine {duplicates[0]!r} is named more than once; serve each engine once")
+    options = {n: _serve_options(n, option) for n in names}
+    for opts in options.values():
+        _check_parsers(opts)
     if port in (ports.http, ports.grpc, ports.metrics):
         raise UsageError(f"--port {port} is also a Triton port; pick another")
     check_ports_free({"--port": port}, host=host)
     check_ports_free(_triton_port_options(ports))
-    engine_dir = _engine_for(name, build=build)
-    _check_compatible(name, engine_dir, options, force=force)
+    if len(names) > 1:  # before building anything: catalogue entries say their ranks
+        catalog = load_catalog()
+        for n in names:
+            _check_shareable(n, catalog.get(n).world_size if n in catalog else 1)
+    engine_dirs = {n: _engine_for(n, build=build) for n in names}
+    if len(names) > 1:
+        for n, engine_dir in engine_dirs.items():
+            _check_shareable(n, read_engine(engine_dir).world_size)
+    for n, engine_dir in engine_dirs.items():
+        _check_compatible(n, engine_dir, options[n], force=force)
+    first, *rest = names
     config = StackConfig(
-        name=name,
-        engine_dir=engine_dir,
+        name=first,
+        engine_dir=engine_dirs[first],
         ports=ports,
         host=host,
         port=port,
-        options=options,
+        options=options[first],
         api_key=api_key,
         workers=workers,
         ready_timeout_s=ready_timeout,
         restart=restart,
+        others=tuple(StackEngine(n, engine_dirs[n], options[n]) for n in rest),
     )
+    shown = ", ".join(names)
     with _sigterm_exits(), Stack(config, say=lambda line: console.print(escape(line))) as stack:
         assert stack.proxy is not None
         if demo:
             threading.Thread(
-                target=_demo_request, args=(stack.proxy, port, name, api_key), daemon=True
+                target=_demo_request, args=(stack.proxy, port, first, api_key), daemon=True
             ).start()
-        console.print(f"OpenAI-compatible API for [bold]{escape(name)}[/] on http://{host}:{port}/v1")
+        console.print(f"OpenAI-compatible API for [bold]{escape(shown)}[/] on http://{host}:{port}/v1")
         stack.serve()
     console.print("stopped tritonserver and the proxy")
