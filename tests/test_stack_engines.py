@@ -49,7 +49,8 @@ def sdk(engine_dirs: dict[str, Path]) -> Iterator[tuple[Stack, openai.OpenAI]]:
         try:
             wait_until(lambda: bool(stack.proxy and stack.proxy.started), timeout_s=120)
             url = f"http://127.0.0.1:{config.port}/v1"
-            yield stack, openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=120)
+            with openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=120) as client:
+                yield stack, client  # closed: its keep-alive socket must not outlive the test
         finally:
             stack.stop()
             thread.join()
