@@ -60,8 +60,8 @@ def test_up_serves_openai_clients_and_ctrl_c_stops_everything(isolated_home: Pat
         str(metrics),
     ]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
     try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
         assert _wait_for_models(client, process, timeout_s=240) == ["tiny"]
         assert _processes_mentioning(str(isolated_home)), "tritonserver should run from our TRTFORGE_HOME"
 
@@ -105,6 +105,7 @@ def test_up_serves_openai_clients_and_ctrl_c_stops_everything(isolated_home: Pat
             assert frames[-1] == "[DONE]"
             assert {json.loads(frame)["object"] for frame in frames[:-1]} == {"chat.completion.chunk"}
     finally:
+        client.close()  # its keep-alive socket to the proxy must not outlive the test (ResourceWarning)
         process.send_signal(signal.SIGINT)
         try:
             _, stderr = process.communicate(timeout=60)  # also closes the pipes
