@@ -36,7 +36,7 @@ def test_the_init_container_example_validates_and_runs_trtforge_commands() -> No
     pull = _parse(init["args"])
     assert init["args"][0] == "pull" and pull["from_url"].startswith("s3://")
     up = _parse(serve["args"])
-    assert serve["args"][0] == "up" and up["build"] is False and up["name"] == pull["name"]
+    assert serve["args"][0] == "up" and up["build"] is False and up["names"] == [pull["name"]]
     # Both containers see the same store and link directory.
     env = {c["name"]: {e["name"]: e.get("value") for e in c["env"]} for c in (init, serve)}
     for variable in ("TRTFORGE_HOME", "TRTLLM_ENGINE_PATH"):

@@ -37,7 +37,7 @@ def _check_up_args(args: list[str]) -> None:
     assert args[0] == "up"
     command = typer.main.get_command(app).commands["up"]  # type: ignore[attr-defined]
     context = command.make_context("up", list(args[1:]))
-    assert context.params["name"] in load_catalog()
+    assert context.params["names"] and all(name in load_catalog() for name in context.params["names"])
     assert context.params["host"] == "0.0.0.0"  # inside a container; exposure is decided outside it
     assert context.params["port"] == 9000
 
