@@ -18,7 +18,8 @@ Failure modes, chosen by `TRTFORGE_STANDIN_MODE`:
     disk-full           run out of disk space half-way through writing tmp.engine
     partial             copy half of rank0.engine, then hang silently
     partial-exit0       copy half of rank0.engine, then exit 0
-    slow                a slow but healthy build: log lines every 0.5 s, then silent file growth
+    slow                a slow but healthy build: log lines every 0.5 s, then silent file growth (each silent
+                        phase ends with a line saying how long it lasted)
     legacy-quant        old behaviour: --quantization overrides the checkpoint's quant_algo
 Knobs: TRTFORGE_STANDIN_ENGINE_BYTES (rank file size, default 2 MiB), TRTFORGE_STANDIN_CHUNK_DELAY_S (default
 0.005), TRTFORGE_STANDIN_SLOW_S (default 3), TRTFORGE_STANDIN_PIDFILE (pids of the builder and its child).
@@ -78,8 +79,17 @@ the cached files. Check your internet connection or see how to run the library i
 DISK_TEXT = "OSError: [Errno 28] No space left on device: '{path}'"
 
 
+LAST_LOG = [time.monotonic()]
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%m/%d/%Y-%H:%M:%S')}] [TRT-LLM] [I] {message}", flush=True)
+    LAST_LOG[0] = time.monotonic()
+
+
+def log_silence(what: str) -> None:
+    """Slow mode: say how long the builder wrote files without a log line (tests compare it to the stall timeout)."""
+    log(f"{what}: {time.monotonic() - LAST_LOG[0]:.3f} s without a log line")
 
 
 def fail(text: str, code: int = 1) -> None:
@@ -201,6 +211,8 @@ def build(obj: dict, tp_size: int, pp_size: int, quantization: str | None, datas
             fail(f"Traceback (most recent call last):\n  File \"tensorrt_llm/builder.py\", line 1021, in save\n"
                  f"{DISK_TEXT.format(path=target)}")  # fmt: skip
         grow(target, ENGINE_BYTES, chunk_delay)
+    if MODE == "slow":
+        log_silence("Wrote the engine")
     (tmp_engine / "config.json").write_text(json.dumps(config, indent=4))
     log(f"Total time of building all engines: 00:00:0{min(9, world)}")
 
@@ -224,6 +236,8 @@ def build(obj: dict, tp_size: int, pp_size: int, quantization: str | None, datas
                 sys.exit(0)
             hang_forever()
         copy_growing(tmp_engine / name, final / name, ENGINE_BYTES, chunk_delay)
+    if MODE == "slow":
+        log_silence("Copied the engine")
     for name in TOKENIZER_FILES:
         if (checkpoint / name).is_file():
             shutil.copyfile(checkpoint / name, final / name)
