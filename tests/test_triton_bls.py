@@ -1,9 +1,12 @@
 """`tensorrt_llm_bls` in the real embedded tritonserver, through Triton's HTTP `generate_stream`: streamed text
-deltas join to exactly the unstreamed text, multi-byte characters and spaces included."""
+deltas join to exactly the unstreamed text, multi-byte characters and spaces included; a client's gRPC cancel
+stops the inner `tensorrt_llm` generation; stop words end it."""
 
 from __future__ import annotations
 
 import json
+import queue
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -11,9 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 
 from conftest import free_port
+from proxy_fixtures import wait_until
 from triton_helpers import write_engine_dir
 from trtforge.engine import read_engine
 from trtforge.triton import TritonServer, write_model_repository
@@ -122,3 +128,77 @@ def test_tiny_model_streams_the_same_text_it_returns_whole(tiny_server: TritonSe
     assert whole.strip()
     assert "".join(deltas) == whole
     assert len(deltas) > 1
+
+
+def _bls_inputs(**values: Any) -> list[grpcclient.InferInput]:
+    """BLS inputs for tritonclient: strings as BYTES, bools as BOOL, ints as INT32 (each [1])."""
+    inputs = []
+    for name, value in values.items():
+        if isinstance(value, str):
+            array, dtype = np.array([value.encode()], dtype=np.object_), "BYTES"
+        elif isinstance(value, bool):
+            array, dtype = np.array([value], dtype=np.bool_), "BOOL"
+        else:
+            array, dtype = np.array([value], dtype=np.int32), "INT32"
+        tensor = grpcclient.InferInput(name, list(array.shape), dtype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def _stopped_tokens(server: TritonServer, request_id: str) -> int | None:
+    """How many tokens the `tensorrt_llm` model had generated when a stop request ended `request_id`'s
+    generation (the BLS names its inner request `<client id>-<8 hex>`), from the reference model's log line."""
+    assert server.log_path is not None
+    pattern = re.compile(rf"request {re.escape(request_id)}-[0-9a-f]{{8}} stopped after (\d+) tokens")
+    found = pattern.search(server.log_path.read_text(errors="replace"))
+    return None if found is None else int(found.group(1))
+
+
+def test_a_cancelled_stream_stops_its_tensorrt_llm_generation(tiny_server: TritonServer) -> None:
+    max_tokens = 1000  # ignoring the end token, far more than arrive before the cancel
+    responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client = grpcclient.InferenceServerClient(tiny_server.grpc_url)
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        client.async_stream_infer(
+            "tensorrt_llm_bls",
+            _bls_inputs(text_input="The weather today", max_tokens=max_tokens, stream=True, end_id=-1),
+            request_id="cancel-me",
+        )
+        result, error = responses.get(timeout=300)
+        assert error is None, error
+        assert result.as_numpy("text_output") is not None  # generating
+    finally:
+        client.stop_stream(cancel_requests=True)
+        client.close()
+    # The inner generation is ended by the BLS's stop request, long before its max_tokens.
+    wait_until(lambda: _stopped_tokens(tiny_server, "cancel-me") is not None, timeout_s=300)
+    assert (_stopped_tokens(tiny_server, "cancel-me") or 0) < max_tokens
+    # The server keeps serving.
+    body = {"text_input": "The weather today", "max_tokens": 8, "top_k": 1}
+    assert "".join(_generate_stream(tiny_server, {**body, "stream": True})).strip()
+    assert tiny_server.wait(timeout_s=0) is None
+
+
+def test_stop_words_and_end_id_reach_tensorrt_llm(tiny_server: TritonServer, tiny_engine: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_engine)
+    body = {"text_input": "The weather today", "max_tokens": 24, "top_k": 1, "end_id": -1, "stream": True}
+    deltas = _generate_stream(tiny_server, body)  # greedy: the same every time; ASCII: one delta per token
+    # A delta that is one token on its own, seen for the first time.
+    k, token = next(
+        (k, ids[0])
+        for k, delta in enumerate(deltas)
+        if len(ids := tokenizer.encode(delta, add_special_tokens=False)) == 1 and delta not in deltas[:k]
+    )
+    never = "zebra quartz"  # several tokens that never come: the word list holds more than one word
+    for stream in (False, True):
+        request = {**body, "stream": stream}
+        # Generation ends with the stop word, which is returned (TensorRT-LLM's behaviour).
+        cut = _generate_stream(tiny_server, {**request, "stop_words": [never, deltas[k]]})
+        assert "".join(cut) == "".join(deltas[: k + 1])
+        # end_id ends it before that token, which is not returned.
+        ended = _generate_stream(tiny_server, {**request, "end_id": token})
+        assert "".join(ended) == "".join(deltas[:k])

@@ -630,6 +630,7 @@ _BLS_INPUTS: tuple[_Tensor, ...] = (
     _Tensor("presence_penalty", "TYPE_FP32", (1,), optional=True),
     _Tensor("frequency_penalty", "TYPE_FP32", (1,), optional=True),
     _Tensor("min_tokens", "TYPE_INT32", (1,), optional=True),
+    _Tensor("stop_words", "TYPE_STRING", (-1,), optional=True),
 )
 
 

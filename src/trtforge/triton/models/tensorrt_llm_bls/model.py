@@ -16,6 +16,15 @@ in the output, and
 With `stream` false (the default) one response carries the whole text. Every request ends with a final
 empty-flagged response. Requests run on their own threads, so one long generation does not hold up others.
 
+`stop_words` (strings) end the generation once its tokens end with a word's tokens (the word is returned, as
+TensorRT-LLM does); each word is tokenized on its own, so a word whose tokens differ in context never matches.
+`end_id` overrides the tokenizer's end token (-1: never stop at it).
+
+A client that cancels its request (a cancelled gRPC stream) ends the inner generation too: tritonserver 2.51's
+BLS API cannot cancel an inner `exec(decoupled=True)` request (its response iterator has no `cancel`), so the
+model sends `tensorrt_llm` a second request with the same request id and `stop=true` (the contract's way to end
+a request, as the proxy does), then reads the first request's responses until its final one.
+
 Self-contained on purpose (numpy, transformers, triton_python_backend_utils): it also runs in NVIDIA's
 tritonserver containers, where trtforge is not installed.
 
@@ -27,6 +36,7 @@ from __future__ import annotations
 import codecs
 import json
 import threading
+import uuid
 from typing import Any
 
 import numpy as np
@@ -88,6 +98,7 @@ class TritonPythonModel:
         self.pad_id = int(pad) if pad is not None else (self.end_id if self.end_id is not None else 0)
         self.threads: set[threading.Thread] = set()
         self.lock = threading.Lock()
+        self.log = pb_utils.Logger
 
     def execute(self, requests: list[Any]) -> None:
         for request in requests:
@@ -108,13 +119,16 @@ class TritonPythonModel:
     def _serve(self, request: Any) -> None:
         sender = request.get_response_sender()
         try:
-            self._generate(request, sender)
-            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        except Exception as exc:  # the client gets the reason; the model keeps serving
-            sender.send(
-                pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc))),
-                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-            )
+            try:
+                self._generate(request, sender)
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            except Exception as exc:  # the client gets the reason; the model keeps serving
+                sender.send(
+                    pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc))),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+                )
+        except Exception as exc:  # the response could not be sent: the client is gone
+            self.log.log_warn(f"could not answer a request: {type(exc).__name__}: {exc}")
         finally:
             with self.lock:
                 self.threads.discard(threading.current_thread())
@@ -132,15 +146,16 @@ class TritonPythonModel:
         if not ids:
             raise ValueError("text_input encodes to no tokens")
 
-        engine_request = pb_utils.InferenceRequest(
-            model_name=ENGINE_MODEL,
-            inputs=self._engine_inputs(request, ids, int(max_tokens)),
-            requested_output_names=["output_ids", "sequence_length"],
-        )
+        inputs = self._engine_inputs(request, ids, int(max_tokens))
+        # Our own id: a client's id may be empty or shared by several requests, and a stop names exactly one.
+        outer_id = request.request_id()
+        engine_id = f"{outer_id}-{uuid.uuid4().hex[:8]}" if outer_id else f"bls-{uuid.uuid4().hex[:8]}"
+        responses = _engine_request(inputs, engine_id).exec(decoupled=True)
         detok = TextStream(self.table)
         whole: list[str] = []
-        for response in engine_request.exec(decoupled=True):
+        for received, response in enumerate(responses):
             if request.is_cancelled():
+                self._stop_engine_request(inputs, engine_id, responses, received)
                 return
             if response.has_error():
                 raise RuntimeError(response.error().message())
@@ -160,28 +175,75 @@ class TritonPythonModel:
         else:
             sender.send(_text_response("".join(whole) + tail))
 
-    def _engine_inputs(self, request: Any, ids: list[int], max_tokens: int) -> list[Any]:
-        def tensor(name: str, value: object, dtype: Any) -> Any:
-            return pb_utils.Tensor(name, np.array([[value]], dtype=dtype))
+    def _stop_engine_request(self, inputs: list[Any], engine_id: str, responses: Any, received: int) -> None:
+        """End a generation whose client has cancelled: a stop request, then its responses up to the final."""
+        self.log.log_info(
+            f"request {engine_id} cancelled by its client after {received} responses; stopping it in "
+            f"{ENGINE_MODEL}"
+        )
+        stop = _engine_request([*inputs, _tensor("stop", True, np.bool_)], engine_id)
+        for response in stop.exec(decoupled=True):
+            if response.has_error():
+                self.log.log_warn(
+                    f"request {engine_id}: the stop request failed: {response.error().message()}"
+                )
+        for _ in responses:  # the stopped generation's last responses, up to its final one
+            pass
 
+    def _engine_inputs(self, request: Any, ids: list[int], max_tokens: int) -> list[Any]:
         inputs = [
             pb_utils.Tensor("input_ids", np.array([ids], dtype=np.int32)),
-            tensor("input_lengths", len(ids), np.int32),
-            tensor("request_output_len", max_tokens, np.int32),
-            tensor("streaming", True, np.bool_),
-            tensor("exclude_input_in_output", True, np.bool_),
+            _tensor("input_lengths", len(ids), np.int32),
+            _tensor("request_output_len", max_tokens, np.int32),
+            _tensor("streaming", True, np.bool_),
+            _tensor("exclude_input_in_output", True, np.bool_),
         ]
         end_id = _scalar(request, "end_id")
         end_id = self.end_id if end_id is None else int(end_id)
         if end_id is not None:
-            inputs.append(tensor("end_id", end_id, np.int32))
+            inputs.append(_tensor("end_id", end_id, np.int32))
         pad_id = _scalar(request, "pad_id")
-        inputs.append(tensor("pad_id", self.pad_id if pad_id is None else int(pad_id), np.int32))
+        inputs.append(_tensor("pad_id", self.pad_id if pad_id is None else int(pad_id), np.int32))
         for name, (engine_name, dtype) in _PASSTHROUGH.items():
             value = _scalar(request, name)
             if value is not None:
-                inputs.append(tensor(engine_name, value, dtype))
+                inputs.append(_tensor(engine_name, value, dtype))
+        stop_words = self._word_list(request, "stop_words")
+        if stop_words is not None:
+            inputs.append(pb_utils.Tensor("stop_words_list", stop_words))
         return inputs
+
+    def _word_list(self, request: Any, name: str) -> Any:
+        """Words (a BYTES input) in TensorRT-LLM's word-list layout [1, 2, n]: the words' token ids end to
+        end, and each word's end offset (padded with -1); None when there are no words."""
+        array = pb_utils.get_input_tensor_by_name(request, name)
+        if array is None:
+            return None
+        ids: list[int] = []
+        offsets: list[int] = []
+        for value in array.as_numpy().reshape(-1):
+            word = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+            tokens = self.tokenizer.encode(word, add_special_tokens=False) if word else []
+            if tokens:
+                ids.extend(tokens)
+                offsets.append(len(ids))
+        if not ids:
+            return None
+        offsets.extend([-1] * (len(ids) - len(offsets)))
+        return np.array([[ids, offsets]], dtype=np.int32)
+
+
+def _tensor(name: str, value: object, dtype: Any) -> Any:
+    return pb_utils.Tensor(name, np.array([[value]], dtype=dtype))
+
+
+def _engine_request(inputs: list[Any], request_id: str) -> Any:
+    return pb_utils.InferenceRequest(
+        model_name=ENGINE_MODEL,
+        inputs=inputs,
+        requested_output_names=["output_ids", "sequence_length"],
+        request_id=request_id,
+    )
 
 
 def _scalar(request: Any, name: str) -> Any:
