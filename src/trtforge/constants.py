@@ -18,6 +18,8 @@ from trtforge.errors import UsageError
 
 DEFAULT_PROXY_HOST = "127.0.0.1"
 DEFAULT_PROXY_PORT = 9000
+# The largest request body the proxy reads (`--max-body-bytes`); larger ones get a 413 before parsing.
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_TRITON_HTTP_PORT = 8000
 DEFAULT_TRITON_GRPC_PORT = 8001
 DEFAULT_TRITON_METRICS_PORT = 8002

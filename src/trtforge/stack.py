@@ -195,6 +195,7 @@ class StackConfig:
         restart: start a new tritonserver when it dies (False: `serve()` ends with an error instead).
         log_level: the proxy's log level.
         others: more engines served by the same tritonserver and proxy, routed by `model` (each one rank).
+        max_body_bytes: the largest request body the proxy accepts (larger: 413 before parsing).
     """
 
     name: str
@@ -209,6 +210,7 @@ class StackConfig:
     restart: bool = True
     log_level: str = "warning"
     others: tuple[StackEngine, ...] = ()
+    max_body_bytes: int = constants.DEFAULT_MAX_BODY_BYTES
 
     def __post_init__(self) -> None:
         names = [engine.name for engine in self.engines]
@@ -291,6 +293,7 @@ class Stack:
                 tool_parser=spec.options.tool_parser if spec.options else None,
                 # One engine: the repository's one `tensorrt_llm` model as before; several: each engine's own.
                 triton_model=engine_model_name(spec.name) if several else DEFAULT_TRITON_MODEL,
+                max_body_bytes=cfg.max_body_bytes,
             )
             for spec in cfg.engines
         ]

@@ -17,17 +17,36 @@ from trtforge.cli import inspection as _inspection  # noqa: F401
 from trtforge.cli import serving as _serving  # noqa: F401
 from trtforge.cli import smoke as _smoke  # noqa: F401
 from trtforge.cli._app import app, console
+from trtforge.cli._exit import leave
 from trtforge.errors import TrtforgeError
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
+    leave(_run())
+
+
+def _run() -> int:
+    """Run the command; its exit status."""
     try:
         app()
     except TrtforgeError as exc:
         console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+        return 130
+    except SystemExit as exc:
+        return _status(exc.code)
+    return 0
+
+
+def _status(code: object) -> int:
+    """The status `sys.exit(code)` gives (None: 0; a message: printed, 1)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1

@@ -20,10 +20,20 @@ from rich.markup import escape
 from trtforge import constants
 from trtforge.catalog import load_catalog
 from trtforge.cli._app import app, console
+from trtforge.cli._exit import stopped_cleanly
 from trtforge.engine import EngineInfo, read_engine
 from trtforge.errors import UsageError
 from trtforge.serve_options import ServeOptions, merge_serve_options, parse_option_pairs
-from trtforge.stack import TritonPorts, check_ports_free, curl_example, prepare_triton
+from trtforge.stack import (
+    Stack,
+    StackConfig,
+    StackEngine,
+    StackState,
+    TritonPorts,
+    check_ports_free,
+    curl_example,
+    prepare_triton,
+)
 from trtforge.store import resolve_engine
 
 if TYPE_CHECKING:
@@ -63,6 +73,14 @@ Workers = Annotated[
         help="Proxy processes sharing the port (SO_REUSEPORT), for when one core cannot relay every token.",
     ),
 ]
+MaxBodyBytes = Annotated[
+    str,
+    typer.Option(
+        "--max-body-bytes",
+        metavar="BYTES",
+        help="The largest request body the proxy reads, in bytes; a larger one gets a 413 before it is read.",
+    ),
+]
 ServeOptionArg = Annotated[
     list[str] | None,
     typer.Option(
@@ -82,6 +100,16 @@ Force = Annotated[
         help="Start even when the engine was built for another TensorRT-LLM version or GPU than the ones here.",
     ),
 ]
+
+
+def _body_limit(value: str) -> int:
+    """`--max-body-bytes` as a number: plain bytes, a whole number of at least 1."""
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise UsageError(
+            f"--max-body-bytes takes a whole number of bytes (at least 1, e.g. 4194304), not {value!r}"
+        )
+    return int(text)
 
 
 def _check_compatible(name: str, engine_dir: Path, options: ServeOptions, *, force: bool) -> None:
@@ -191,6 +219,33 @@ def _sigterm_exits() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _running(stack: Stack) -> Iterator[Stack]:
+    """Start `stack` and stop it when the block ends, whatever ends it. Main thread only (Python's signal rule).
+
+    SIGTERM raises SystemExit in the block as SIGINT raises KeyboardInterrupt; both are ignored while the stack
+    stops (a second Ctrl-C must not cut the stop short: tritonserver runs in its own session and would be left
+    behind). Once the stack has stopped, `main` may leave without the interpreter's teardown.
+    """
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    try:
+        with _sigterm_exits(), stack:
+            try:
+                yield stack
+            finally:
+                for sig in _STOP_SIGNALS:
+                    signal.signal(sig, signal.SIG_IGN)
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+        if stack.state is StackState.STOPPED:
+            stopped_cleanly()
+
+
 def _demo_request(proxy: uvicorn.Server | ProxyWorkers, port: int, model: str, api_key: str | None) -> None:
     """Once the proxy listens, send one chat request and print the reply and a curl line."""
     deadline = time.monotonic() + 60
@@ -269,10 +324,12 @@ def proxy(
     triton_grpc_port: GrpcPort = constants.DEFAULT_TRITON_GRPC_PORT,
     api_key: ApiKey = None,
     workers: Workers = 1,
+    max_body_bytes: MaxBodyBytes = str(constants.DEFAULT_MAX_BODY_BYTES),
 ) -> None:
     """Run the OpenAI-compatible proxy in front of an already running Triton."""
     from trtforge.proxy import ProxySettings, make_proxy, run_server
 
+    body_limit = _body_limit(max_body_bytes)
     engine = read_engine(resolve_engine(name))
     check_ports_free({"--port": port}, host=host)
     options = _serve_options(name, None)
@@ -282,6 +339,7 @@ def proxy(
         f"127.0.0.1:{triton_grpc_port}",  # Triton binds loopback
         reasoning_parser=options.reasoning_parser,
         tool_parser=options.tool_parser,
+        max_body_bytes=body_limit,
     )
     console.print(f"OpenAI-compatible API for [bold]{escape(name)}[/] on http://{host}:{port}/v1")
     run_server(make_proxy(settings, host=host, port=port, api_key=api_key, workers=workers))
@@ -322,6 +380,7 @@ def up(
     restart: Annotated[
         bool, typer.Option(help="Start a new tritonserver when it dies (--no-restart: exit 1 instead).")
     ] = True,
+    max_body_bytes: MaxBodyBytes = str(constants.DEFAULT_MAX_BODY_BYTES),
 ) -> None:
     """Build (if missing), start Triton and the proxy, and serve until Ctrl-C; then stop everything.
 
@@ -330,9 +389,8 @@ def up(
     tritonserver dies, the proxy stays up (503 until Triton is back) and a new tritonserver is started with
     backoff; `--no-restart` exits with status 1 instead.
     """
-    from trtforge.stack import Stack, StackConfig, StackEngine
-
     names = names or [constants.TINY_ENGINE_NAME]
+    body_limit = _body_limit(max_body_bytes)
     ports = TritonPorts(http=triton_http_port, grpc=triton_grpc_port, metrics=triton_metrics_port)
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -367,9 +425,10 @@ def up(
         ready_timeout_s=ready_timeout,
         restart=restart,
         others=tuple(StackEngine(n, engine_dirs[n], options[n]) for n in rest),
+        max_body_bytes=body_limit,
     )
     shown = ", ".join(names)
-    with _sigterm_exits(), Stack(config, say=lambda line: console.print(escape(line))) as stack:
+    with _running(Stack(config, say=lambda line: console.print(escape(line)))) as stack:
         assert stack.proxy is not None
         if demo:
             threading.Thread(

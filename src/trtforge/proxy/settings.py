@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from trtforge import constants
 from trtforge.engine import EngineInfo, read_engine
 from trtforge.errors import UsageError
 from trtforge.proxy.parsers import (
@@ -17,7 +18,7 @@ from trtforge.proxy.parsers import (
 DEFAULT_TRITON_MODEL = "tensorrt_llm"
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
 DEFAULT_HEALTH_TIMEOUT_S = 2.0
-DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = constants.DEFAULT_MAX_BODY_BYTES
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class ProxySettings:
             check_tool_parser(self.tool_parser)
         except UnknownParserError as exc:
             raise UsageError(str(exc)) from None
+        if self.max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be at least 1, not {self.max_body_bytes}")
         if self.max_seq_len < 2 or not 1 <= self.max_input_len <= self.max_seq_len:
             raise ValueError(
                 f"need 1 <= max_input_len ({self.max_input_len}) <= max_seq_len ({self.max_seq_len})"
@@ -75,6 +78,7 @@ class ProxySettings:
         request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
         reasoning_parser: str | None = None,
         tool_parser: str | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> ProxySettings:
         """Settings for serving `engine` (an `EngineInfo`, or an engine directory to read) as `name`.
 
@@ -93,4 +97,5 @@ class ProxySettings:
             request_timeout_s=request_timeout_s,
             reasoning_parser=reasoning_parser if reasoning_parser is not None else default_reasoning,
             tool_parser=tool_parser if tool_parser is not None else default_tools,
+            max_body_bytes=max_body_bytes,
         )

@@ -1,0 +1,100 @@
+"""`trtforge up` stopped by SIGINT or SIGTERM mid-stream: the right exit status, the stream ended by the proxy, and
+no process it started left once it has exited (it leaves with `os._exit` only after the stack has stopped)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import free_port
+from proxy_fixtures import wait_until
+
+pytestmark = pytest.mark.triton
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time; None once it is gone or a zombie (dead, not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """Live descendants of `root` (pid → start time, so a reused pid is not mistaken for ours)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found: dict[int, str] = {}
+    pending = list(children.get(root, []))
+    while pending:
+        pid = pending.pop()
+        start = _start_time(pid)
+        if start is not None and pid not in found:
+            found[pid] = start
+            pending.extend(children.get(pid, []))
+    return found
+
+
+def _serving(url: str, process: subprocess.Popen[str]) -> bool:
+    if process.poll() is not None:
+        raise AssertionError(f"trtforge up exited early with {process.returncode}: {process.stderr.read()}")
+    try:
+        return httpx.get(f"{url}/v1/models", timeout=30).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)])
+def test_up_stopped_by_a_signal_exits_with_its_status_and_leaves_no_process(
+    isolated_home: Path, tiny_engine: Path, sig: signal.Signals, status: int
+) -> None:
+    port, http, grpc, metrics = free_port(), free_port(), free_port(), free_port()
+    argv = [sys.executable, "-m", "trtforge", "up", str(tiny_engine), "--port", str(port)]
+    argv += [
+        "--triton-http-port",
+        str(http),
+        "--triton-grpc-port",
+        str(grpc),
+        "--triton-metrics-port",
+        str(metrics),
+    ]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    body = {"model": str(tiny_engine), "prompt": "fox", "max_tokens": 900, "ignore_eos": True, "stream": True}
+    try:
+        wait_until(lambda: _serving(url, process), timeout_s=900, poll_s=0.2)
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as response:
+            lines = response.iter_lines()
+            assert next(line for line in lines if line.startswith("data: "))
+            started = _descendants(process.pid)
+            names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in started}
+            assert "tritonserver" in names, names
+            process.send_signal(sig)
+            frames = [line.removeprefix("data: ") for line in lines if line]
+        assert frames[-1] == "[DONE]"  # the proxy ended the stream itself before it went
+        _, stderr = process.communicate(timeout=300)  # bounds a hang only
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == status, stderr
+    assert "Traceback" not in stderr
+    # At exit, not some time after: everything it started is gone (reaped, or dead and waiting for init).
+    left = {pid for pid, start in started.items() if _start_time(pid) == start}
+    assert left == set(), f"left behind: {left}"
