@@ -12,11 +12,14 @@ from tritonclient.grpc import service_pb2
 from trtforge.proxy.backend import (
     GenerationRequest,
     SamplingParams,
+    TritonBackend,
+    _response_error,
     build_infer_request,
     is_final,
     parse_chunk,
     parse_output_ids,
 )
+from trtforge.proxy.errors import InvalidRequestError, TritonRequestError, TritonUnavailableError
 from trtforge.proxy.logprobs import top_alternatives
 from trtforge.proxy.protocol import (
     ChatChunkChoice,
@@ -199,3 +202,46 @@ def test_log_probs_and_logits_are_asked_for_and_parsed() -> None:
     top = top_alternatives(chunk.logits, 2)
     assert [[i for i, _ in row] for row in top] == [[1, 2], [0, 1]]
     assert sum(np.exp(lp) for _, lp in top_alternatives(chunk.logits, 3)[0]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("message", "kind", "status", "text"),
+    [
+        # The reference model's refusals of what the client sent (its RequestError): 400, without the marker.
+        (
+            "invalid request: beam_width 2 is not supported: the reference backend decodes beam 1 only",
+            InvalidRequestError,
+            400,
+            "the model refused the request: beam_width 2 is not supported",
+        ),
+        (
+            "invalid request: invalid guided_decoding_guide (regex): Regex parsing error at position 5: x",
+            InvalidRequestError,
+            400,
+            "invalid guided_decoding_guide (regex): Regex parsing error at position 5: x",
+        ),
+        # xgrammar's own words from a backend that does not mark them: still the client's guide, one line.
+        (
+            '[15:47:23] /project/cpp/json_schema_converter.cc:4944: Unsupported type "foo"\n',
+            InvalidRequestError,
+            400,
+            'the model refused the request: Unsupported type "foo"',
+        ),
+        # The model failing on its own stays a 500.
+        (
+            "generation failed: RuntimeError: CUDA out of memory",
+            TritonRequestError,
+            500,
+            "CUDA out of memory",
+        ),
+        ("Model tensorrt_llm is not ready", TritonUnavailableError, 503, "not available"),
+    ],
+)
+def test_model_errors_map_to_the_status_of_whose_fault_they_are(
+    message: str, kind: type[Exception], status: int, text: str
+) -> None:
+    error = _response_error(message, TritonBackend("127.0.0.1:1", "tensorrt_llm", request_timeout_s=1))
+    assert type(error) is kind
+    assert error.status_code == status  # type: ignore[attr-defined]
+    assert text in error.message  # type: ignore[attr-defined]
+    assert "\n" not in error.message and "invalid request: " not in error.message  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ greeting, and a `get_weather` call. Guided decoding holds even its untrained rep
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ from conftest import copy_engine_with, free_port
 from proxy_fixtures import serve_in_thread
 from trtforge.engine import EngineInfo, read_engine
 from trtforge.proxy import ProxySettings, make_server
+from trtforge.proxy.backend import GenerationRequest, TritonBackend
+from trtforge.proxy.errors import InvalidRequestError
 from trtforge.reference.tiny import (
     THINK_ANSWER,
     THINK_PROMPT,
@@ -306,3 +309,85 @@ def test_bad_structured_requests_are_400s(
     if param is not None:
         assert caught.value.body["param"] == param  # type: ignore[index]
     assert _chat(sdk, THINK).choices[0].message.content == THINK_ANSWER  # and the server keeps serving
+
+
+# Schemas xgrammar cannot turn into a grammar, each with the reason the client must be told.
+BAD_SCHEMAS: list[tuple[dict[str, Any], str]] = [
+    ({"type": "foo"}, 'Unsupported type "foo"'),
+    ({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}, "missing"),
+    ({"type": "string", "pattern": "(unclosed"}, "parenthesis is not closed"),
+    ({"type": "integer", "minimum": 5, "maximum": 1}, "minimum greater than maximum"),
+    # Well formed, but so deep that xgrammar would take seconds (about 15 s here) to convert it.
+    (json.loads('{"type": "object", "properties": {"a": ' * 200 + "{}" + "}}" * 200), "nested more than"),
+]
+
+
+def _assert_one_line_400(error: openai.BadRequestError, reason: str, param: str) -> None:
+    body: dict[str, Any] = error.body  # type: ignore[assignment]
+    assert body["type"] == "invalid_request_error"
+    assert body["param"] == param
+    assert reason in body["message"]
+    assert "\n" not in body["message"] and ".cc:" not in body["message"]  # no xgrammar source location
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("schema", "reason"), BAD_SCHEMAS)
+def test_a_response_format_xgrammar_cannot_compile_is_a_400(
+    sdk: openai.OpenAI, schema: dict[str, Any], reason: str, stream: bool
+) -> None:
+    response_format = {"type": "json_schema", "json_schema": {"name": "bad", "schema": schema}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        _chat(sdk, THINK, response_format=response_format, stream=stream, max_tokens=8)
+    _assert_one_line_400(caught.value, reason, "response_format.json_schema")
+    assert _chat(sdk, THINK).choices[0].message.content == THINK_ANSWER  # and the server keeps serving
+
+
+def test_forced_tool_parameters_xgrammar_cannot_compile_are_a_400(sdk: openai.OpenAI) -> None:
+    tool = {"type": "function", "function": {"name": "broken", "parameters": {"type": "foo"}}}
+    named = {"type": "function", "function": {"name": "broken"}}
+    for choice in (named, "required"):
+        with pytest.raises(openai.BadRequestError) as caught:
+            _chat(sdk, WEATHER, tools=[tool], tool_choice=choice, max_tokens=8)
+        _assert_one_line_400(caught.value, 'Unsupported type "foo"', "tools")
+    assert _chat(sdk, THINK).choices[0].message.content == THINK_ANSWER
+
+
+async def _generate_all(backend: TritonBackend, gen: GenerationRequest) -> list[int]:
+    ids: list[int] = []
+    async for chunk in backend.generate(gen):
+        ids.extend(chunk.ids)
+    return ids
+
+
+@pytest.mark.parametrize(
+    ("guide", "reason"),
+    [
+        (("json_schema", json.dumps(BAD_SCHEMAS[0][0])), 'Unsupported type "foo"'),
+        (("regex", "(unclosed"), "parenthesis is not closed"),
+        (("ebnf_grammar", "root ::= undefined_rule"), 'Rule "undefined_rule" is not defined'),
+    ],
+)
+def test_a_guide_the_model_refuses_is_an_invalid_request(
+    tiny: EngineInfo, triton: TritonServer, guide: tuple[str, str], reason: str
+) -> None:
+    """The path a guide takes when the proxy does not check it: the model's refusal maps to a 400, one line."""
+
+    async def run() -> None:
+        backend = TritonBackend(triton.grpc_url, "tensorrt_llm", request_timeout_s=300)
+        await backend.open()
+        try:
+            gen = GenerationRequest(
+                request_id="bad-guide", prompt_ids=(5, 6, 7), max_tokens=4, end_id=None, pad_id=0, guide=guide
+            )
+            with pytest.raises(InvalidRequestError) as caught:
+                await _generate_all(backend, gen)
+            assert reason in caught.value.message
+            assert "\n" not in caught.value.message and ".cc:" not in caught.value.message
+            good = GenerationRequest(
+                request_id="good", prompt_ids=(5, 6, 7), max_tokens=4, end_id=None, pad_id=0
+            )
+            assert len(await _generate_all(backend, good)) == 4  # the model keeps serving
+        finally:
+            await backend.close()
+
+    asyncio.run(run())

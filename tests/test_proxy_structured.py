@@ -9,7 +9,7 @@ import pytest
 
 from trtforge.proxy.errors import InvalidRequestError
 from trtforge.proxy.protocol import ChatCompletionRequest
-from trtforge.proxy.structured import GuidedDecoding, guided_decoding_for
+from trtforge.proxy.structured import MAX_SCHEMA_DEPTH, GuidedDecoding, check_guide, guided_decoding_for
 
 PARAMS = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 TOOLS = [
@@ -74,3 +74,49 @@ def test_requests_it_refuses(fields: dict[str, Any], param: str) -> None:
 def test_only_the_backend_guide_types_exist() -> None:
     with pytest.raises(ValueError, match="not one of json, json_schema, regex, ebnf_grammar"):
         GuidedDecoding("structural_tag", "{}")
+
+
+@pytest.mark.parametrize(
+    ("guided", "reason"),
+    [
+        (GuidedDecoding.schema({"type": "foo"}), 'Unsupported type "foo"'),
+        (GuidedDecoding.schema({"enum": []}), "enum array must not be empty"),
+        (GuidedDecoding.schema({"type": "string", "minLength": 5, "maxLength": 1}), "greater than maxLength"),
+        (GuidedDecoding("regex", "[a-"), "Regex parsing error"),
+        (GuidedDecoding("ebnf_grammar", "root ::= other"), 'Rule "other" is not defined'),
+    ],
+)
+def test_guides_xgrammar_cannot_compile_are_refused_in_one_line(guided: GuidedDecoding, reason: str) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        check_guide(guided, what="guide", param="p")
+    assert caught.value.param == "p"
+    assert caught.value.message.startswith("invalid guide: ")
+    assert reason in caught.value.message
+    assert "\n" not in caught.value.message and ".cc:" not in caught.value.message
+
+
+def test_guides_xgrammar_compiles_pass() -> None:
+    for guided in (
+        GuidedDecoding.schema(PARAMS),
+        GuidedDecoding.schema({"type": "object"}),
+        GuidedDecoding("json", ""),
+        GuidedDecoding("regex", "[a-z]+"),
+        GuidedDecoding("ebnf_grammar", 'root ::= "yes" | "no"'),
+    ):
+        assert check_guide(guided, what="guide", param="p") is guided
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
+def test_schemas_nested_too_deep_for_xgrammar_to_convert_quickly_are_refused() -> None:
+    # Each level of properties is two JSON objects deep.
+    assert check_guide(GuidedDecoding.schema(_nested(MAX_SCHEMA_DEPTH // 2 - 1)), what="schema", param="p")
+    with pytest.raises(
+        InvalidRequestError, match=f"invalid schema: nested more than {MAX_SCHEMA_DEPTH} levels"
+    ):
+        check_guide(GuidedDecoding.schema(_nested(400)), what="schema", param="p")

@@ -40,10 +40,12 @@ import numpy.typing as npt
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from trtforge.proxy.errors import (
+    InvalidRequestError,
     TritonRequestError,
     TritonTimeoutError,
     TritonUnavailableError,
 )
+from trtforge.proxy.structured import grammar_error_text
 
 logger = logging.getLogger(__name__)
 
@@ -444,8 +446,22 @@ def _rpc_error(exc: grpc.aio.AioRpcError, backend: TritonBackend) -> Exception:
     return TritonRequestError(f"Triton failed the request: {code.name}: {exc.details()}")
 
 
+# The reference `tensorrt_llm` model starts every refusal that is the client's fault with this (the gRPC stream
+# carries an error's message, not its code).
+_INVALID_REQUEST = "invalid request: "
+# xgrammar's converters and parsers name themselves in their errors: a guide the client sent that TensorRT-LLM's
+# grammar backend cannot compile.
+_GRAMMAR_ERRORS = ("json_schema_converter", "regex_converter", "grammar_parser", "EBNF parser error")
+
+
 def _response_error(message: str, backend: TritonBackend) -> Exception:
+    """The exception for an error response: 503 when the model is not there, 400 when the model refused the
+    request as the client's fault (a request the contract does not allow, a guide xgrammar cannot compile),
+    else 500."""
     lowered = message.lower()
     if "unknown model" in lowered or "not ready" in lowered or "not found" in lowered:
         return TritonUnavailableError(f"Triton model `{backend.model}` is not available: {message}")
+    refusal = message.partition(_INVALID_REQUEST)[2]
+    if refusal or any(marker in message for marker in _GRAMMAR_ERRORS):
+        return InvalidRequestError(f"the model refused the request: {grammar_error_text(refusal or message)}")
     return TritonRequestError(f"Triton failed the request: {message}")

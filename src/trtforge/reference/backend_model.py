@@ -10,7 +10,8 @@ Behaviour follows the TensorRT-LLM backend:
   (the prompt first unless `exclude_input_in_output`). The last response carries the final flag, like the real
   backend: when generation ends without a new token (end_id, cancel, stop) it holds zero tokens ([1, 1, 0]).
   A final flag is never sent alone: `tritonclient.grpc.aio` cannot ask for empty final responses, so its
-  users would never see the end. Errors: one response carrying the error, flagged final.
+  users would never see the end. Errors: one response carrying the error, flagged final; a request the
+  contract does not allow is refused with INVALID_ARG and a message starting `invalid request: `.
 - Inputs: `[1]` inputs are read whether they arrive as [1] or [1, 1]; one sequence per request (batch 1);
   `stop=true` needs the required inputs too (Triton checks them), their values are ignored.
 - Generation stops at `end_id` (the end token is not returned, like TensorRT-LLM's executor), at a stop word
@@ -33,6 +34,7 @@ import inspect
 import json
 import math
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -51,7 +53,12 @@ _STOP_MEMORY_S = 60.0
 
 
 class RequestError(ValueError):
-    """A request the contract does not allow; its message goes back to the client."""
+    """A request the contract does not allow; its message goes back to the client, after `INVALID_REQUEST`."""
+
+
+# Starts the message of every refusal that is the client's fault (a RequestError), so that a client of the gRPC
+# stream, which carries an error's message but not its code, can tell it from a failure of the model.
+INVALID_REQUEST = "invalid request: "
 
 
 GUIDE_TYPES = ("json", "json_schema", "regex", "ebnf_grammar")
@@ -361,7 +368,9 @@ class Guides:
                 else:
                     compiled = compiler.compile_grammar(guide)
             except Exception as exc:  # xgrammar raises several types for a bad guide
-                raise RequestError(f"invalid guided_decoding_guide ({guide_type}): {exc}") from None
+                raise RequestError(
+                    f"invalid guided_decoding_guide ({guide_type}): {_grammar_error_text(str(exc))}"
+                ) from None
             if len(self._compiled) >= _MAX_CACHED_GRAMMARS:
                 self._compiled.pop(next(iter(self._compiled)))
             self._compiled[key] = compiled
@@ -374,6 +383,16 @@ class Guides:
         bitmask = xgrammar.allocate_token_bitmask(1, self.vocab_size)
         matcher.fill_next_token_bitmask(bitmask)
         xgrammar.apply_token_bitmask_inplace(logits.view(1, -1), bitmask.to(logits.device))
+
+
+# xgrammar prefixes its C++ errors with a time and a source location: `[15:47:23] /project/cpp/x.cc:83: `.
+_XGRAMMAR_LOCATION = re.compile(r"(?:\[[0-9:]+\]\s*)?\S+\.(?:cc|cpp|h):\d+:\s*")
+
+
+def _grammar_error_text(message: str) -> str:
+    """xgrammar's reason for refusing a guide, without its source location, on one line."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    return _XGRAMMAR_LOCATION.sub("", text).strip() or "xgrammar cannot compile it"
 
 
 class Decoder:
@@ -523,10 +542,14 @@ def _is_stop(request: Any) -> bool:
         return False
 
 
-def send_error(sender: Any, message: str) -> None:
-    sender.send(
-        pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message)), flags=_FINAL
-    )
+def send_error(sender: Any, message: str, *, invalid_request: bool = False) -> None:
+    """One final response carrying an error; `invalid_request`: the client's fault (INVALID_ARG, which
+    Triton's HTTP endpoints answer with 400, and `INVALID_REQUEST` before the message for gRPC streams)."""
+    if invalid_request:
+        error = pb_utils.TritonError(f"{INVALID_REQUEST}{message}", pb_utils.TritonError.INVALID_ARG)
+    else:
+        error = pb_utils.TritonError(message)
+    sender.send(pb_utils.InferenceResponse(output_tensors=[], error=error), flags=_FINAL)
 
 
 # --- the worker ---------------------------------------------------------------------------------------------------
@@ -610,7 +633,7 @@ class Scheduler:
                 self._start(request, sender)
                 self._apply_stops()  # a prefill takes a while; stops need not wait for all of them
             except RequestError as exc:
-                self._safe_error(sender, str(exc))
+                self._safe_error(sender, str(exc), invalid_request=True)
             except Exception as exc:
                 self.log.log_error(f"request could not start: {type(exc).__name__}: {exc}")
                 self._safe_error(sender, f"request could not start: {type(exc).__name__}: {exc}")
@@ -718,9 +741,9 @@ class Scheduler:
             logits = seq.logits  # generation logits cover the generated tokens only
         seq.sender.send(build_response(seq, tokens, log_probs, logits), flags=_FINAL)
 
-    def _safe_error(self, sender: Any, message: str) -> None:
+    def _safe_error(self, sender: Any, message: str, *, invalid_request: bool = False) -> None:
         try:
-            send_error(sender, message)
+            send_error(sender, message, invalid_request=invalid_request)
         except Exception as exc:  # the client may be gone already
             self.log.log_warn(f"could not send an error response: {exc}")
 
