@@ -1,6 +1,6 @@
 """`tensorrt_llm_bls` in the real embedded tritonserver, through Triton's HTTP `generate_stream`: streamed text
 deltas join to exactly the unstreamed text, multi-byte characters and spaces included; a client's gRPC cancel
-stops the inner `tensorrt_llm` generation; stop words end it."""
+or a closed HTTP stream stops the inner `tensorrt_llm` generation; stop words end it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import queue
 import re
 import shutil
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -146,24 +147,32 @@ def _bls_inputs(**values: Any) -> list[grpcclient.InferInput]:
     return inputs
 
 
-def _stopped_tokens(server: TritonServer, request_id: str) -> int | None:
-    """How many tokens the `tensorrt_llm` model had generated when a stop request ended `request_id`'s
-    generation (the BLS names its inner request `<client id>-<8 hex>`), from the reference model's log line."""
+def _stops(server: TritonServer, client_id: str) -> list[int]:
+    """How many tokens the `tensorrt_llm` model had generated when a stop request ended each generation of a
+    client's request `client_id` (the BLS names its inner request `<client id>-<8 hex>`, or `bls-<8 hex>` when
+    the client gave no id), from the reference model's log lines."""
     assert server.log_path is not None
-    pattern = re.compile(rf"request {re.escape(request_id)}-[0-9a-f]{{8}} stopped after (\d+) tokens")
-    found = pattern.search(server.log_path.read_text(errors="replace"))
-    return None if found is None else int(found.group(1))
+    pattern = re.compile(rf"request {re.escape(client_id)}-[0-9a-f]{{8}} stopped after (\d+) tokens")
+    return [int(tokens) for tokens in pattern.findall(server.log_path.read_text(errors="replace"))]
 
 
-def test_a_cancelled_stream_stops_its_tensorrt_llm_generation(tiny_server: TritonServer) -> None:
-    max_tokens = 1000  # ignoring the end token, far more than arrive before the cancel
+def _assert_still_serving(server: TritonServer) -> None:
+    body = {"text_input": "The weather today", "max_tokens": 8, "top_k": 1}
+    assert "".join(_generate_stream(server, {**body, "stream": True})).strip()
+    assert server.wait(timeout_s=0) is None
+
+
+MAX_TOKENS = 1000  # ignoring the end token: far more than arrive before a client goes
+
+
+def test_a_cancelled_grpc_stream_stops_its_tensorrt_llm_generation(tiny_server: TritonServer) -> None:
     responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client = grpcclient.InferenceServerClient(tiny_server.grpc_url)
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
     try:
         client.async_stream_infer(
             "tensorrt_llm_bls",
-            _bls_inputs(text_input="The weather today", max_tokens=max_tokens, stream=True, end_id=-1),
+            _bls_inputs(text_input="The weather today", max_tokens=MAX_TOKENS, stream=True, end_id=-1),
             request_id="cancel-me",
         )
         result, error = responses.get(timeout=300)
@@ -173,12 +182,31 @@ def test_a_cancelled_stream_stops_its_tensorrt_llm_generation(tiny_server: Trito
         client.stop_stream(cancel_requests=True)
         client.close()
     # The inner generation is ended by the BLS's stop request, long before its max_tokens.
-    wait_until(lambda: _stopped_tokens(tiny_server, "cancel-me") is not None, timeout_s=300)
-    assert (_stopped_tokens(tiny_server, "cancel-me") or 0) < max_tokens
-    # The server keeps serving.
-    body = {"text_input": "The weather today", "max_tokens": 8, "top_k": 1}
-    assert "".join(_generate_stream(tiny_server, {**body, "stream": True})).strip()
-    assert tiny_server.wait(timeout_s=0) is None
+    wait_until(lambda: bool(_stops(tiny_server, "cancel-me")), timeout_s=300)
+    assert _stops(tiny_server, "cancel-me")[0] < MAX_TOKENS
+    _assert_still_serving(tiny_server)
+
+
+def test_closing_an_http_generate_stream_stops_its_tensorrt_llm_generation(tiny_server: TritonServer) -> None:
+    stopped = len(_stops(tiny_server, "bls"))
+    host, port = tiny_server.http_url.removeprefix("http://").split(":")
+    body = json.dumps(
+        {"text_input": "The weather today", "max_tokens": MAX_TOKENS, "stream": True, "end_id": -1}
+    ).encode()
+    head = (
+        f"POST /v2/models/tensorrt_llm_bls/generate_stream HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((host, int(port)), timeout=300) as conn:
+        conn.sendall(head + body)
+        received = b""
+        while b"data:" not in received:  # the first event: generating
+            chunk = conn.recv(4096)
+            assert chunk, "the server closed the stream before its first event"
+            received += chunk
+    wait_until(lambda: len(_stops(tiny_server, "bls")) > stopped, timeout_s=300)
+    assert _stops(tiny_server, "bls")[-1] < MAX_TOKENS
+    _assert_still_serving(tiny_server)
 
 
 def test_stop_words_and_end_id_reach_tensorrt_llm(tiny_server: TritonServer, tiny_engine: Path) -> None:

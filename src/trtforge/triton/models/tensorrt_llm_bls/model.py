@@ -20,10 +20,11 @@ empty-flagged response. Requests run on their own threads, so one long generatio
 TensorRT-LLM does); each word is tokenized on its own, so a word whose tokens differ in context never matches.
 `end_id` overrides the tokenizer's end token (-1: never stop at it).
 
-A client that cancels its request (a cancelled gRPC stream) ends the inner generation too: tritonserver 2.51's
-BLS API cannot cancel an inner `exec(decoupled=True)` request (its response iterator has no `cancel`), so the
-model sends `tensorrt_llm` a second request with the same request id and `stop=true` (the contract's way to end
-a request, as the proxy does), then reads the first request's responses until its final one.
+A client that goes (a cancelled gRPC stream, a closed HTTP `generate_stream`) ends the inner generation too,
+noticed at its next token: tritonserver 2.51's BLS API cannot cancel an inner `exec(decoupled=True)` request (its
+response iterator has no `cancel`), so the model sends `tensorrt_llm` a second request with the same request id
+and `stop=true` (the contract's way to end a request, as the proxy does), then reads the first request's
+responses until its final one.
 
 Self-contained on purpose (numpy, transformers, triton_python_backend_utils): it also runs in NVIDIA's
 tritonserver containers, where trtforge is not installed.
