@@ -338,8 +338,8 @@ class Guides:
         if self._compiler is None:
             try:
                 import xgrammar
-            except ImportError:
-                raise RequestError(
+            except ImportError:  # the deployment's fault, not the client's: a server error
+                raise RuntimeError(
                     "guided decoding needs the xgrammar package, which is not installed"
                 ) from None
             from transformers import AutoTokenizer
@@ -663,7 +663,7 @@ class Scheduler:
         )
         if spec.guide is not None:
             if self.guides is None:
-                raise RequestError("guided decoding is not available in this model")
+                raise RuntimeError("guided decoding is not available in this model")
             seq.matcher = self.guides.matcher(*spec.guide)
         seq.cache = self.decoder.make_cache()
         seq.next_logits = self.decoder.forward(spec.input_ids, seq.cache)
