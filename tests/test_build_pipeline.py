@@ -194,6 +194,7 @@ def _record_watch_results(monkeypatch: pytest.MonkeyPatch) -> list[WatchResult]:
         ("hang-after-save", False),  # hangs in shutdown, ends on SIGTERM
         ("hang-ignore-term", True),
         ("hung-child", True),  # its MPI-worker-like child ignores SIGTERM
+        ("hung-setsid-child", True),  # the same child, outside the builder's session
     ],
 )
 def test_hung_builder_is_reaped_once_its_engine_is_whole(
@@ -249,7 +250,9 @@ def test_a_finished_builder_ignoring_sigterm_gets_the_short_grace(
     assert result.outcome is Outcome.COMPLETE
     assert result.engine_complete_at is not None and result.engine_complete_at <= result.reaped_at
     assert result.stopped and result.killed  # TERM was ignored: KILL ended it
-    assert result.stop_grace_s == FINISHED_GRACE_S < 1.0 < DEFAULT_GRACE_S
+    assert result.stop_grace_s == result.ending.grace_s == FINISHED_GRACE_S < 1.0 < DEFAULT_GRACE_S
+    recorded = [int(line) for line in builder.read_text().split()]
+    assert set(recorded) <= set(result.ending.kill_sent) and result.ending.survivors == ()
     _assert_nothing_left(builder)
 
 
@@ -258,7 +261,8 @@ def test_a_builder_stopped_while_working_gets_the_full_grace(
 ) -> None:
     result = _watch("partial", checkpoint, tmp_path, stall_timeout_s=1)
     assert result.outcome is Outcome.STALLED
-    assert result.stopped and result.stop_grace_s == DEFAULT_GRACE_S
+    assert result.stopped and result.stop_grace_s == result.ending.grace_s == DEFAULT_GRACE_S
+    assert not result.killed and result.ending.kill_sent == ()  # it obeyed TERM within the grace
 
 
 @pytest.mark.parametrize(

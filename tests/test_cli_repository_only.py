@@ -38,7 +38,8 @@ def test_tp2_repository_prints_one_tritonserver_per_rank_under_mpirun(tmp_path: 
         assert words[:2] == ["-n", "1"] and Path(words[2]).name == "tritonserver"
         assert f"--model-repository={tmp_path / 'repo'}" in words
         assert "--disable-auto-complete-config" in words
-        assert f"--backend-config=python,shm-region-prefix-name=prefix{rank}_" in words
+        shm = [w for w in words if w.startswith("--backend-config=python,shm-region-prefix-name=trtforge_")]
+        assert len(shm) == 1 and shm[0].endswith(f"_{rank}_")  # one namespace per rank
         worker = {"--model-control-mode=explicit", "--load-model=tensorrt_llm"}
         assert worker <= set(words) if rank else not worker & set(words)
     config = (tmp_path / "repo" / "tensorrt_llm" / "config.pbtxt").read_text()

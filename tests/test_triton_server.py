@@ -21,7 +21,7 @@ from trtforge.errors import BackendUnavailableError, TritonError
 from trtforge.processes import descendant_processes
 from trtforge.triton.distribution import TritonDistribution, find_tritonserver
 from trtforge.triton.repository import write_model_repository
-from trtforge.triton.server import ServerState, TritonServer, stop_on_signals
+from trtforge.triton.server import SHM_DIR, ServerState, TritonServer, remove_shm_regions, stop_on_signals
 
 pytestmark = pytest.mark.triton
 
@@ -190,8 +190,10 @@ def test_command_line_and_multi_rank_needs_mpirun(
         "--disable-auto-complete-config",
         "--exit-timeout-secs=3",
         f"--backend-directory={distribution.backend_dir}",
+        f"--backend-config=python,shm-region-prefix-name={server.shm_prefix}",
     ):
         assert flag in argv
+    assert server.shm_prefix != TritonServer(tmp_path, distribution=distribution).shm_prefix
     monkeypatch.setenv("PATH", str(tmp_path))  # no mpirun there
     multi = TritonServer(tmp_path, world_size=2, distribution=distribution)
     with pytest.raises(TritonError, match="mpirun"):
@@ -206,13 +208,14 @@ def test_multi_rank_command_is_one_tritonserver_per_rank_under_mpirun(
     (fake_bin / "mpirun").write_text("#!/bin/sh\n")
     (fake_bin / "mpirun").chmod(0o755)
     monkeypatch.setenv("PATH", str(fake_bin))
-    argv = TritonServer(tmp_path, world_size=2, distribution=distribution).command()
+    server = TritonServer(tmp_path, world_size=2, distribution=distribution)
+    argv = server.command()
     assert argv[:2] == [str(fake_bin / "mpirun"), "--allow-run-as-root"]
     leader, worker = " ".join(argv[2:]).split(" : ")
     assert leader.startswith(f"-n 1 {distribution.binary} ") and "--http-port=8000" in leader
-    assert "shm-region-prefix-name=prefix0_" in leader
+    assert f"shm-region-prefix-name={server.shm_prefix}0_" in leader
     assert "--model-control-mode=explicit" in worker and "--load-model=tensorrt_llm" in worker
-    assert "shm-region-prefix-name=prefix1_" in worker and "--http-port" not in worker
+    assert f"shm-region-prefix-name={server.shm_prefix}1_" in worker and "--http-port" not in worker
 
 
 # -- a real server ---------------------------------------------------------------------------------------
@@ -237,15 +240,60 @@ def test_ensemble_streams_text_without_losing_spaces_or_splitting_characters(ser
     assert b"".join(whole).decode("utf-8") == prompt
 
 
+def _shm_regions(prefix: str) -> list[Path]:
+    return sorted(SHM_DIR.glob(f"{prefix}*"))
+
+
 def test_stop_leaves_no_tritonserver_or_stub_process(server: TritonServer) -> None:
     assert server.pid is not None
     processes = {**_own_process(server.pid), **descendant_processes(server.pid)}
     names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in processes}
     assert "triton_python_b" in names  # the stubs (comm is cut at 15 characters)
+    assert _shm_regions(server.shm_prefix)  # the python backend's regions carry this server's own prefix
     server.stop()
     assert server.state is ServerState.STOPPED
+    report = server.stop_report
+    assert report is not None and report.signalled and report.survivors == ()
+    assert set(processes) <= set(report.terminated)  # tritonserver and every stub, each by its start time
     assert _alive(processes) == []
+    assert _shm_regions(server.shm_prefix) == []
     server.stop()  # idempotent
+    assert server.stop_report is report
+
+
+def test_a_killed_tritonserver_leaves_no_stub_and_no_shared_memory(
+    echo_repository: Path, distribution: TritonDistribution, tmp_path: Path
+) -> None:
+    # SIGKILL gives tritonserver no chance to end its stubs or remove its shared memory: stop() must.
+    other = SHM_DIR / f"trtforge_{os.getpid()}_not_this_servers_region"
+    other.write_bytes(b"")
+    try:
+        with TritonServer(
+            echo_repository, **_ports(), log_path=tmp_path / "triton.log", distribution=distribution
+        ) as server:
+            assert server.pid is not None
+            stubs = descendant_processes(server.pid)
+            assert stubs
+            assert _shm_regions(server.shm_prefix)
+            os.kill(server.pid, signal.SIGKILL)
+            assert server.wait() == -signal.SIGKILL
+        report = server.stop_report
+        assert report is not None and report.grace_s < server.exit_timeout_s  # no one left to wait for
+        assert set(stubs) <= set(report.terminated) and report.survivors == ()
+        assert _alive(stubs) == []
+        assert _shm_regions(server.shm_prefix) == []
+        assert other.exists()  # another prefix: not ours to remove
+    finally:
+        other.unlink()
+
+
+def test_only_regular_files_with_the_prefix_are_removed(tmp_path: Path) -> None:
+    (tmp_path / "mine_1").write_bytes(b"x")
+    (tmp_path / "mine_dir").mkdir()
+    (tmp_path / "mine_link").symlink_to(tmp_path / "theirs_1")
+    (tmp_path / "theirs_1").write_bytes(b"x")
+    assert remove_shm_regions("mine_", shm_dir=tmp_path) == [tmp_path / "mine_1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine_dir", "mine_link", "theirs_1"]
 
 
 def test_broken_model_makes_wait_ready_name_the_model_and_the_reason(

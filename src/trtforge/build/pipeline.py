@@ -19,7 +19,7 @@ from typing import Protocol
 from trtforge.build.checks import check_engine, checkpoint_quant_algo, copy_tokenizer_files
 from trtforge.build.command import BuilderCommand, build_command, probe_trtllm_version, resolve_python
 from trtforge.build.failures import FailureCause, builder_failure
-from trtforge.build.watchdog import BuildWatchdog, Outcome, WatchResult, end_orphaned_session
+from trtforge.build.watchdog import BuildWatchdog, Outcome, WatchResult
 from trtforge.catalog import BUILTIN_MODEL_PREFIX, CatalogEntry, check_name, load_catalog
 from trtforge.constants import (
     DEFAULT_STALL_TIMEOUT_S,
@@ -31,7 +31,7 @@ from trtforge.constants import (
 from trtforge.errors import BuildFailedError, CheckpointError, GpuError, TrtforgeError
 from trtforge.hashcache import hash_checkpoint
 from trtforge.preflight import preflight_build
-from trtforge.processes import start_time
+from trtforge.processes import end_orphaned_session, start_time
 from trtforge.store import BUILD_LOG, BuildInputs, EngineStore, link_engine, write_manifest
 from trtforge.untrusted import checkpoint_root, inside, read_json_object
 
@@ -360,7 +360,7 @@ def end_orphaned_builders(store: EngineStore, digest: str | None = None) -> list
 
 
 def _end_orphan(store: EngineStore, digest: str, sid: int, start: str | None) -> list[int]:
-    ended = [sid] if end_orphaned_session(sid, start) else []
+    ended = [sid] if end_orphaned_session(sid, start).signalled else []
     store.forget_builder(digest)
     return ended
 

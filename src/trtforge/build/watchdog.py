@@ -3,7 +3,8 @@
 `trtllm-bench build` can hang at shutdown after saving the engine (joining its MPI worker pool). The watchdog does
 not wait for it to exit: the build is done as soon as `<workspace>/<model>/tp_{tp}_pp_{pp}/` holds a whole engine —
 a config that parses and every `rank{i}.engine`, each as large as its source in `tmp*-llm-workspace/tmp.engine/`
-and no longer growing. Then every process of the builder's session is ended: TERM, then KILL after
+and no longer growing. Then everything the builder started is ended (`trtforge.processes.OwnedProcess`: its
+session and every descendant seen, MPI workers that left it included): TERM, then KILL after
 `FINISHED_GRACE_S`, so a finished builder that ignores SIGTERM or has a hung child is gone well within a second.
 A builder stopped while still working (stall, timeout, a signal to us) gets `DEFAULT_GRACE_S` to exit cleanly.
 """
@@ -25,7 +26,7 @@ from typing import IO
 
 from trtforge.engine import ENGINE_CONFIG, is_engine_config, rank_file_name
 from trtforge.errors import BuildInterruptedError
-from trtforge.processes import session_members, start_time
+from trtforge.processes import EndReport, OwnedProcess
 
 LLM_WORKSPACE_GLOB = "tmp*-llm-workspace"
 LLM_TMP_ENGINE = "tmp.engine"
@@ -64,6 +65,7 @@ class WatchResult:
     stopped: bool  # we signalled the builder
     stop_grace_s: float | None  # the TERM → KILL grace the stop allowed (None: not signalled)
     killed: bool  # some process outlived the grace and got SIGKILL
+    ending: EndReport  # what ending the builder's processes did, pid by pid
 
 
 @dataclass
@@ -121,26 +123,21 @@ class BuildWatchdog:
         self._last_output = started
         last_activity = started
         last_signature = (-1, -1)
+        owned = OwnedProcess(self.argv, env=self.env, stdout=subprocess.PIPE, grace_s=self.grace_s)
         with open(self.log_path, "ab") as log, _signals_raise():
-            proc = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own session and process group: we can end all of it
-            )
-            assert proc.stdout is not None
-            reader = threading.Thread(target=self._pump, args=(proc.stdout, log), daemon=True)
+            reader: threading.Thread | None = None
             outcome: Outcome
             complete_at: float | None = None
             exit_code: int | None = None
             try:
-                self._on_started(proc.pid)
+                owned.start()  # its own session: everything the builder starts is ended with it
+                assert owned.stdout is not None and owned.pid is not None
+                reader = threading.Thread(target=self._pump, args=(owned.stdout, log), daemon=True)
                 reader.start()
+                self._on_started(owned.pid)
                 self._set_phase("starting the builder")
                 while True:
-                    exit_code = proc.poll()
+                    exit_code = owned.poll()
                     now = time.monotonic()
                     if self._engine_complete(now):
                         outcome, complete_at = Outcome.COMPLETE, now
@@ -167,11 +164,12 @@ class BuildWatchdog:
                 _ignore_ending_signals()  # a second TERM must not interrupt the cleanup that ends the builder
                 if complete_at is not None:
                     self._set_phase("engine complete; stopping the builder")
-                grace_s = FINISHED_GRACE_S if complete_at is not None else self.grace_s
-                ending = end_session(proc, grace_s=grace_s)
+                ending = owned.stop(grace_s=FINISHED_GRACE_S if complete_at is not None else self.grace_s)
                 reaped_at = time.monotonic()
-                if reader.ident is not None:
+                if reader is not None:
                     reader.join(timeout=1)
+                elif owned.stdout is not None:
+                    owned.stdout.close()  # no reader started to close it
                 self.state = WatchState.DONE
         return WatchResult(
             outcome,
@@ -180,8 +178,9 @@ class BuildWatchdog:
             complete_at,
             reaped_at,
             stopped=ending.signalled,
-            stop_grace_s=grace_s if ending.signalled else None,
+            stop_grace_s=ending.grace_s if ending.signalled else None,
             killed=ending.killed,
+            ending=ending,
         )
 
     def _pump(self, stream: IO[bytes], log: IO[bytes]) -> None:
@@ -291,65 +290,3 @@ def _ignore_ending_signals() -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in ENDING_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
-
-
-# --- ending a session --------------------------------------------------------------------------------------
-
-
-def _signal_session(sid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(sid, sig)
-    for pid in session_members(sid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-@dataclass(frozen=True)
-class SessionEnd:
-    signalled: bool  # False: the builder and its children had all exited by themselves
-    killed: bool  # TERM was not enough within the grace
-
-
-def end_session(proc: subprocess.Popen[bytes], *, grace_s: float = DEFAULT_GRACE_S) -> SessionEnd:
-    """End every process of the session `proc` leads: TERM, then KILL after `grace_s`."""
-    sid = proc.pid
-    if proc.poll() is not None and not session_members(sid):
-        return SessionEnd(signalled=False, killed=False)
-    _signal_session(sid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        proc.poll()
-        if proc.returncode is not None and not session_members(sid):
-            return SessionEnd(signalled=True, killed=False)
-        time.sleep(0.05)
-    _signal_session(sid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=2)
-    deadline = time.monotonic() + 2
-    while session_members(sid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return SessionEnd(signalled=True, killed=True)
-
-
-def end_orphaned_session(sid: int, leader_start: str | None, *, grace_s: float = DEFAULT_GRACE_S) -> bool:
-    """End the session of a builder another trtforge started and could not end (it was SIGKILLed).
-
-    `leader_start` is the start time recorded when the builder started. Linux does not reuse a pid while it
-    names a live session, so the session's members are the builder's own unless its leader pid now belongs to a
-    different process (start time differs): then nothing is signalled. Returns True when anything was.
-    """
-    current = start_time(sid)
-    if current is not None and current != leader_start:
-        return False  # the pid was reused by an unrelated process; the old session is long gone
-    if current is None and not session_members(sid):
-        return False
-    _signal_session(sid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while session_members(sid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if session_members(sid):
-        _signal_session(sid, signal.SIGKILL)
-        deadline = time.monotonic() + 2
-        while session_members(sid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    return True

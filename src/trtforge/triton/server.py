@@ -6,23 +6,27 @@
 Lifecycle: CREATED -> STARTING -> READY -> STOPPING -> STOPPED, or -> FAILED when it does not become ready
 (the process is stopped before the error is raised). `stop()` is idempotent and safe from any state.
 
-The server runs in its own session and process group, so a Ctrl-C in the terminal does not reach it: the
-caller forwards signals. Either let SIGINT/SIGTERM unwind the `with` block (wrap it in `stop_on_signals(server)`,
-which turns SIGTERM into SystemExit and stops the server on the way out), or call `server.stop()` from its own
-handler. Python-backend stubs (`triton_python_backend_stub`) are children of tritonserver; they are tracked by
-parent pid via /proc while the server runs, and any left after the group is gone are killed.
+The server is an `OwnedProcess` (`trtforge.processes`): it runs in its own session, so a Ctrl-C in the terminal
+does not reach it and the caller forwards signals. Either let SIGINT/SIGTERM unwind the `with` block (wrap it in
+`stop_on_signals(server)`, which turns SIGTERM into SystemExit and stops the server on the way out), or call
+`server.stop()` from its own handler. Python-backend stubs (`triton_python_backend_stub`) are descendants of
+tritonserver that may leave its process group; the owner records them while the server runs and ends them with
+it, and `stop_report` says what the end did.
+
+Each server gives its python backend a shared-memory prefix of its own (`shm_prefix`): a tritonserver that is
+killed cannot remove its regions in /dev/shm, so `stop()` removes what is left under that prefix, and only that.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import glob
 import json
-import os
 import re
 import shutil
 import signal
-import subprocess
+import stat
 import threading
 import time
 import urllib.error
@@ -31,25 +35,30 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from trtforge import constants
 from trtforge.errors import BackendUnavailableError, TritonError
-from trtforge.processes import descendant_processes, start_time
+from trtforge.processes import EndReport, OwnedProcess
 from trtforge.triton.distribution import TritonDistribution, find_tritonserver
 
 __all__ = [
     "ServerState",
     "TritonServer",
+    "remove_shm_regions",
     "required_backends",
     "stop_on_signals",
 ]
 
 _POLL_INTERVAL_S = 0.2
-_KILL_GRACE_S = 5.0
+_KILL_GRACE_S = 5.0  # TERM → KILL grace on top of `exit_timeout_s`
+# TERM → KILL grace for what outlives tritonserver (python-backend stubs, which ignore SIGTERM and wait for
+# tritonserver to tell them to finish): with tritonserver gone nothing will, so they are not waited for.
+_ORPHAN_GRACE_S = 0.2
+# Where the python backend's shared-memory regions live (POSIX shm_open); only our own prefix is ever removed.
+SHM_DIR = Path("/dev/shm")
 # model_lifecycle.cc: "failed to load 'name' version 1: Internal: ValueError: ..."
 _FAILED_LOAD = re.compile(r"failed to load '(?P<model>[^']+)' version \d+: (?P<reason>.*)")
 # Talks to our own local server: never through an HTTP proxy from the environment.
@@ -104,11 +113,11 @@ class TritonServer:
         self.exit_timeout_s = exit_timeout_s
         self.log_path = Path(log_path).absolute() if log_path is not None else None
         self._distribution = distribution
+        # Unique per server: regions left by a killed server are told apart from other servers' live ones.
+        self.shm_prefix = f"trtforge_{uuid.uuid4().hex[:12]}_"
         self._state = ServerState.CREATED
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log_file: IO[bytes] | None = None
-        self._children: dict[int, str] = {}  # pid -> /proc start time, to never kill a reused pid
-        self._stopped = False
+        self._process: OwnedProcess | None = None
+        self._stop_report: EndReport | None = None
         self._lock = threading.RLock()
 
     # -- properties ------------------------------------------------------------------------------------
@@ -120,6 +129,11 @@ class TritonServer:
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
+
+    @property
+    def stop_report(self) -> EndReport | None:
+        """What `stop()` did to tritonserver and its descendants (None until it ended a started server)."""
+        return self._stop_report
 
     @property
     def http_url(self) -> str:
@@ -188,23 +202,14 @@ class TritonServer:
                 raise TritonError(f"model repository {self.repository} does not exist")
             self._check_backends()
             argv = self.command()
-            log_path = self.log_path or _default_log_path()
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            self.log_path = log_path
-            self._log_file = open(log_path, "ab")  # noqa: SIM115 -- lives as long as the process
+            self.log_path = self.log_path or _default_log_path()
+            process = OwnedProcess(argv, env=self.distribution.launch_env(), stdout=self.log_path)
             try:
-                self._process = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=self._log_file,
-                    stderr=subprocess.STDOUT,
-                    env=self.distribution.launch_env(),
-                    start_new_session=True,  # its own process group: we signal exactly what we started
-                )
+                process.start()
             except OSError as exc:
-                self._close_log()
                 self._state = ServerState.FAILED
                 raise TritonError(f"cannot start {argv[0]}: {exc}") from None
+            self._process = process
             self._state = ServerState.STARTING
 
     def wait_ready(self, timeout_s: float = 300.0) -> None:
@@ -220,12 +225,11 @@ class TritonServer:
             raise TritonError(f"wait_ready() needs a started server (state {self._state.value})")
         deadline = time.monotonic() + timeout_s
         while True:
-            self._track_children()
-            if self._process.poll() is not None:
-                self._fail(f"tritonserver exited with status {self._process.returncode}")
+            if (code := self._process.poll()) is not None:
+                self._fail(f"tritonserver exited with status {code}")
             if self._is_ready():
                 self._state = ServerState.READY
-                self._track_children()
+                self._process.track()  # every model is loaded: its stubs are recorded now, not at the next scan
                 return
             if time.monotonic() >= deadline:
                 self._fail(f"tritonserver was not ready after {timeout_s:g} s")
@@ -235,35 +239,27 @@ class TritonServer:
         """Wait for tritonserver to exit on its own; its exit status, or None if still running at `timeout_s`."""
         if self._process is None:
             raise TritonError(f"wait() needs a started server (state {self._state.value})")
-        try:
-            return self._process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
+        return self._process.wait(timeout_s)
 
     def stop(self) -> None:
-        """Stop the server: SIGTERM to its group, SIGKILL after a grace period, then any leftover stub."""
+        """Stop the server and everything it started (stubs, ranks): SIGTERM, then SIGKILL after
+        `exit_timeout_s` + 5 s (0.2 s for what outlived a tritonserver that already exited); then remove the
+        python backend's shared memory left under `shm_prefix`."""
         with self._lock:
             if self._state is ServerState.CREATED:
                 self._state = ServerState.STOPPED
                 return
             process = self._process
-            if process is None or self._stopped:
+            if process is None or self._stop_report is not None:
                 return
             final = ServerState.FAILED if self._state is ServerState.FAILED else ServerState.STOPPED
             self._state = ServerState.STOPPING
             try:
-                self._track_children()
-                _signal_group(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=self.exit_timeout_s + _KILL_GRACE_S)
-                except subprocess.TimeoutExpired:
-                    _signal_group(process.pid, signal.SIGKILL)
-                    process.wait()
-                _signal_group(process.pid, signal.SIGKILL)  # anything left in the group
-                self._kill_leftover_children()
+                exited = process.poll() is not None
+                grace_s = _ORPHAN_GRACE_S if exited else self.exit_timeout_s + _KILL_GRACE_S
+                self._stop_report = process.stop(grace_s=grace_s)
+                remove_shm_regions(self.shm_prefix)
             finally:
-                self._stopped = True
-                self._close_log()
                 self._state = final
 
     # -- internals -------------------------------------------------------------------------------------
@@ -293,9 +289,9 @@ class TritonServer:
                 "--allow-grpc=false",
                 "--allow-metrics=false",
             ]
-        if self.world_size > 1:
-            # Each rank's python backend needs its own shared-memory namespace.
-            args.append(f"--backend-config=python,shm-region-prefix-name=prefix{rank}_")
+        # Each server, and each rank, needs its own shared-memory namespace (see `remove_shm_regions`).
+        prefix = f"{self.shm_prefix}{rank}_" if self.world_size > 1 else self.shm_prefix
+        args.append(f"--backend-config=python,shm-region-prefix-name={prefix}")
         return args
 
     def _check_backends(self) -> None:
@@ -343,26 +339,6 @@ class TritonServer:
             failures = _failures_from_index(self.http_url)
         return failures
 
-    def _track_children(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._children.update(descendant_processes(self._process.pid))
-
-    def _kill_leftover_children(self) -> None:
-        alive = {pid: start for pid, start in self._children.items() if start_time(pid) == start}
-        for pid in alive:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 2.0
-        while alive and time.monotonic() < deadline:
-            alive = {pid: start for pid, start in alive.items() if start_time(pid) == start}
-            time.sleep(0.05)
-        self._children.clear()
-
-    def _close_log(self) -> None:
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
 
 # -- helpers ---------------------------------------------------------------------------------------------
 
@@ -399,9 +375,23 @@ def stop_on_signals(server: TritonServer) -> Iterator[TritonServer]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
+def remove_shm_regions(prefix: str, shm_dir: Path = SHM_DIR) -> list[Path]:
+    """Remove the python backend's shared-memory regions named `prefix*` in `shm_dir`; the paths removed.
+
+    A tritonserver that exits cleanly removes its own; one that was killed cannot. Only regular files are
+    touched (never a link or a directory someone placed there), and only with this server's unique prefix, so
+    regions of other servers on the machine stay.
+    """
+    removed = []
+    for path in shm_dir.glob(f"{glob.escape(prefix)}*"):
+        try:
+            if not stat.S_ISREG(path.lstat().st_mode):
+                continue
+            path.unlink()
+        except OSError:
+            continue  # gone already, or not ours to remove
+        removed.append(path)
+    return removed
 
 
 def _default_log_path() -> Path:

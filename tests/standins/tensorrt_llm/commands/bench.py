@@ -14,6 +14,7 @@ Failure modes, chosen by `TRTFORGE_STANDIN_MODE`:
     hang-after-save     save the engine, then hang in shutdown (dies on SIGTERM)
     hang-ignore-term    save, then hang with SIGTERM ignored
     hung-child          spawn an MPI-worker-like child that ignores SIGTERM; hang joining it after saving
+    hung-setsid-child   the same, but the child leaves the builder's session first (setsid)
     crash-oom | crash-arch | crash-gated | crash-disk   fail before the engine with the real error text
     disk-full           run out of disk space half-way through writing tmp.engine
     partial             copy half of rank0.engine, then hang silently
@@ -217,11 +218,13 @@ def build(obj: dict, tp_size: int, pp_size: int, quantization: str | None, datas
     log(f"Total time of building all engines: 00:00:0{min(9, world)}")
 
     child = None
-    if MODE == "hung-child" or (
+    if MODE in ("hung-child", "hung-setsid-child") or (
         os.environ.get("TLLM_WORKER_USE_SINGLE_PROCESS") != "1" and MODE.startswith("hang")
     ):
         # The MPI pool worker the executor spawns.
-        child = subprocess.Popen([sys.executable, "-c", WORKER_SOURCE])
+        child = subprocess.Popen(
+            [sys.executable, "-c", WORKER_SOURCE], start_new_session=MODE == "hung-setsid-child"
+        )
         write_pidfile(child.pid)
     log("Loading engine into executor (MpiPoolSession)" if child else "Loading engine into executor")
 
