@@ -148,13 +148,23 @@ def test_a_leader_that_obeys_term_is_not_killed(tmp_path: Path) -> None:
     assert owned.poll() == -signal.SIGTERM
 
 
+def test_what_outlives_the_leader_gets_only_the_after_leader_grace(fifos: tuple[Path, Path]) -> None:
+    # The leader obeys TERM, its child ignores it: once the leader is gone, the child is not waited for.
+    argv = _tree(fifos, setsid=False, grandchild=False, ignore_term=True)
+    with OwnedProcess(argv) as owned:
+        roles = _read_roles(fifos[0], 2)
+        report = owned.stop(grace_s=3600, after_leader_s=0.1)
+    assert report.killed and report.kill_sent == (roles["child"],)
+    assert report.leader_exit_s is not None and report.grace_s == pytest.approx(report.leader_exit_s + 0.1)
+    assert _running(list(roles.values())) == []
+
+
 def test_a_command_that_exited_by_itself_is_not_signalled() -> None:
     with OwnedProcess(["true"]) as owned:
         assert owned.wait() == 0
         assert owned.state is ProcessState.EXITED
-    assert owned.report == EndReport(
-        signalled=False, killed=False, grace_s=owned.grace_s, duration_s=owned.report.duration_s
-    )
+    report = owned.report
+    assert report is not None and not report.signalled and not report.killed and report.terminated == ()
 
 
 def test_a_double_forked_grandchild_is_ended_after_its_parent_exits(fifos: tuple[Path, Path]) -> None:

@@ -144,11 +144,14 @@ class EndReport:
 
     signalled: bool  # False: the command and everything it started had exited by themselves
     killed: bool  # some process outlived the grace and got SIGKILL
-    grace_s: float  # the TERM → KILL grace this end allowed
+    grace_s: (
+        float  # the TERM → KILL grace this end allowed (shortened by `after_leader_s` once the leader exited)
+    )
     terminated: tuple[int, ...] = ()  # pids sent SIGTERM
     kill_sent: tuple[int, ...] = ()  # pids sent SIGKILL
     survivors: tuple[int, ...] = ()  # still running after SIGKILL and `_KILL_WAIT_S` (uninterruptible sleep)
     duration_s: float = 0.0  # from the start of the end until every process was gone
+    leader_exit_s: float | None = None  # from the start of the end until the leader was seen gone
 
 
 class _Signaller:
@@ -225,36 +228,55 @@ def _end_processes(
     find: Callable[[], dict[int, str]],
     *,
     grace_s: float,
-    pin_running: Callable[[], bool] = lambda: False,
+    leader_running: Callable[[], bool] | None = None,
+    after_leader_s: float | None = None,
     on_signal: Callable[[signal.Signals], None] = lambda _sig: None,
 ) -> EndReport:
     """TERM everything `find()` returns (and whatever it finds later), KILL what is left after `grace_s`.
 
     `find` is called again on every check, so a process forked while we end is found and ended too.
-    `pin_running()` says whether a process `find` cannot see (the leader, through its own handle) still runs;
-    `on_signal` also signals by other means (the process group, with a pinned leader).
+    `leader_running()` says whether the leader (watched through its own handle) still runs (None: no leader of
+    ours to watch, as for an orphaned session); once it has exited, what is left gets at most `after_leader_s`
+    more. `on_signal` also signals by other means (the process group,
+    while the leader pins its id).
     """
     began = time.monotonic()
     signaller = _Signaller()
+    leader_exit_s: float | None = None
+    deadline = began + grace_s
+
+    def report(*, signalled: bool, killed: bool, **pids: tuple[int, ...]) -> EndReport:
+        return EndReport(
+            signalled=signalled,
+            killed=killed,
+            grace_s=round(deadline - began, 6),
+            duration_s=time.monotonic() - began,
+            leader_exit_s=leader_exit_s,
+            **pids,
+        )
+
+    def leader_gone() -> bool:
+        nonlocal leader_exit_s, deadline
+        if leader_running is None:
+            return True
+        if leader_running():
+            return False
+        if leader_exit_s is None:
+            leader_exit_s = time.monotonic() - began
+            if after_leader_s is not None:
+                deadline = min(deadline, began + leader_exit_s + after_leader_s)
+        return True
+
     try:
         targets = find()
-        if not targets and not pin_running():
-            return EndReport(
-                signalled=False, killed=False, grace_s=grace_s, duration_s=time.monotonic() - began
-            )
+        if not targets and leader_gone():
+            return report(signalled=False, killed=False)
         terminated = set(signaller.send(targets, signal.SIGTERM))
         on_signal(signal.SIGTERM)
-        deadline = began + grace_s
         while True:
             remaining = find()
-            if not remaining and not pin_running():
-                return EndReport(
-                    signalled=True,
-                    killed=False,
-                    grace_s=grace_s,
-                    terminated=tuple(sorted(terminated)),
-                    duration_s=time.monotonic() - began,
-                )
+            if leader_gone() and not remaining:
+                return report(signalled=True, killed=False, terminated=tuple(sorted(terminated)))
             newcomers = {pid: start for pid, start in remaining.items() if pid not in terminated}
             terminated.update(signaller.send(newcomers, signal.SIGTERM))
             left_s = deadline - time.monotonic()
@@ -263,21 +285,19 @@ def _end_processes(
             signaller.wait_any(list(remaining), min(left_s, _END_POLL_S))
         kill_sent: set[int] = set()
         kill_deadline = time.monotonic() + _KILL_WAIT_S
-        while remaining or pin_running():
+        while not leader_gone() or remaining:
             kill_sent.update(signaller.send(remaining, signal.SIGKILL))
             on_signal(signal.SIGKILL)
             if time.monotonic() >= kill_deadline:
                 break
             signaller.wait_any(list(remaining), _END_POLL_S)
             remaining = find()
-        return EndReport(
+        return report(
             signalled=True,
             killed=True,
-            grace_s=grace_s,
             terminated=tuple(sorted(terminated)),
             kill_sent=tuple(sorted(kill_sent)),
             survivors=tuple(sorted(remaining)),
-            duration_s=time.monotonic() - began,
         )
     finally:
         signaller.close()
@@ -501,8 +521,14 @@ class OwnedProcess:
             self._seen.update(found)
             return dict(self._seen)
 
-    def stop(self, grace_s: float | None = None) -> EndReport:
+    def stop(self, grace_s: float | None = None, *, after_leader_s: float | None = None) -> EndReport:
         """End the command and everything it started: TERM, then KILL what is left after the grace.
+
+        Args:
+            grace_s: TERM → KILL grace (default `self.grace_s`).
+            after_leader_s: once the leader has exited (before the end or during it), what is left gets at most
+                this much more of the grace: for commands whose children only end when the leader tells them
+                to (tritonserver's python-backend stubs), a gone leader means no one will.
 
         Idempotent and safe from any state and any thread: a call while another ends waits for it and returns
         the same report; a call before `start()` means the command never starts.
@@ -518,7 +544,7 @@ class OwnedProcess:
                 self._state = ProcessState.STOPPING
             grace = self.grace_s if grace_s is None else grace_s
             try:
-                self._report = self._end(grace)
+                self._report = self._end(grace, after_leader_s)
             finally:
                 with self._lock:
                     self._state = ProcessState.ENDED
@@ -546,7 +572,7 @@ class OwnedProcess:
         )
         return {**found, **_descendants(table, [sid, *found] if ours else list(found))}
 
-    def _end(self, grace_s: float) -> EndReport:
+    def _end(self, grace_s: float, after_leader_s: float | None) -> EndReport:
         assert self._popen is not None
         popen = self._popen
         self._tracking.set()
@@ -564,7 +590,11 @@ class OwnedProcess:
 
         try:
             return _end_processes(
-                find, grace_s=grace_s, pin_running=lambda: self.poll() is None, on_signal=signal_group
+                find,
+                grace_s=grace_s,
+                leader_running=lambda: self.poll() is None,
+                after_leader_s=after_leader_s,
+                on_signal=signal_group,
             )
         finally:
             with contextlib.suppress(ChildProcessError):

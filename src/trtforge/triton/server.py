@@ -243,8 +243,8 @@ class TritonServer:
 
     def stop(self) -> None:
         """Stop the server and everything it started (stubs, ranks): SIGTERM, then SIGKILL after
-        `exit_timeout_s` + 5 s (0.2 s for what outlived a tritonserver that already exited); then remove the
-        python backend's shared memory left under `shm_prefix`."""
+        `exit_timeout_s` + 5 s, or 0.2 s after tritonserver itself has exited for what outlived it; then remove
+        the python backend's shared memory left under `shm_prefix`."""
         with self._lock:
             if self._state is ServerState.CREATED:
                 self._state = ServerState.STOPPED
@@ -255,9 +255,9 @@ class TritonServer:
             final = ServerState.FAILED if self._state is ServerState.FAILED else ServerState.STOPPED
             self._state = ServerState.STOPPING
             try:
-                exited = process.poll() is not None
-                grace_s = _ORPHAN_GRACE_S if exited else self.exit_timeout_s + _KILL_GRACE_S
-                self._stop_report = process.stop(grace_s=grace_s)
+                self._stop_report = process.stop(
+                    grace_s=self.exit_timeout_s + _KILL_GRACE_S, after_leader_s=_ORPHAN_GRACE_S
+                )
                 remove_shm_regions(self.shm_prefix)
             finally:
                 self._state = final
