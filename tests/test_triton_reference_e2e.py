@@ -69,6 +69,8 @@ def test_stop_ends_the_server_and_every_stub(server: TritonServer) -> None:
     assert len(stubs) == 4  # one per python model instance: tensorrt_llm, preprocessing, postprocessing, bls
     server.stop()
     assert server.state is ServerState.STOPPED
+    report = server.stop_report
+    assert report is not None and {server.pid, *stubs} <= set(report.terminated) and report.survivors == ()
     assert _running({server.pid: "", **children}) == []
 
 
