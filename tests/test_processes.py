@@ -280,6 +280,25 @@ def test_a_session_whose_leader_pid_was_reused_is_not_signalled(fifos: tuple[Pat
         leader.wait()
 
 
+def test_a_recorded_pid_whose_start_time_differs_is_not_signalled() -> None:
+    # What every signal goes through: the process at the pid must still have the start time recorded with it.
+    from trtforge.processes import _Signaller
+
+    stranger = subprocess.Popen(["sleep", "3600"])
+    signaller = _Signaller()
+    try:
+        start = start_time(stranger.pid)
+        assert start is not None
+        assert signaller.send({stranger.pid: str(int(start) - 1)}, signal.SIGKILL) == ()
+        assert start_time(stranger.pid) == start  # untouched
+        assert signaller.send({stranger.pid: start}, signal.SIGKILL) == (stranger.pid,)
+        assert stranger.wait() == -signal.SIGKILL
+    finally:
+        signaller.close()
+        stranger.kill()
+        stranger.wait()
+
+
 def test_a_session_that_is_gone_is_not_signalled() -> None:
     leader = subprocess.Popen(["true"], start_new_session=True)
     start = start_time(leader.pid)

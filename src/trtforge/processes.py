@@ -372,9 +372,8 @@ class OwnedProcess:
         self._stdout_target = stdout
         self._state = ProcessState.CREATED
         self._lock = threading.Lock()  # state transitions and the start
-        self._end_lock = (
-            threading.Lock()
-        )  # one end at a time; later stop() calls wait for it and share its report
+        # One end at a time; later stop() calls wait for it and share its report.
+        self._end_lock = threading.Lock()
         self._seen_lock = threading.Lock()
         self._popen: subprocess.Popen[bytes] | None = None
         self._leader_start: str | None = None
@@ -459,8 +458,9 @@ class OwnedProcess:
                 self._report = EndReport(signalled=False, killed=False, grace_s=0.0)
                 raise
             pid = self._popen.pid
-            # Unreaped, the child keeps its pid: its start time and pidfd are surely its own.
-            self._leader_start = start_time(pid)
+            # Unreaped, the child keeps its pid: its start time and pidfd are surely its own (a zombie has both).
+            fields = stat_fields(pid)
+            self._leader_start = fields[19] if fields and len(fields) > 19 else None
             with contextlib.suppress(OSError):
                 self._leader_fd = os.pidfd_open(pid)
             self._state = ProcessState.RUNNING
@@ -596,6 +596,16 @@ class OwnedProcess:
                 after_leader_s=after_leader_s,
                 on_signal=signal_group,
             )
+        except BaseException:
+            # Interrupted mid-end (a second Ctrl-C): no grace any more, but nothing is left running either,
+            # and the leader can then be reaped below without waiting on it.
+            killer = _Signaller()
+            try:
+                signal_group(signal.SIGKILL)
+                killer.send(find(), signal.SIGKILL)
+            finally:
+                killer.close()
+            raise
         finally:
             with contextlib.suppress(ChildProcessError):
                 popen.wait()  # reap the leader (exited, or killed above)
