@@ -5,9 +5,9 @@ completion and reads its first frame, notes the process tree (tritonserver and i
 the signal and times, from the signal: tritonserver gone, the `up` process exited, and the whole tree gone.
 Variants run in a rotating order within one invocation:
 
-- **after**: this checkout's `src/`;
-- **before**: `src/` of `--before REF` (a git revision; extracted with `git archive` into a temporary directory
-  and put first on PYTHONPATH), when given;
+- **after**: the `src/` next to this file (first on PYTHONPATH, whatever is installed);
+- **before**: `src/` of `--before REF` (a git revision of the repository in the working directory, extracted
+  with `git archive` into a temporary directory), when given;
 - **no fast exit**: this checkout's `src/` through `typer`'s app directly (`trtforge.cli.app()`), i.e. without
   the console script's `os._exit` after a clean stop: the stack's stop as now plus the interpreter's teardown.
 
@@ -158,9 +158,7 @@ def one_run(variant: str, argv: list[str], env: dict[str, str], sig: signal.Sign
 
 def extract(revision: str, dest: Path) -> Path:
     """`src/` of `revision` under `dest`."""
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", revision, "src"], check=True, capture_output=True
-    ).stdout
+    archive = subprocess.run(["git", "archive", revision, "src"], check=True, capture_output=True).stdout
     dest.mkdir(parents=True)
     tar_path = dest / "src.tar"
     tar_path.write_bytes(archive)
@@ -209,7 +207,7 @@ def main() -> None:
             "TRTFORGE_CATALOG": str(work / "engines.toml"),
             "HF_HUB_OFFLINE": "1",
         }
-        env.pop("PYTHONPATH", None)
+        env["PYTHONPATH"] = str(ROOT / "src")  # this file's checkout, whatever is installed
         print("building the tiny engine once ...", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, "-m", "trtforge", "build", "tiny"], env=env, check=True)
         variants: list[tuple[str, list[str], dict[str, str]]] = [

@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -96,5 +98,63 @@ def test_up_stopped_by_a_signal_exits_with_its_status_and_leaves_no_process(
     assert process.returncode == status, stderr
     assert "Traceback" not in stderr
     # At exit, not some time after: everything it started is gone (reaped, or dead and waiting for init).
+    left = {pid for pid, start in started.items() if _start_time(pid) == start}
+    assert left == set(), f"left behind: {left}"
+
+
+def _read_lines(stream: IO[str], into: list[str]) -> threading.Thread:
+    def read() -> None:
+        for line in stream:
+            into.append(line)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("end", ["SIGTERM", "tritonserver killed"])
+def test_serve_runs_tritonserver_alone_until_a_signal_or_its_death(
+    isolated_home: Path, tiny_engine: Path, end: str
+) -> None:
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    argv = [sys.executable, "-m", "trtforge", "serve", str(tiny_engine)]
+    argv += [
+        "--triton-http-port",
+        str(http),
+        "--triton-grpc-port",
+        str(grpc),
+        "--triton-metrics-port",
+        str(metrics),
+    ]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    lines: list[str] = []
+    reader = _read_lines(process.stderr, lines)
+    try:
+        # Serving once the command says so (tritonserver ready as the stack saw it).
+        wait_until(lambda: any("Serving until Ctrl-C." in line for line in lines) or process.poll() is not None,
+                   timeout_s=900, poll_s=0.2)  # fmt: skip
+        assert process.poll() is None, "".join(lines)
+        started = _descendants(process.pid)
+        [triton] = [pid for pid in started if Path(f"/proc/{pid}/comm").read_text().strip() == "tritonserver"]
+        if end == "SIGTERM":
+            process.send_signal(signal.SIGTERM)
+        else:
+            os.kill(triton, signal.SIGKILL)
+        process.wait(timeout=300)  # bounds a hang only
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        reader.join()  # the pipe's end: every line read
+        process.stderr.close()
+    stderr = "".join(lines)
+    if end == "SIGTERM":
+        assert process.returncode == 128 + signal.SIGTERM, stderr
+    else:  # no restart by default: one error line naming the status and the log, status 1
+        assert process.returncode == 1, stderr
+        last = stderr.strip().splitlines()[-1]
+        assert last.startswith("error: tritonserver exited with status -9; log: "), stderr
+    assert "Traceback" not in stderr
     left = {pid for pid, start in started.items() if _start_time(pid) == start}
     assert left == set(), f"left behind: {left}"

@@ -4,7 +4,8 @@
                ──TritonServer────────────▶ tritonserver (gRPC/HTTP/metrics on 127.0.0.1)
                ──ProxySettings/make_server▶ uvicorn on 127.0.0.1:9000
 
-`serve` runs the first two, `proxy` the last; `up` runs all three as one `Stack`, which also watches
+`proxy` runs the last; `up` runs all three as one `Stack`, and `serve` a `Stack` without the proxy
+(`StackConfig.proxy=False`: tritonserver alone, for clients of its own). The stack also watches
 tritonserver: when it dies, the proxy stays up (open streams get an error frame and `[DONE]`, new requests a 503,
 `/health` says not ready) and the stack starts a new tritonserver with backoff until it is ready again, or —
 with `restart=False`, for supervisors such as Kubernetes — ends `serve()` with an error.
@@ -45,6 +46,8 @@ logger = logging.getLogger(__name__)
 RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 # stop() from another thread waits this long for the proxy to end its streams before stopping tritonserver.
 _PROXY_STOP_WAIT_S = 10.0
+# serve() without the proxy wakes this often to let the main thread's signal handlers run.
+_WAIT_SLICE_S = 0.5
 # A tritonserver that stayed up this long starts the backoff over when it dies.
 _HEALTHY_RUN_S = 60.0
 
@@ -181,7 +184,7 @@ class StackEngine:
 
 @dataclass(frozen=True)
 class StackConfig:
-    """What `up` serves and how.
+    """What `up` (or, without the proxy, `serve`) serves and how.
 
     Args:
         name: the model name clients pass (the engine name).
@@ -196,6 +199,9 @@ class StackConfig:
         log_level: the proxy's log level.
         others: more engines served by the same tritonserver and proxy, routed by `model` (each one rank).
         max_body_bytes: the largest request body the proxy accepts (larger: 413 before parsing).
+        proxy: put the OpenAI proxy in front; False runs tritonserver alone (host, port, api_key, workers,
+            log_level and max_body_bytes then do not apply) and stops it with its graceful exit timeout, since
+            its clients are not ours to end first.
     """
 
     name: str
@@ -211,6 +217,7 @@ class StackConfig:
     log_level: str = "warning"
     others: tuple[StackEngine, ...] = ()
     max_body_bytes: int = constants.DEFAULT_MAX_BODY_BYTES
+    proxy: bool = True
 
     def __post_init__(self) -> None:
         names = [engine.name for engine in self.engines]
@@ -252,6 +259,7 @@ class Stack:
         self.restarts = 0
         self._died: str | None = None  # why serve() must fail (tritonserver died, no restart)
         self._stopping = threading.Event()
+        self._ended = threading.Event()  # stop() began, or tritonserver died without restart
         self._lock = threading.Lock()  # guards replacing and stopping `triton`
         self._watcher: threading.Thread | None = None
         self._serving = threading.Event()  # serve() was entered
@@ -274,14 +282,22 @@ class Stack:
 
     def start(self) -> None:
         """Write the repository, start tritonserver and wait until it is ready, then build the proxy."""
-        from trtforge.proxy import ProxySettings, make_proxy
-        from trtforge.proxy.settings import DEFAULT_TRITON_MODEL
-        from trtforge.triton.repository import engine_model_name
-
         if self.state is not StackState.CREATED:
             raise UsageError(f"this Stack was already started (state {self.state.value})")
         self.state = StackState.STARTING
         self._start_triton()
+        cfg = self.config
+        if cfg.proxy:
+            self._make_proxy()
+        self._watcher = threading.Thread(target=self._watch, name="triton-watch", daemon=True)
+        self._watcher.start()
+        self.state = StackState.SERVING
+
+    def _make_proxy(self) -> None:
+        from trtforge.proxy import ProxySettings, make_proxy
+        from trtforge.proxy.settings import DEFAULT_TRITON_MODEL
+        from trtforge.triton.repository import engine_model_name
+
         cfg = self.config
         several = len(cfg.engines) > 1
         settings = [
@@ -305,12 +321,12 @@ class Stack:
             api_key=cfg.api_key,
             workers=cfg.workers,
         )
-        self._watcher = threading.Thread(target=self._watch, name="triton-watch", daemon=True)
-        self._watcher.start()
-        self.state = StackState.SERVING
 
     def serve(self) -> None:
         """Run the proxy in this thread until `stop()`, SIGINT/SIGTERM, or tritonserver dies without restart.
+
+        Without the proxy (`config.proxy` off), wait in this thread for `stop()` or that death; SIGINT and
+        SIGTERM then reach the caller as usual (KeyboardInterrupt, or the caller's own handler).
 
         Raises:
             TritonDiedError: tritonserver died and `restart` is off.
@@ -318,11 +334,15 @@ class Stack:
         """
         from trtforge.proxy import run_server
 
-        if self.proxy is None:
+        if self._watcher is None or (self.proxy is None and self.config.proxy):
             raise UsageError("Stack.serve() needs a started stack")
         self._serving.set()
         try:
-            run_server(self.proxy)
+            if self.proxy is not None:
+                run_server(self.proxy)
+            else:
+                while not self._ended.wait(_WAIT_SLICE_S):  # in slices: signal handlers run between them
+                    pass
         finally:
             self._served.set()
         if self._died is not None:
@@ -334,6 +354,7 @@ class Stack:
             return
         self.state = StackState.STOPPING
         self._stopping.set()
+        self._ended.set()
         if self.proxy is not None:
             self.proxy.should_exit = True
             if self._serving.is_set():  # serve() runs in another thread: let the proxy end its streams first
@@ -366,9 +387,10 @@ class Stack:
                 self.engines = {cfg.name: self.engine}
             triton = self.triton
             names = ", ".join(spec.name for spec in cfg.engines)
-            # The stack stops tritonserver only after the proxy, its one client, has ended every generation:
-            # nothing is left for tritonserver's graceful unload to wait for (it takes seconds).
-            triton.exit_timeout_s = 0
+            if cfg.proxy:
+                # The stack stops tritonserver only after the proxy, its one client, has ended every generation:
+                # nothing is left for tritonserver's graceful unload to wait for (it takes seconds).
+                triton.exit_timeout_s = 0
             self._say(
                 f"starting tritonserver for {names} ({self.engine.backend} backend, world size "
                 f"{self.engine.world_size}); log: {triton.log_path}"
@@ -401,6 +423,7 @@ class Stack:
             if not self.config.restart:
                 self._died = why
                 self._say(f"{why}; stopping (restarts are off)")
+                self._ended.set()
                 if self.proxy is not None:
                     self.proxy.should_exit = True
                 return

@@ -21,7 +21,7 @@ from trtforge import constants
 from trtforge.catalog import load_catalog
 from trtforge.cli._app import app, console
 from trtforge.cli._exit import stopped_cleanly
-from trtforge.engine import EngineInfo, read_engine
+from trtforge.engine import read_engine
 from trtforge.errors import UsageError
 from trtforge.serve_options import ServeOptions, merge_serve_options, parse_option_pairs
 from trtforge.stack import (
@@ -32,7 +32,6 @@ from trtforge.stack import (
     TritonPorts,
     check_ports_free,
     curl_example,
-    prepare_triton,
 )
 from trtforge.store import resolve_engine
 
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
     import uvicorn
 
     from trtforge.proxy.workers import ProxyWorkers
-    from trtforge.triton import TritonServer
 
 # The proxy (FastAPI, uvicorn) and Triton (tritonclient, grpc) are imported inside the commands that use them:
 # every other command, and `--help`, starts without paying for them.
@@ -175,22 +173,6 @@ def _triton_port_options(ports: TritonPorts) -> dict[str, int]:
     }
 
 
-def _start_triton(
-    name: str, engine: EngineInfo, server: TritonServer, ports: TritonPorts, ready_timeout_s: float
-) -> None:
-    console.print(
-        f"starting tritonserver for [bold]{escape(name)}[/] ({engine.backend} backend, "
-        f"world size {engine.world_size}); log: {server.log_path}"
-    )
-    server.start()
-    started = time.monotonic()
-    server.wait_ready(timeout_s=ready_timeout_s)
-    console.print(
-        f"tritonserver ready in {time.monotonic() - started:.1f} s: "
-        f"gRPC 127.0.0.1:{ports.grpc}, HTTP 127.0.0.1:{ports.http}, metrics 127.0.0.1:{ports.metrics}"
-    )
-
-
 def _engine_for(name: str, *, build: bool) -> Path:
     """The engine directory for `name`: built (or found cached) when the catalogue knows it and `build`."""
     if build and name in load_catalog():
@@ -295,10 +277,11 @@ def serve(
             help="Only write a self-contained model repository to DIR and print the tritonserver command line.",
         ),
     ] = None,
+    restart: Annotated[
+        bool, typer.Option(help="Start a new tritonserver when it dies (default: exit with status 1).")
+    ] = False,
 ) -> None:
     """Generate the Triton model repository for an engine and run tritonserver until Ctrl-C."""
-    from trtforge.triton import stop_on_signals
-
     ports = TritonPorts(http=triton_http_port, grpc=triton_grpc_port, metrics=triton_metrics_port)
     options = _serve_options(name, option)
     engine_dir = resolve_engine(name)
@@ -307,13 +290,18 @@ def serve(
         return
     check_ports_free(_triton_port_options(ports))
     _check_compatible(name, engine_dir, options, force=force)
-    engine, server = prepare_triton(name, engine_dir, ports=ports, options=options)
-    with stop_on_signals(server):
-        _start_triton(name, engine, server, ports, ready_timeout)
+    config = StackConfig(
+        name=name,
+        engine_dir=engine_dir,
+        ports=ports,
+        options=options,
+        ready_timeout_s=ready_timeout,
+        restart=restart,
+        proxy=False,
+    )
+    with _running(Stack(config, say=lambda line: console.print(escape(line)))) as stack:
         console.print("Serving until Ctrl-C.")
-        code = server.wait()
-        console.print(f"[bold red]error:[/] tritonserver exited with status {code}; log: {server.log_path}")
-        raise typer.Exit(1)
+        stack.serve()  # until a signal; tritonserver's death without --restart raises (status 1)
 
 
 @app.command()
