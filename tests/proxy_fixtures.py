@@ -1,13 +1,17 @@
-"""Helpers for the proxy tests: a real byte-level BPE tokenizer trained locally (no hub), a proxy in a thread."""
+"""Helpers for the proxy tests: a real byte-level BPE tokenizer trained locally (no hub), a proxy in a thread,
+and waits that end on events (a condition, a process's output line), bounded only to report a failure."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import uvicorn
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -62,28 +66,98 @@ def write_tokenizer_dir(dest: Path, *, chat_template: str | None = CHAT_TEMPLATE
     return dest
 
 
+# How long a helper waits for an event before it declares failure: generous, because a test never asserts on
+# it — on a fast machine the event comes at once, on two slow and busy cores it still comes well within.
+FAILURE_BOUND_S = 300.0
+
+
 @contextlib.contextmanager
-def serve_in_thread(server: uvicorn.Server, *, timeout_s: float = 30.0) -> Iterator[str]:
-    """Run a uvicorn server in a thread; yield its base URL; stop it on exit."""
+def serve_in_thread(server: uvicorn.Server, *, failure_bound_s: float = FAILURE_BOUND_S) -> Iterator[str]:
+    """Run a uvicorn server in a thread; yield its base URL once it listens; stop it (and wait for it) on exit.
+
+    `failure_bound_s` only bounds a failure to start or stop (the wait itself ends on the event).
+    """
     thread = threading.Thread(target=server.run, name="proxy-under-test", daemon=True)
     thread.start()
-    deadline = time.monotonic() + timeout_s
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the proxy did not start")
-        time.sleep(0.02)
+    wait_until(
+        lambda: server.started or not thread.is_alive(),
+        timeout_s=failure_bound_s,
+        what="the proxy to start listening",
+    )
+    if not server.started:
+        raise RuntimeError("the proxy exited before it started listening (its error is logged above)")
     config = server.config
     try:
         yield f"http://{config.host}:{config.port}"
     finally:
         server.should_exit = True
-        thread.join(timeout=15)
+        thread.join(timeout=failure_bound_s)
+    if thread.is_alive():
+        raise RuntimeError(f"the proxy did not stop within {failure_bound_s:g} s of being asked to")
 
 
-def wait_until(condition: Callable[[], bool], *, timeout_s: float, poll_s: float = 0.05) -> None:
+def wait_until(
+    condition: Callable[[], bool],
+    *,
+    timeout_s: float = FAILURE_BOUND_S,
+    what: str = "the condition",
+    poll_s: float = 0.05,
+) -> None:
     """Wait for an event; `timeout_s` only bounds a failure (it is never what a test asserts)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s:g} s")
+            raise AssertionError(f"waited {timeout_s:g} s for {what} in vain")
         time.sleep(poll_s)
+
+
+def wait_while_running(
+    process: subprocess.Popen[Any],
+    condition: Callable[[], bool],
+    *,
+    what: str,
+    output: Callable[[], str] = lambda: "",
+    failure_bound_s: float = FAILURE_BOUND_S,
+    poll_s: float = 0.1,
+) -> None:
+    """Wait for an event of a process we started: fail as soon as the process exits without it.
+
+    `failure_bound_s` only bounds a process that neither gets there nor exits.
+    """
+    deadline = time.monotonic() + failure_bound_s
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"{what}: the process exited with {process.returncode} first\n{output()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {failure_bound_s:g} s for {what} in vain\n{output()}")
+        time.sleep(poll_s)
+
+
+class OutputLines:
+    """The lines of a process's text stream, read as they come by a thread of its own (the pipe never fills)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), name="output-lines", daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.append(line.rstrip("\n"))
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def first(self, pattern: str) -> re.Match[str] | None:
+        """The first line matching `pattern` so far."""
+        return next((m for line in list(self.lines) if (m := re.search(pattern, line))), None)
+
+    def join(self, timeout_s: float = FAILURE_BOUND_S) -> None:
+        """Wait until the stream has ended (the process closed it, or exited)."""
+        self._thread.join(timeout=timeout_s)
+
+    def all_text(self) -> str:
+        """The output up to the end of the stream, for a failure message (a stream still open after a few
+        seconds is reported as far as it got)."""
+        self.join(timeout_s=5)
+        return self.text()

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from conftest import free_port
-from proxy_fixtures import serve_in_thread, write_tokenizer_dir
+from proxy_fixtures import FAILURE_BOUND_S, serve_in_thread, write_tokenizer_dir
 from trtforge.proxy import ProxySettings, make_server
 
 MODEL = "tiny-test"
@@ -25,7 +25,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         max_seq_len=64,
         max_input_len=32,
         health_timeout_s=0.5,
-        request_timeout_s=5,
+        request_timeout_s=FAILURE_BOUND_S,  # never reached: an unreachable Triton is refused at once
     )
     with serve_in_thread(make_server(settings, port=free_port(), log_level="warning")) as url:
         yield url
@@ -33,7 +33,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture()
 def client(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url, timeout=10) as http:
+    with httpx.Client(base_url=base_url, timeout=FAILURE_BOUND_S) as http:
         yield http
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
+import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +20,7 @@ import openai
 import pytest
 
 from conftest import copy_engine_with, free_port
-from proxy_fixtures import serve_in_thread
+from proxy_fixtures import FAILURE_BOUND_S, serve_in_thread, wait_until
 from trtforge.engine import EngineInfo, read_engine
 from trtforge.proxy import ProxySettings, make_server
 from trtforge.proxy.tokenizer import ProxyTokenizer
@@ -229,7 +230,10 @@ def test_client_disconnect_cancels_the_generation(
         f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(payload)}\r\n\r\n"
     ).encode() + payload
-    with socket.create_connection((host, int(port)), timeout=30) as conn:
+    # Sent to Triton, no token back yet (a non-streamed generation gets its tokens in one response at the end).
+    waiting = ("trtforge:num_requests_waiting", (("model_name", MODEL),))
+    assert _samples(base_url).get(waiting, 0.0) == 0
+    with socket.create_connection((host, int(port)), timeout=FAILURE_BOUND_S) as conn:
         conn.sendall(request)
         if stream:
             received = b""
@@ -237,16 +241,17 @@ def test_client_disconnect_cancels_the_generation(
                 chunk = conn.recv(4096)
                 assert chunk, "the proxy closed the stream before the first frame"
                 received += chunk
-        else:
-            time.sleep(0.2)
-    # The proxy notices at once, stops reading and cancels the Triton call.
-    deadline = time.monotonic() + 10
-    aborted: list[str] = []
-    while not aborted and time.monotonic() < deadline:
-        aborted = [r.getMessage() for r in caplog.records if " aborted: " in r.getMessage()]
-        time.sleep(0.05)
-    assert aborted, "the proxy did not abort the generation"
-    count = int(aborted[0].split(" completion tokens")[0].rsplit(" ", 1)[1])
+        else:  # nothing is sent before the end: leave once the generation is in the model
+            wait_until(lambda: _samples(base_url).get(waiting, 0.0) == 1, what="the generation to start")
+
+    # The proxy notices at once, stops reading and cancels the Triton call: the generation ends aborted.
+    def ended() -> list[str]:
+        return [r.getMessage() for r in caplog.records if " completion tokens, " in r.getMessage()]
+
+    wait_until(lambda: bool(ended()), what="the generation to end")
+    [line] = ended()
+    assert " aborted: " in line, line
+    count = int(line.split(" completion tokens")[0].rsplit(" ", 1)[1])
     assert count < max_tokens
     ok = sdk.completions.create(model=MODEL, prompt="fox", temperature=0, max_tokens=2)
     assert ok.usage is not None and ok.usage.completion_tokens == 2
@@ -273,18 +278,29 @@ def test_concurrent_streams_keep_their_own_state(sdk: openai.OpenAI) -> None:
     assert texts == [expected] * 6
 
 
-def test_request_timeout_is_a_504_envelope(tiny: EngineInfo, triton: TritonServer) -> None:
+def test_request_timeout_is_a_504_envelope(
+    tiny: EngineInfo, triton: TritonServer, sdk: openai.OpenAI
+) -> None:
+    # tritonserver is stopped (SIGSTOP) while the request waits: it cannot answer before the deadline, however
+    # fast the machine. The SDK's timeout only bounds a proxy that would wait forever.
     settings = dataclasses.replace(
-        ProxySettings.from_engine(MODEL, tiny, triton.grpc_url), request_timeout_s=0.05
+        ProxySettings.from_engine(MODEL, tiny, triton.grpc_url), request_timeout_s=0.5
     )
-    with serve_in_thread(make_server(settings, port=free_port(), log_level="warning")) as url:
-        sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
-        with pytest.raises(openai.APIStatusError) as info:
-            sdk.chat.completions.create(
-                model=MODEL, messages=HELLO, max_tokens=200, extra_body={"ignore_eos": True}
-            )
+    assert triton.pid is not None
+    with (
+        serve_in_thread(make_server(settings, port=free_port(), log_level="warning")) as url,
+        openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=FAILURE_BOUND_S) as client,
+    ):
+        os.kill(triton.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(openai.APIStatusError) as info:
+                client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)
+        finally:
+            os.kill(triton.pid, signal.SIGCONT)
     assert info.value.status_code == 504
     assert info.value.body is not None and info.value.body["type"] == "timeout"  # type: ignore[index]
+    ok = sdk.chat.completions.create(model=MODEL, messages=HELLO, temperature=0, max_tokens=2)
+    assert ok.usage is not None and ok.usage.completion_tokens == 2
 
 
 def test_shutdown_ends_open_streams_at_once_with_an_error_and_done(

@@ -6,7 +6,6 @@ import asyncio
 import json
 import re
 import shutil
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from tritonclient.grpc import InferenceServerException
 from tritonclient.grpc import aio as grpcclient
 
 from conftest import free_port
+from proxy_fixtures import FAILURE_BOUND_S, wait_until
 from trtforge.engine import read_engine
 from trtforge.triton.repository import TENSORRT_LLM, RepositoryOptions, model_configs
 from trtforge.triton.server import TritonServer
@@ -144,18 +144,18 @@ def _error_request_id(error: InferenceServerException, outcomes: dict[str, Outco
 
 
 def generate(url: str, request: dict[str, Any], outputs: tuple[str, ...] = ()) -> Outcome:
-    return asyncio.run(asyncio.wait_for(run_stream(url, request, outputs=outputs), timeout=60))[
+    return asyncio.run(asyncio.wait_for(run_stream(url, request, outputs=outputs), timeout=FAILURE_BOUND_S))[
         request["request_id"]
     ]
 
 
-def _wait_for_log(server: TritonServer, pattern: str, timeout_s: float = 10.0) -> int:
+def _wait_for_log(server: TritonServer, pattern: str) -> int:
     """Wait for the server log to show `pattern`; returns its first group as an int."""
-    assert server.log_path is not None
-    deadline = time.monotonic() + timeout_s
-    while (match := re.search(pattern, server.log_path.read_text())) is None:
-        assert time.monotonic() < deadline, f"no log line matching {pattern!r}"
-        time.sleep(0.05)
+    log_path = server.log_path
+    assert log_path is not None
+    wait_until(lambda: re.search(pattern, log_path.read_text()) is not None, what=f"a log line {pattern!r}")
+    match = re.search(pattern, log_path.read_text())
+    assert match is not None
     return int(match.group(1))
 
 
@@ -303,7 +303,7 @@ def test_two_concurrent_requests_both_complete(server: TritonServer, tokenizer: 
                 make_request(first, output_len=30, request_id="c1", **streaming),
                 make_request(second, output_len=30, request_id="c2", **streaming),
             ),
-            timeout=60,
+            timeout=FAILURE_BOUND_S,
         )
     )
     alone = generate(server.grpc_url, make_request(second, output_len=30, request_id="c3", **streaming))
@@ -328,7 +328,7 @@ def test_cancelling_the_stream_stops_generation(server: TritonServer, tokenizer:
                     break
         return received
 
-    assert asyncio.run(asyncio.wait_for(cancel_after_a_few(), timeout=60)) == 3
+    assert asyncio.run(asyncio.wait_for(cancel_after_a_few(), timeout=FAILURE_BOUND_S)) == 3
     assert _wait_for_log(server, r"request k cancelled after (\d+) tokens") < 900
     # The server goes on serving.
     outcome = generate(
@@ -369,7 +369,7 @@ def test_stop_request_ends_a_running_request(server: TritonServer, tokenizer: An
                         break
             return outcome
 
-    outcome = asyncio.run(asyncio.wait_for(stop_it(), timeout=60))
+    outcome = asyncio.run(asyncio.wait_for(stop_it(), timeout=FAILURE_BOUND_S))
     assert 3 <= len(outcome.tokens) < 900
 
 
