@@ -8,20 +8,25 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import openai
 import pytest
 
 from conftest import free_port
+from proxy_fixtures import FAILURE_BOUND_S, OutputLines, wait_until, wait_while_running
 
 pytestmark = pytest.mark.triton
 
+PF_EXITING = 0x4  # /proc/PID/stat flags: the process is exiting
+# Only a failure bound (the wait ends on up's own events): writing the tiny engine and starting Triton take
+# minutes on two slow, busy cores. The test's own timeout is raised to match.
+STARTUP_FAILURE_BOUND_S = 1200.0
 
-def _processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that mention `text` (tritonserver and its stubs name our paths)."""
-    found = []
+
+def _processes_mentioning(text: str) -> dict[int, str]:
+    """Live processes (pid: command line) that mention `text` (tritonserver and its stubs name our paths)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -29,25 +34,33 @@ def _processes_mentioning(text: str) -> list[str]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if text in cmdline:
-            found.append(cmdline)
+        if text in cmdline:  # a zombie's command line is empty: it is gone already
+            found[int(entry.name)] = cmdline
     return found
 
 
-def _wait_for_models(client: openai.OpenAI, process: subprocess.Popen[str], timeout_s: float) -> list[str]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(
-                f"trtforge up exited early with {process.returncode}: {process.stderr.read()}"
-            )
-        try:
-            return [model.id for model in client.models.list()]
-        except openai.APIConnectionError:
-            time.sleep(0.5)
-    raise AssertionError("the proxy did not come up in time")
+def _ending(pid: int) -> bool:
+    """`pid` is already on its way out: SIGKILL is pending for it, or it is exiting (PF_EXITING)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        flags = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[6])
+    except (OSError, ValueError, IndexError):
+        return True  # gone
+    pending = 0
+    for line in status.splitlines():
+        if line.startswith(("SigPnd:", "ShdPnd:")):
+            pending |= int(line.split()[1], 16)
+    return bool(pending & (1 << (signal.SIGKILL - 1)) or flags & PF_EXITING)
 
 
+def _listening(client: openai.OpenAI) -> bool:
+    try:
+        return [model.id for model in client.models.list()] == ["tiny"]
+    except openai.APIConnectionError:
+        return False
+
+
+@pytest.mark.timeout(STARTUP_FAILURE_BOUND_S + 600)
 def test_up_serves_openai_clients_and_ctrl_c_stops_everything(isolated_home: Path) -> None:
     port, http, grpc, metrics = free_port(), free_port(), free_port(), free_port()
     argv = [sys.executable, "-m", "trtforge", "up", "tiny", "--port", str(port)]
@@ -60,9 +73,21 @@ def test_up_serves_openai_clients_and_ctrl_c_stops_everything(isolated_home: Pat
         str(metrics),
     ]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    stderr = OutputLines(process.stderr)
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
     try:
-        assert _wait_for_models(client, process, timeout_s=240) == ["tiny"]
+        # Its readiness events, while it runs: the URL line (Triton ready, the proxy built), then the proxy
+        # answering. Building the tiny engine and starting Triton take minutes on slow, busy cores.
+        announced = rf"OpenAI-compatible API for tiny on (http://127\.0\.0\.1:{port}/v1)"
+        wait_while_running(
+            process,
+            lambda: bool(stderr.first(announced)),
+            what="up's URL line",
+            output=stderr.all_text,
+            failure_bound_s=STARTUP_FAILURE_BOUND_S,
+        )
+        wait_while_running(process, lambda: _listening(client), what="the proxy", output=stderr.all_text)
         assert _processes_mentioning(str(isolated_home)), "tritonserver should run from our TRTFORGE_HOME"
 
         reply = client.chat.completions.create(
@@ -81,7 +106,7 @@ def test_up_serves_openai_clients_and_ctrl_c_stops_everything(isolated_home: Pat
                 capture_output=True,
                 text=True,
                 check=True,
-                timeout=60,
+                timeout=FAILURE_BOUND_S,
             )
             assert json.loads(plain.stdout)["object"] == "chat.completion"
             streamed = subprocess.run(
@@ -97,7 +122,7 @@ def test_up_serves_openai_clients_and_ctrl_c_stops_everything(isolated_home: Pat
                 capture_output=True,
                 text=True,
                 check=True,
-                timeout=60,
+                timeout=FAILURE_BOUND_S,
             )
             frames = [
                 line[len("data: ") :] for line in streamed.stdout.splitlines() if line.startswith("data: ")
@@ -108,13 +133,16 @@ def test_up_serves_openai_clients_and_ctrl_c_stops_everything(isolated_home: Pat
         client.close()  # its keep-alive socket to the proxy must not outlive the test (ResourceWarning)
         process.send_signal(signal.SIGINT)
         try:
-            _, stderr = process.communicate(timeout=60)  # also closes the pipes
+            process.wait(timeout=FAILURE_BOUND_S)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.communicate()
             raise
-    assert process.returncode in (0, 130), stderr
-    deadline = time.monotonic() + 10
-    while _processes_mentioning(str(isolated_home)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _processes_mentioning(str(isolated_home)) == []
+        finally:
+            stderr.join()
+            process.communicate()  # closes the pipes
+    assert process.returncode in (0, 130), stderr.text()
+    # When up has exited, everything it started is gone or already killed (a killed stub may take a moment
+    # to die on a busy machine; it must not be left running).
+    left = _processes_mentioning(str(isolated_home))
+    assert {pid: cmd for pid, cmd in left.items() if not _ending(pid)} == {}
+    wait_until(lambda: not _processes_mentioning(str(isolated_home)), what="killed processes to die")
