@@ -60,6 +60,7 @@ def test_proxy_refuses_a_body_over_max_body_bytes_with_a_413_in_the_envelope(
     finally:
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
 
 

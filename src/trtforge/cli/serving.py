@@ -330,7 +330,12 @@ def proxy(
         max_body_bytes=body_limit,
     )
     console.print(f"OpenAI-compatible API for [bold]{escape(name)}[/] on http://{host}:{port}/v1")
-    run_server(make_proxy(settings, host=host, port=port, api_key=api_key, workers=workers))
+    try:
+        run_server(make_proxy(settings, host=host, port=port, api_key=api_key, workers=workers))
+    except KeyboardInterrupt:  # SIGINT, raised again by the server once it has shut down
+        stopped_cleanly()
+        raise
+    stopped_cleanly()
 
 
 def _check_shareable(name: str, ranks: int) -> None:
