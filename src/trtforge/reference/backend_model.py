@@ -50,6 +50,8 @@ import triton_python_backend_utils as pb_utils
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # A stop request that names no active request is kept this long, for a request still waiting to start.
 _STOP_MEMORY_S = 60.0
+# Below this many parameters a CPU decoding step runs on one thread (see `intra_op_threads`).
+SMALL_MODEL_PARAMETERS = 50_000_000
 
 
 class RequestError(ValueError):
@@ -395,6 +397,19 @@ def _grammar_error_text(message: str) -> str:
     return _XGRAMMAR_LOCATION.sub("", text).strip() or "xgrammar cannot compile it"
 
 
+def intra_op_threads(parameters: int, device_type: str) -> int | None:
+    """How many intra-op threads torch should use to decode a model of `parameters` on `device_type`.
+
+    None leaves torch's default (one per core). A small model on a CPU gets one: its decoding step (one token,
+    batch 1) is a few small matmuls, so more threads only add their synchronisation, and on a busy host each
+    step waits until every OpenMP worker gets a CPU. Measured with the tiny engine on 2 busy cores: 5-7 ms per
+    step on one thread, 80-130 ms on two (see docs/benchmarks.md).
+    """
+    if device_type == "cpu" and parameters < SMALL_MODEL_PARAMETERS:
+        return 1
+    return None
+
+
 class Decoder:
     """Runs the transformers model: prefill, one decoding step, token choice. Used from one thread only."""
 
@@ -405,6 +420,9 @@ class Decoder:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         # transformers' decorated PreTrainedModel.to() is typed as taking the model itself, not a device.
         self.model = model.to(device).eval()  # type: ignore[arg-type]
+        threads = intra_op_threads(sum(p.numel() for p in self.model.parameters()), device.type)
+        if threads is not None:
+            torch.set_num_threads(threads)  # this process (the model's Triton stub) decodes only this model
         self.vocab_size = int(self.model.config.vocab_size)
         # transformers 5.x renamed forward's `past_key_values` to `cache`; use whichever this version has.
         forward_args = inspect.signature(self.model.forward).parameters
