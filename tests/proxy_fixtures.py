@@ -16,6 +16,13 @@ from typing import IO, Any
 import uvicorn
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from conftest import free_port
+from trtforge.engine import EngineInfo
+from trtforge.proxy import ProxySettings, make_server
+from trtforge.proxy.backend import TritonBackend
+from trtforge.triton.repository import write_model_repository
+from trtforge.triton.server import TritonServer
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 # ChatML, as Qwen writes it (the proxy adds the generation prompt).
@@ -161,3 +168,34 @@ class OutputLines:
         seconds is reported as far as it got)."""
         self.join(timeout_s=5)
         return self.text()
+
+
+@contextlib.contextmanager
+def running_triton(engine: EngineInfo, root: Path) -> Iterator[TritonServer]:
+    """The embedded tritonserver serving `engine` from a repository written under `root` (its log there too)."""
+    server = TritonServer(
+        write_model_repository(engine, root / "repository"),
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_path=root / "tritonserver.log",
+    )
+    with server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_proxy(
+    model: str, engine: EngineInfo, triton: TritonServer
+) -> Iterator[tuple[str, TritonBackend]]:
+    """The proxy serving `engine` as `model` through `triton`, in a thread: its URL and its Triton backend."""
+    settings = ProxySettings.from_engine(model, engine, triton.grpc_url)
+    server = make_server(settings, port=free_port(), log_level="warning")
+    with serve_in_thread(server) as url:
+        yield url, server.config.app.state.servings[model].backend
+
+
+def triton_log_count(triton: TritonServer, text: str) -> int:
+    """How many lines of tritonserver's log contain `text`."""
+    assert triton.log_path is not None
+    return sum(text in line for line in triton.log_path.read_text(errors="replace").splitlines())

@@ -18,12 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import copy_engine_with, free_port
-from proxy_fixtures import serve_in_thread, wait_until
+from conftest import copy_engine_with
+from proxy_fixtures import running_proxy, running_triton, triton_log_count, wait_until
 from trtforge.engine import EngineInfo, read_engine
-from trtforge.proxy import ProxySettings, make_server
 from trtforge.proxy.backend import TritonBackend
-from trtforge.triton.repository import write_model_repository
 from trtforge.triton.server import TritonServer
 
 pytestmark = pytest.mark.triton
@@ -42,24 +40,14 @@ def tiny(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> EngineI
 
 @pytest.fixture(scope="module")
 def triton(tiny: EngineInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    root = tmp_path_factory.mktemp("triton-disconnects")
-    server = TritonServer(
-        write_model_repository(tiny, root / "repository"),
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_path=root / "tritonserver.log",
-    )
-    with server:
+    with running_triton(tiny, tmp_path_factory.mktemp("triton-disconnects")) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def proxy(tiny: EngineInfo, triton: TritonServer) -> Iterator[tuple[str, TritonBackend]]:
-    settings = ProxySettings.from_engine(MODEL, tiny, triton.grpc_url)
-    server = make_server(settings, port=free_port(), log_level="warning")
-    with serve_in_thread(server) as url:
-        yield url, server.config.app.state.servings[MODEL].backend
+    with running_proxy(MODEL, tiny, triton) as running:
+        yield running
 
 
 def _open_streams(url: str, count: int) -> list[socket.socket]:
@@ -99,11 +87,6 @@ def _drop_all(conns: list[socket.socket]) -> None:
         conn.close()
 
 
-def _log_lines(triton: TritonServer, text: str) -> int:
-    assert triton.log_path is not None
-    return sum(text in line for line in triton.log_path.read_text(errors="replace").splitlines())
-
-
 def test_rounds_of_simultaneous_disconnects_leave_triton_serving(
     proxy: tuple[str, TritonBackend], triton: TritonServer
 ) -> None:
@@ -120,8 +103,8 @@ def test_rounds_of_simultaneous_disconnects_leave_triton_serving(
         assert triton.wait(timeout_s=0) is None, (
             f"tritonserver died in round {round_}; log: {triton.log_path}"
         )
-    assert _log_lines(triton, " cancelled after ") == 0, "a generation was ended by a gRPC cancel"
-    assert _log_lines(triton, " stopped after ") >= ROUNDS * CLIENTS
+    assert triton_log_count(triton, " cancelled after ") == 0, "a generation was ended by a gRPC cancel"
+    assert triton_log_count(triton, " stopped after ") >= ROUNDS * CLIENTS
     assert httpx.get(f"{url}/health", timeout=30).json() == {"status": "ok"}
     ok = httpx.post(
         f"{url}/v1/completions",
