@@ -24,47 +24,46 @@ def _free_port() -> int:
 def _with_own_stack(
     name: str, *, max_tokens: int, ready_timeout_s: float, build: bool, force: bool
 ) -> SmokeReport:
-    """Start tritonserver and the proxy on free loopback ports, run the checks, stop both."""
-    from trtforge.cli.serving import _check_compatible, _engine_for, _serve_options
-    from trtforge.proxy import ProxySettings, make_server
-    from trtforge.stack import TritonPorts, prepare_triton
-    from trtforge.triton import stop_on_signals
+    """Start a `Stack` (tritonserver and the proxy) on free loopback ports, run the checks, stop it."""
+    from trtforge.cli.serving import _check_compatible, _engine_for, _running, _serve_options
+    from trtforge.stack import Stack, StackConfig, TritonPorts
 
     options = _serve_options(name, None)
     engine_dir = _engine_for(name, build=build)
     _check_compatible(name, engine_dir, options, force=force)
     ports = TritonPorts(http=_free_port(), grpc=_free_port(), metrics=_free_port())
-    engine, server = prepare_triton(name, engine_dir, ports=ports, options=options)
-    with stop_on_signals(server):
-        console.print(f"starting tritonserver for [bold]{escape(name)}[/] (log: {server.log_path})")
-        server.start()
-        server.wait_ready(timeout_s=ready_timeout_s)
-        port = _free_port()
-        proxy = make_server(
-            ProxySettings.from_engine(name, engine, ports.grpc_url), port=port, log_level="warning"
-        )
-        started = threading.Event()
+    port = _free_port()
+    config = StackConfig(
+        name=name,
+        engine_dir=engine_dir,
+        ports=ports,
+        port=port,
+        options=options,
+        ready_timeout_s=ready_timeout_s,
+        restart=False,
+    )
+    with _running(Stack(config, say=lambda line: console.print(escape(line)))) as stack:
+        proxy = stack.proxy
+        assert proxy is not None
+        failures: list[BaseException] = []
 
         def serve() -> None:
             try:
-                proxy.run()
-            finally:
-                started.set()  # wakes the wait below if the proxy could not start
+                stack.serve()
+            except Exception as exc:  # reported below as the failed check
+                failures.append(exc)
 
-        thread = threading.Thread(target=serve, daemon=True)
+        thread = threading.Thread(target=serve, name="smoke-proxy", daemon=True)
         thread.start()
-        try:
-            while not proxy.started and thread.is_alive():
-                started.wait(0.05)
-            if not proxy.started:
-                report = SmokeReport(model=name, base_url=f"http://127.0.0.1:{port}/v1")
-                report.check("proxy: started", False, f"the proxy did not start on 127.0.0.1:{port}")
-                return report
-            console.print(f"running the smoke checks against http://127.0.0.1:{port}/v1")
-            return run_smoke(f"http://127.0.0.1:{port}/v1", name, max_tokens=max_tokens)
-        finally:
-            proxy.should_exit = True
-            thread.join()
+        while not proxy.started and thread.is_alive():
+            thread.join(0.05)
+        if not proxy.started:
+            report = SmokeReport(model=name, base_url=f"http://127.0.0.1:{port}/v1")
+            why = str(failures[0]) if failures else f"the proxy did not start on 127.0.0.1:{port}"
+            report.check("proxy: started", False, why)
+            return report
+        console.print(f"running the smoke checks against http://127.0.0.1:{port}/v1")
+        return run_smoke(f"http://127.0.0.1:{port}/v1", name, max_tokens=max_tokens)
 
 
 def _print_report(report: SmokeReport) -> None:
