@@ -31,6 +31,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/build_reap.py
 	$(BIN)/python benchmarks/proxy.py
+	$(BIN)/python benchmarks/cancel_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
