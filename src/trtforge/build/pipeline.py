@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
 
 from trtforge.build.checks import check_engine, checkpoint_quant_algo, copy_tokenizer_files
 from trtforge.build.command import BuilderCommand, build_command, probe_trtllm_version, resolve_python
@@ -32,27 +31,12 @@ from trtforge.errors import BuildFailedError, CheckpointError, GpuError, Trtforg
 from trtforge.hashcache import hash_checkpoint
 from trtforge.preflight import preflight_build
 from trtforge.processes import end_orphaned_session, start_time
+from trtforge.progress import BuildProgress, NullProgress, TransferAsPhases
 from trtforge.store import BUILD_LOG, BuildInputs, EngineStore, link_engine, write_manifest
 from trtforge.untrusted import checkpoint_root, inside, read_json_object
 
 REFERENCE_ARCH = "cpu"
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-
-
-class BuildProgress(Protocol):
-    """Where a build reports what it is doing (the CLI draws it with rich)."""
-
-    def phase(self, text: str) -> None: ...
-
-    def log(self, line: str) -> None: ...
-
-
-class NullProgress:
-    def phase(self, text: str) -> None:
-        pass
-
-    def log(self, line: str) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -580,42 +564,17 @@ def _substituter(progress: BuildProgress, allow_unsigned: bool) -> Substituter |
             plan.hash,
             config,
             allow_unsigned=allow_unsigned,
-            progress=_PhaseTransfer(progress),
+            progress=TransferAsPhases(progress),
             warn=progress.log,
         )
 
     return run
 
 
-class _PhaseTransfer:
-    """A pull's bytes as the build's phase line (one line of progress, whole percents)."""
-
-    def __init__(self, progress: BuildProgress) -> None:
-        self._progress = progress
-        self._description = ""
-        self._total = 0
-        self._done = 0
-        self._shown = -1
-
-    def start(self, description: str, total_bytes: int) -> None:
-        self._description, self._total, self._done, self._shown = description, total_bytes, 0, -1
-        self.advance(0)
-
-    def advance(self, n_bytes: int) -> None:
-        self._done += n_bytes
-        percent = 100 * self._done // self._total if self._total else 100
-        if percent != self._shown:
-            self._shown = percent
-            self._progress.phase(f"{self._description}: {percent}% of {self._total / 2**30:.2f} GiB")
-
-
-ProgressCallback = Callable[[str], None]
 __all__ = [
     "BuildFailedError",
     "BuildPlan",
-    "BuildProgress",
     "BuildResult",
-    "NullProgress",
     "TrtforgeError",
     "ensure_engine",
     "plan_build",

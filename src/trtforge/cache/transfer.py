@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -38,6 +38,7 @@ from trtforge.cache.signing import (
 )
 from trtforge.engine import MANIFEST
 from trtforge.errors import CacheError, CacheIntegrityError, CacheTrustError, StoreError
+from trtforge.progress import NullProgress, TransferProgress
 from trtforge.store import (
     HASH_CHARS,
     MANIFEST_LIMIT,
@@ -49,22 +50,6 @@ from trtforge.store import (
     unlisted_problems,
 )
 from trtforge.untrusted import read_bounded
-
-
-class TransferProgress(Protocol):
-    """Bytes moved, for one progress bar."""
-
-    def start(self, description: str, total_bytes: int) -> None: ...
-
-    def advance(self, n_bytes: int) -> None: ...
-
-
-class NullTransferProgress:
-    def start(self, description: str, total_bytes: int) -> None:
-        pass
-
-    def advance(self, n_bytes: int) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -117,7 +102,7 @@ def push_entry(
         CacheIntegrityError: a local file changed since the entry was built (run `trtforge verify`).
         CacheError: the cache cannot be written.
     """
-    progress = progress or NullTransferProgress()
+    progress = progress or NullProgress()
     problems = EngineStore(entry_path.parent).entry_problems(entry_path)
     if problems:
         raise StoreError(f"{entry_path}: not a sound store entry, not pushed: {'; '.join(problems[:3])}")
@@ -370,7 +355,7 @@ def pull_entry(
             `lookup` and `install` raise them (nothing published either way).
     """
     store = store or EngineStore()
-    progress = progress or NullTransferProgress()
+    progress = progress or NullProgress()
     cache = ObjectCache.open(url)
     found = lookup(cache, digest, trusted=trusted, allow_unsigned=allow_unsigned)
     if found is None:
@@ -411,7 +396,7 @@ def substitute(
     The caller holds the hash's lock. An unreachable cache is skipped with a warning; an entry that is present
     but untrusted or corrupt stops the build (it is not silently replaced by a local build).
     """
-    progress = progress or NullTransferProgress()
+    progress = progress or NullProgress()
     for url in config.substituters:
         try:
             found = lookup(

@@ -2,58 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from trtforge.cli._app import app, console, print_json
+from trtforge.cli._progress import bytes_progress
 from trtforge.errors import CacheError, UsageError
 
 key_app = typer.Typer(help="Signing keys for binary caches.", no_args_is_help=True)
 app.add_typer(key_app, name="key")
-
-
-class _BytesProgress:
-    """One progress bar: bytes done, total, rate, time left."""
-
-    def __init__(self, progress: Progress) -> None:
-        self._progress = progress
-        self._task: TaskID | None = None
-
-    def start(self, description: str, total_bytes: int) -> None:
-        if self._task is not None:
-            self._progress.remove_task(self._task)
-        self._task = self._progress.add_task(escape(description), total=total_bytes)
-
-    def advance(self, n_bytes: int) -> None:
-        if self._task is not None:
-            self._progress.advance(self._task, n_bytes)
-
-
-@contextmanager
-def bytes_progress(quiet: bool) -> Iterator[_BytesProgress]:
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False, disable=quiet) as progress:
-        yield _BytesProgress(progress)
 
 
 @app.command()

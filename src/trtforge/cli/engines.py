@@ -2,51 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from trtforge.build.command import LAUNCHERS
-from trtforge.build.pipeline import BuildProgress, end_orphaned_builders, ensure_engine
+from trtforge.build.pipeline import end_orphaned_builders, ensure_engine
 from trtforge.catalog import add_entry, check_name
 from trtforge.cli._app import app, console, print_json
+from trtforge.cli._progress import build_progress, bytes_progress
 from trtforge.constants import DEFAULT_STALL_TIMEOUT_S
 from trtforge.errors import BuildFailedError, UsageError
 from trtforge.store import EngineStore, link_engine, resolve_engine, verify_engine
 
 if TYPE_CHECKING:
     from trtforge.cache.signing import SecretKey
-
-
-class _RichProgress:
-    """Phase and elapsed time on a live line; the builder's log streams above it."""
-
-    def __init__(self, progress: Progress, task: TaskID) -> None:
-        self._progress = progress
-        self._task = task
-
-    def phase(self, text: str) -> None:
-        self._progress.update(self._task, description=escape(text))
-
-    def log(self, line: str) -> None:
-        self._progress.console.print(f"[dim]{escape(line)}[/]")
-
-
-@contextmanager
-def build_progress(name: str) -> Iterator[BuildProgress]:
-    columns = (
-        SpinnerColumn(),
-        TextColumn(f"[bold]{escape(name)}[/] {{task.description}}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        yield _RichProgress(progress, progress.add_task("planning", total=None))
 
 
 @app.command()
@@ -137,7 +110,6 @@ def _signing_key(key_file: Path | None) -> SecretKey | None:
 
 def _push_after_build(path: Path, url: str, secret: SecretKey | None) -> None:
     from trtforge.cache.transfer import push_entry
-    from trtforge.cli.cache import bytes_progress
 
     with bytes_progress(quiet=False) as progress:
         pushed = push_entry(path, url, secret=secret, progress=progress)
