@@ -76,6 +76,9 @@ def write_tokenizer_dir(dest: Path, *, chat_template: str | None = CHAT_TEMPLATE
 # How long a helper waits for an event before it declares failure: generous, because a test never asserts on
 # it — on a fast machine the event comes at once, on two slow and busy cores it still comes well within.
 FAILURE_BOUND_S = 300.0
+# The same for a whole stack starting (`trtforge up`: the tiny engine written, tritonserver and the proxy up),
+# which takes minutes there; tests that wait this long raise their own pytest timeout to match.
+STARTUP_FAILURE_BOUND_S = 1200.0
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,12 +14,21 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
+from proxy_fixtures import FAILURE_BOUND_S, wait_while_running
 from triton_helpers import write_engine_dir
 
 
 def _repository_only(name: str, dest: Path, *ports: str) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "trtforge", "serve", name, "--repository-only", str(dest), *ports]
     return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=FAILURE_BOUND_S) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def test_tp2_repository_prints_one_tritonserver_per_rank_under_mpirun(tmp_path: Path) -> None:
@@ -71,21 +79,9 @@ def test_printed_command_serves_the_repository_as_written(tiny_engine: Path, tmp
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=tmp_path
     )
     try:
-        ready = False
-        while process.poll() is None and not ready:
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{http}/v2/health/ready", timeout=5
-                ) as response:
-                    ready = response.status == 200
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.2)
-        assert ready, f"the printed command exited with {process.returncode}"
+        wait_while_running(process, lambda: _ready(f"http://127.0.0.1:{http}/v2/health/ready"), what="Triton")
         for model in ("ensemble", "tensorrt_llm", "preprocessing", "postprocessing"):
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{http}/v2/models/{model}/ready", timeout=5
-            ) as response:
-                assert response.status == 200
+            assert _ready(f"http://127.0.0.1:{http}/v2/models/{model}/ready"), model
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:

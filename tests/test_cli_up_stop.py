@@ -7,15 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
 
 from conftest import free_port
-from proxy_fixtures import wait_until
+from proxy_fixtures import STARTUP_FAILURE_BOUND_S, OutputLines, wait_while_running
 
 pytestmark = pytest.mark.triton
 
@@ -53,15 +51,14 @@ def _descendants(root: int) -> dict[int, str]:
     return found
 
 
-def _serving(url: str, process: subprocess.Popen[str]) -> bool:
-    if process.poll() is not None:
-        raise AssertionError(f"trtforge up exited early with {process.returncode}: {process.stderr.read()}")
+def _serving(url: str) -> bool:
     try:
         return httpx.get(f"{url}/v1/models", timeout=30).status_code == 200
     except httpx.TransportError:
         return False
 
 
+@pytest.mark.timeout(STARTUP_FAILURE_BOUND_S + 600)
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)])
 def test_up_stopped_by_a_signal_exits_with_its_status_and_leaves_no_process(
     isolated_home: Path, tiny_engine: Path, sig: signal.Signals, status: int
@@ -80,7 +77,14 @@ def test_up_stopped_by_a_signal_exits_with_its_status_and_leaves_no_process(
     url = f"http://127.0.0.1:{port}"
     body = {"model": str(tiny_engine), "prompt": "fox", "max_tokens": 900, "ignore_eos": True, "stream": True}
     try:
-        wait_until(lambda: _serving(url, process), timeout_s=900, poll_s=0.2)
+        assert process.stderr is not None
+        wait_while_running(
+            process,
+            lambda: _serving(url),
+            what="up to serve",
+            output=process.stderr.read,
+            failure_bound_s=STARTUP_FAILURE_BOUND_S,
+        )
         with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as response:
             lines = response.iter_lines()
             assert next(line for line in lines if line.startswith("data: "))
@@ -102,16 +106,7 @@ def test_up_stopped_by_a_signal_exits_with_its_status_and_leaves_no_process(
     assert left == set(), f"left behind: {left}"
 
 
-def _read_lines(stream: IO[str], into: list[str]) -> threading.Thread:
-    def read() -> None:
-        for line in stream:
-            into.append(line)
-
-    thread = threading.Thread(target=read, daemon=True)
-    thread.start()
-    return thread
-
-
+@pytest.mark.timeout(STARTUP_FAILURE_BOUND_S + 600)
 @pytest.mark.parametrize("end", ["SIGTERM", "tritonserver killed"])
 def test_serve_runs_tritonserver_alone_until_a_signal_or_its_death(
     isolated_home: Path, tiny_engine: Path, end: str
@@ -128,13 +123,16 @@ def test_serve_runs_tritonserver_alone_until_a_signal_or_its_death(
     ]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
-    lines: list[str] = []
-    reader = _read_lines(process.stderr, lines)
+    output = OutputLines(process.stderr)
     try:
         # Serving once the command says so (tritonserver ready as the stack saw it).
-        wait_until(lambda: any("Serving until Ctrl-C." in line for line in lines) or process.poll() is not None,
-                   timeout_s=900, poll_s=0.2)  # fmt: skip
-        assert process.poll() is None, "".join(lines)
+        wait_while_running(
+            process,
+            lambda: bool(output.first(r"Serving until Ctrl-C\.")),
+            what="serve's ready line",
+            output=output.all_text,
+            failure_bound_s=STARTUP_FAILURE_BOUND_S,
+        )
         started = _descendants(process.pid)
         [triton] = [pid for pid in started if Path(f"/proc/{pid}/comm").read_text().strip() == "tritonserver"]
         if end == "SIGTERM":
@@ -146,9 +144,9 @@ def test_serve_runs_tritonserver_alone_until_a_signal_or_its_death(
         if process.poll() is None:
             process.kill()
             process.wait()
-        reader.join()  # the pipe's end: every line read
+        output.join()  # the pipe's end: every line read
         process.stderr.close()
-    stderr = "".join(lines)
+    stderr = output.text()
     if end == "SIGTERM":
         assert process.returncode == 128 + signal.SIGTERM, stderr
     else:  # no restart by default: one error line naming the status and the log, status 1

@@ -123,7 +123,7 @@ def test_a_finished_generation_ends_its_stream_without_a_stop(proxy: tuple[str, 
         timeout=120,
     )
     assert response.text.rstrip().endswith("data: [DONE]")
-    wait_until(lambda: backend.draining == 0, timeout_s=60)
+    wait_until(lambda: backend.draining == 0, what="the stream to end")
     assert len(backend.stops) == before
 
 
@@ -152,7 +152,7 @@ def test_a_stop_string_match_stops_the_rest_of_the_generation(
         timeout=120,
     ).json()
     assert stopped["choices"][0]["finish_reason"] == "stop"
-    wait_until(lambda: len(backend.stops) > before, timeout_s=60)
+    wait_until(lambda: len(backend.stops) > before, what="the stop to be answered")
     record = backend.stops[-1]
     assert record.abandoned_at >= started
 

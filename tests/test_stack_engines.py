@@ -47,7 +47,7 @@ def sdk(engine_dirs: dict[str, Path]) -> Iterator[tuple[Stack, openai.OpenAI]]:
         thread = threading.Thread(target=stack.serve, daemon=True)
         thread.start()
         try:
-            wait_until(lambda: bool(stack.proxy and stack.proxy.started), timeout_s=120)
+            wait_until(lambda: bool(stack.proxy and stack.proxy.started), what="the proxy to start")
             url = f"http://127.0.0.1:{config.port}/v1"
             with openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=120) as client:
                 yield stack, client  # closed: its keep-alive socket must not outlive the test

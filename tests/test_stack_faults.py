@@ -58,7 +58,7 @@ def running(
     thread.errors = errors  # type: ignore[attr-defined]
     thread.start()
     assert stack.proxy is not None
-    wait_until(lambda: bool(stack.proxy and stack.proxy.started), timeout_s=120)
+    wait_until(lambda: bool(stack.proxy and stack.proxy.started), what="the proxy to start")
     try:
         yield stack, f"http://127.0.0.1:{stack.config.port}", thread
     finally:
@@ -89,7 +89,7 @@ def test_triton_killed_mid_stream_the_proxy_lives_and_serves_again_after_the_res
     assert "error" in json.loads(frames[-2])
 
     # While tritonserver is down: an immediate 503 in OpenAI's envelope, and /health not ready.
-    wait_until(lambda: stack.state is StackState.RESTARTING or stack.restarts > 0, timeout_s=60)
+    wait_until(lambda: stack.state is StackState.RESTARTING or stack.restarts > 0, what="the restart")
     if stack.restarts == 0:
         refused = httpx.post(f"{url}/v1/completions", json=SHORT, timeout=120)
         if stack.restarts == 0:  # the new tritonserver may have become ready in the meantime
@@ -103,7 +103,7 @@ def test_triton_killed_mid_stream_the_proxy_lives_and_serves_again_after_the_res
     # A new tritonserver, and the same proxy serves again.
     wait_until(lambda: stack.restarts == 1 and stack.state is StackState.SERVING, timeout_s=600)
     assert stack.triton is not None and stack.triton.pid != old_pid
-    wait_until(lambda: httpx.get(f"{url}/health", timeout=120).status_code == 200, timeout_s=60)
+    wait_until(lambda: httpx.get(f"{url}/health", timeout=120).status_code == 200, what="health")
     print(f"killed → serving again in {time.monotonic() - killed_at:.1f} s")  # reported, not asserted
     again = httpx.post(f"{url}/v1/completions", json=SHORT, timeout=120)
     assert again.status_code == 200 and again.json()["usage"]["completion_tokens"] == 2
