@@ -119,15 +119,24 @@ class Run:
     status: int
 
 
-def one_run(variant: str, argv: list[str], env: dict[str, str], sig: signal.Signals) -> Run:
+class StartFailed(RuntimeError):
+    """`up` did not come up (on a busy machine: e.g. a port taken by another process meanwhile)."""
+
+
+def one_run(variant: str, argv: list[str], env: dict[str, str], sig: signal.Signals, log: Path) -> Run:
     port, http_port, grpc_port, metrics_port = (free_port() for _ in range(4))
     argv = [
         *argv, "up", "tiny", "--no-build", "--port", str(port), "--triton-http-port", str(http_port),
         "--triton-grpc-port", str(grpc_port), "--triton-metrics-port", str(metrics_port),
     ]  # fmt: skip
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        wait_for_models(port, process)
+        try:
+            wait_for_models(port, process)
+        except RuntimeError as exc:
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise StartFailed(f"{exc}: {' | '.join(tail)}") from None
         connection = open_stream(port)
         tree = descendants(process.pid)
         tritonserver = [pid for pid in tree if "tritonserver" in Path(f"/proc/{pid}/comm").read_text()]
@@ -209,7 +218,8 @@ def main() -> None:
         }
         env["PYTHONPATH"] = str(ROOT / "src")  # this file's checkout, whatever is installed
         print("building the tiny engine once ...", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, "-m", "trtforge", "build", "tiny"], env=env, check=True)
+        build = [sys.executable, "-m", "trtforge", "build", "tiny"]
+        subprocess.run(build, env=env, check=True, stdout=subprocess.DEVNULL)  # stdout: the table only
         variants: list[tuple[str, list[str], dict[str, str]]] = [
             ("after", [sys.executable, "-m", "trtforge"], env),
             ("no fast exit", [sys.executable, "-c", _NO_FAST_EXIT], env),
@@ -228,7 +238,11 @@ def main() -> None:
             for sig in signals:
                 rotated = variants[index % len(variants) :] + variants[: index % len(variants)]
                 for name, argv, variant_env in rotated:
-                    run = one_run(name, argv, variant_env, sig)
+                    try:
+                        run = one_run(name, argv, variant_env, sig, work / "up.log")
+                    except StartFailed as exc:  # not a stop measurement: reported and left out
+                        print(f"{name} {sig.name}: skipped, {exc}", file=sys.stderr, flush=True)
+                        continue
                     print(
                         f"{run.variant} {run.signal_name}: tritonserver gone {run.triton_gone_s:.2f} s, exited "
                         f"{run.exited_s:.2f} s, all gone {run.all_gone_s:.2f} s, status {run.status}",
