@@ -15,6 +15,7 @@ from pathlib import Path
 import tomlkit
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from trtforge.cache.signing import SecretKey, load_secret_key
 from trtforge.constants import (
     catalog_path,
     signing_key_file_override,
@@ -90,8 +91,7 @@ def _read_table(path: Path) -> dict[str, object]:
     return table
 
 
-def signing_key_path(explicit: Path | None) -> Path | None:
-    """`--key-file`, else `$TRTFORGE_SIGNING_KEY_FILE`, else None (push unsigned)."""
-    if explicit is not None:
-        return explicit
-    return signing_key_file_override()
+def load_signing_key(explicit: Path | None) -> SecretKey | None:
+    """The key of `--key-file`, else of `$TRTFORGE_SIGNING_KEY_FILE`, else None (push unsigned)."""
+    path = explicit if explicit is not None else signing_key_file_override()
+    return load_secret_key(path) if path is not None else None

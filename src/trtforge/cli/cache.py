@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from trtforge.cli._app import app, console, print_json
+from trtforge.cli._options import GpuArch, TrtllmPython
 from trtforge.cli._progress import bytes_progress
 from trtforge.errors import CacheError, UsageError
 
@@ -33,8 +34,7 @@ def push(
     json_output: Annotated[bool, typer.Option("--json", help="Print what was pushed as JSON.")] = False,
 ) -> None:
     """Upload a store entry (every file, its signature, then its manifest) to a binary cache."""
-    from trtforge.cache.config import load_cache_config, signing_key_path
-    from trtforge.cache.signing import load_secret_key
+    from trtforge.cache.config import load_cache_config, load_signing_key
     from trtforge.cache.transfer import push_entry
     from trtforge.store import resolve_engine
 
@@ -42,8 +42,7 @@ def push(
     url = to or load_cache_config().push_to
     if not url:
         raise UsageError("push: no cache given: pass --to URL or set push_to in the [cache] table")
-    key_path = signing_key_path(key_file)
-    secret = load_secret_key(key_path) if key_path is not None else None
+    secret = load_signing_key(key_file)
     with bytes_progress(json_output) as progress:
         result = push_entry(path, url, secret=secret, progress=progress)
     if json_output:
@@ -64,13 +63,8 @@ def pull(
     allow_unsigned: Annotated[
         bool, typer.Option("--allow-unsigned", help="Accept entries without a trusted signature.")
     ] = False,
-    gpu_arch: Annotated[
-        str | None,
-        typer.Option(help="Target GPU arch (e.g. sm100) when none is visible; $TRTFORGE_GPU_ARCH."),
-    ] = None,
-    trtllm_python: Annotated[
-        str | None, typer.Option(help="Python with TensorRT-LLM installed; $TRTFORGE_TRTLLM_PYTHON.")
-    ] = None,
+    gpu_arch: GpuArch = None,
+    trtllm_python: TrtllmPython = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print what was pulled as JSON.")] = False,
 ) -> None:
     """Fetch the engine a catalogue entry would build from a binary cache, verify it, publish it, link it."""

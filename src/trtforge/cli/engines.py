@@ -13,6 +13,7 @@ from trtforge.build.command import LAUNCHERS
 from trtforge.build.pipeline import end_orphaned_builders, ensure_engine
 from trtforge.catalog import add_entry, check_name
 from trtforge.cli._app import app, console, print_json
+from trtforge.cli._options import GpuArch, JsonFlag, TrtllmPython
 from trtforge.cli._progress import build_progress, bytes_progress
 from trtforge.constants import DEFAULT_STALL_TIMEOUT_S
 from trtforge.errors import BuildFailedError, UsageError
@@ -26,13 +27,8 @@ if TYPE_CHECKING:
 def build(
     name: Annotated[str, typer.Argument(help="Catalogue entry to build (see engines.toml).")],
     json_output: Annotated[bool, typer.Option("--json", help="Print {name, path, hash, cached}.")] = False,
-    gpu_arch: Annotated[
-        str | None,
-        typer.Option(help="Target GPU arch (e.g. sm100) when none is visible; $TRTFORGE_GPU_ARCH."),
-    ] = None,
-    trtllm_python: Annotated[
-        str | None, typer.Option(help="Python with TensorRT-LLM installed; $TRTFORGE_TRTLLM_PYTHON.")
-    ] = None,
+    gpu_arch: GpuArch = None,
+    trtllm_python: TrtllmPython = None,
     launcher: Annotated[str, typer.Option(help=f"One of {', '.join(LAUNCHERS)}.")] = "auto",
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
     stall_timeout: Annotated[
@@ -64,7 +60,11 @@ def build(
         raise UsageError("--timeout must be a positive number of seconds")
     if stall_timeout <= 0:
         raise UsageError("--stall-timeout must be a positive number of seconds")
-    signing_key = _signing_key(key_file) if push_to else None  # a bad key fails before the build, not after
+    signing_key = None
+    if push_to:
+        from trtforge.cache.config import load_signing_key
+
+        signing_key = load_signing_key(key_file)  # a bad key fails before the build, not after
     try:
         with build_progress(name) as progress:
             result = ensure_engine(
@@ -98,14 +98,6 @@ def build(
         print_json(result.to_json())
     else:
         print(result.path)
-
-
-def _signing_key(key_file: Path | None) -> SecretKey | None:
-    from trtforge.cache.config import signing_key_path
-    from trtforge.cache.signing import load_secret_key
-
-    key_path = signing_key_path(key_file)
-    return load_secret_key(key_path) if key_path is not None else None
 
 
 def _push_after_build(path: Path, url: str, secret: SecretKey | None) -> None:
@@ -153,7 +145,7 @@ def add(
 
 
 @app.command()
-def engines(json_output: Annotated[bool, typer.Option("--json")] = False) -> None:
+def engines(json_output: JsonFlag = False) -> None:
     """List the engines in the store: name, path, size, quantization, built, linked."""
     scan = EngineStore().scan()
     for warning in scan.warnings:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from trtforge.checkpoint import CheckpointInfo, check_checkpoint, inspect_checkpoint
 from trtforge.cli._app import app, console, print_json
+from trtforge.cli._options import JsonFlag
 from trtforge.constants import DEFAULT_KV_CACHE_FREE_GPU_MEM_FRACTION
 from trtforge.errors import CheckpointError, GpuError, PlanError
 from trtforge.gpu import (
@@ -247,7 +248,7 @@ def gpus(
     known: Annotated[
         bool, typer.Option("--known", help="List the GPUs trtforge knows instead of NVML's.")
     ] = False,
-    json_output: Annotated[bool, typer.Option("--json")] = False,
+    json_output: JsonFlag = False,
 ) -> None:
     """The GPUs NVML sees (name, compute capability, memory, driver); one-line error without a driver."""
     if known:
