@@ -26,6 +26,18 @@ ENGINE_CONFIG = "config.json"
 MANIFEST = "trtforge.json"
 REFERENCE_MODEL_DIR = "hf_model"
 CHAT_TEMPLATE = "chat_template.jinja"
+# The tokenizer's files, taken from the checkpoint into the engine directory (with the chat template) for
+# serving; one of TOKENIZER_REQUIRED makes a loadable tokenizer.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+TOKENIZER_REQUIRED = ("tokenizer.json", "tokenizer.model", "vocab.json")
 # xgrammar's view of the tokenizer (vocabulary, type, stop ids), written at build for guided decoding.
 XGRAMMAR_TOKENIZER_INFO = "xgrammar_tokenizer_info.json"
 

@@ -8,22 +8,19 @@ from pathlib import Path
 
 from trtforge.catalog import CatalogEntry
 from trtforge.checkpoint import HF_QUANT_CONFIG_FILE, read_hf_quant_config
-from trtforge.engine import CHAT_TEMPLATE, EngineInfo, rank_file_name, read_engine
+from trtforge.engine import (
+    CHAT_TEMPLATE,
+    TOKENIZER_FILES,
+    TOKENIZER_REQUIRED,
+    EngineInfo,
+    rank_file_name,
+    read_engine,
+)
 from trtforge.errors import CheckpointError, InvalidEngineError
 from trtforge.untrusted import checkpoint_root, copy_bounded, inside
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "generation_config.json",
-)
-# One of these makes a loadable tokenizer.
-TOKENIZER_REQUIRED = ("tokenizer.json", "tokenizer.model", "vocab.json")
+# What goes beside the engine: the tokenizer, its chat template, and the generation defaults.
+_COPIED_FILES = (*TOKENIZER_FILES, "generation_config.json", CHAT_TEMPLATE)
 
 
 def checkpoint_quant_algo(model_dir: Path | None) -> str | None:
@@ -87,7 +84,7 @@ def copy_tokenizer_files(
     if model_dir is not None:
         directory = model_dir.resolve()
         root = checkpoint_root(directory)
-        for name in (*TOKENIZER_FILES, CHAT_TEMPLATE):
+        for name in _COPIED_FILES:
             source = inside(root, (directory / name).relative_to(root))
             if source is not None:
                 copy_bounded(source, engine_dir / name)
@@ -120,7 +117,7 @@ def _download_tokenizer(engine_dir: Path, hub_model: str, revision: str | None) 
     from huggingface_hub.errors import EntryNotFoundError
 
     copied = []
-    for name in (*TOKENIZER_FILES, CHAT_TEMPLATE):
+    for name in _COPIED_FILES:
         if (engine_dir / name).is_file():
             continue
         try:

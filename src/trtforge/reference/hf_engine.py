@@ -23,7 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trtforge.engine import CHAT_TEMPLATE, REFERENCE_MODEL_DIR, write_reference_engine_config
+from trtforge.engine import (
+    CHAT_TEMPLATE,
+    REFERENCE_MODEL_DIR,
+    TOKENIZER_FILES,
+    TOKENIZER_REQUIRED,
+    write_reference_engine_config,
+)
 from trtforge.errors import CheckpointError, UsageError
 from trtforge.untrusted import inside, read_json_object
 
@@ -31,18 +37,9 @@ from trtforge.untrusted import inside, read_json_object
 HF_GENERATOR_VERSION = "trtforge-reference-hf-0.1"
 
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json", "*.safetensors")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    CHAT_TEMPLATE,
-)
+_TOKENIZER_FILES = (*TOKENIZER_FILES, CHAT_TEMPLATE)
 # What a hub snapshot needs for a reference engine.
-HUB_PATTERNS = [*MODEL_FILES, *TOKENIZER_FILES]
+HUB_PATTERNS = [*MODEL_FILES, *_TOKENIZER_FILES]
 
 
 def _matching(root: Path, patterns: tuple[str, ...]) -> list[Path]:
@@ -106,8 +103,8 @@ def write_checkpoint_engine(
     say = progress or (lambda _line: None)
     root = Path(os.path.realpath(model_dir))
     config = check_causal_lm(root)
-    tokenizer_files = _matching(root, TOKENIZER_FILES)
-    if not any(p.name in ("tokenizer.json", "tokenizer.model", "vocab.json") for p in tokenizer_files):
+    tokenizer_files = _matching(root, _TOKENIZER_FILES)
+    if not any(p.name in TOKENIZER_REQUIRED for p in tokenizer_files):
         raise CheckpointError(f"{model_dir}: no tokenizer (tokenizer.json, tokenizer.model or vocab.json)")
     say(f"linking the checkpoint {root.name}")
     (dest / REFERENCE_MODEL_DIR).mkdir()
