@@ -17,6 +17,7 @@ import uvicorn
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from conftest import free_port
+from triton_helpers import loopback_triton
 from trtforge.engine import EngineInfo
 from trtforge.proxy import ProxySettings, make_server
 from trtforge.proxy.backend import TritonBackend
@@ -176,14 +177,7 @@ class OutputLines:
 @contextlib.contextmanager
 def running_triton(engine: EngineInfo, root: Path) -> Iterator[TritonServer]:
     """The embedded tritonserver serving `engine` from a repository written under `root` (its log there too)."""
-    server = TritonServer(
-        write_model_repository(engine, root / "repository"),
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_path=root / "tritonserver.log",
-    )
-    with server:
+    with loopback_triton(write_model_repository(engine, root / "repository"), root) as server:
         yield server
 
 

@@ -20,11 +20,10 @@ import openai
 import pytest
 
 from conftest import copy_engine_with, free_port
-from proxy_fixtures import FAILURE_BOUND_S, serve_in_thread, wait_until
+from proxy_fixtures import FAILURE_BOUND_S, running_triton, serve_in_thread, wait_until
 from trtforge.engine import EngineInfo, read_engine
 from trtforge.proxy import ProxySettings, make_server
 from trtforge.proxy.tokenizer import ProxyTokenizer
-from trtforge.triton.repository import write_model_repository
 from trtforge.triton.server import TritonServer
 
 pytestmark = pytest.mark.triton
@@ -51,15 +50,7 @@ def tiny(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> EngineI
 @pytest.fixture(scope="module")
 def triton(tiny: EngineInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     root = tmp_path_factory.mktemp("triton")
-    repository = write_model_repository(tiny, root / "repository")
-    server = TritonServer(
-        repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_path=root / "tritonserver.log",
-    )
-    with server:
+    with running_triton(tiny, root) as server:
         yield server
 
 

@@ -11,11 +11,11 @@ import pytest
 
 from conftest import copy_engine_with, free_port
 from proxy_fixtures import serve_in_thread
+from triton_helpers import loopback_triton
 from trtforge.engine import EngineInfo, read_engine
 from trtforge.errors import UsageError
 from trtforge.proxy import ProxySettings, make_server
 from trtforge.triton.repository import engine_model_name, write_engines_repository
-from trtforge.triton.server import TritonServer
 
 pytestmark = pytest.mark.triton
 
@@ -36,14 +36,7 @@ def engines(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 def sdk(engines: dict[str, EngineInfo], tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
     root = tmp_path_factory.mktemp("triton-engines")
     repository = write_engines_repository(engines, root / "repository")
-    server = TritonServer(
-        repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_path=root / "tritonserver.log",
-    )
-    with server:
+    with loopback_triton(repository, root) as server:
         settings = [
             ProxySettings.from_engine(name, engine, server.grpc_url, triton_model=engine_model_name(name))
             for name, engine in engines.items()

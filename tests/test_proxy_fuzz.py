@@ -16,11 +16,9 @@ import schemathesis
 from schemathesis.checks import not_a_server_error
 
 from conftest import copy_engine_with, free_port
-from proxy_fixtures import serve_in_thread
+from proxy_fixtures import running_triton, serve_in_thread
 from trtforge.engine import read_engine
 from trtforge.proxy import ProxySettings, make_server
-from trtforge.triton.repository import write_model_repository
-from trtforge.triton.server import TritonServer
 
 pytestmark = pytest.mark.triton
 
@@ -32,14 +30,7 @@ EXAMPLES_PER_OPERATION = 40
 def proxy_url(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("fuzz")
     engine = read_engine(copy_engine_with(tiny_engine, root / "engine", max_seq_len=64, max_batch_size=8))
-    server = TritonServer(
-        write_model_repository(engine, root / "repository"),
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_path=root / "tritonserver.log",
-    )
-    with server:
+    with running_triton(engine, root) as server:
         settings = ProxySettings.from_engine(MODEL, engine, server.grpc_url)
         with serve_in_thread(make_server(settings, port=free_port(), log_level="critical")) as url:
             yield url

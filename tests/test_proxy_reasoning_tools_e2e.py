@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from conftest import copy_engine_with, free_port
-from proxy_fixtures import serve_in_thread
+from proxy_fixtures import running_triton, serve_in_thread
 from trtforge.engine import EngineInfo, read_engine
 from trtforge.proxy import ProxySettings, make_server
 from trtforge.proxy.backend import GenerationRequest, TritonBackend
@@ -31,7 +31,6 @@ from trtforge.reference.tiny import (
     WEATHER_PROMPT,
     WEATHER_TOOL,
 )
-from trtforge.triton.repository import write_model_repository
 from trtforge.triton.server import TritonServer
 
 pytestmark = pytest.mark.triton
@@ -89,14 +88,7 @@ def tiny(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> EngineI
 @pytest.fixture(scope="module")
 def triton(tiny: EngineInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     root = tmp_path_factory.mktemp("triton-features")
-    server = TritonServer(
-        write_model_repository(tiny, root / "repository"),
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_path=root / "tritonserver.log",
-    )
-    with server:
+    with running_triton(tiny, root) as server:
         yield server
 
 

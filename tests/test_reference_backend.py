@@ -16,8 +16,8 @@ import pytest
 from tritonclient.grpc import InferenceServerException
 from tritonclient.grpc import aio as grpcclient
 
-from conftest import free_port
 from proxy_fixtures import FAILURE_BOUND_S, wait_until
+from triton_helpers import loopback_triton
 from trtforge.engine import read_engine
 from trtforge.triton.repository import TENSORRT_LLM, RepositoryOptions, model_configs
 from trtforge.triton.server import TritonServer
@@ -36,10 +36,7 @@ def server(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     (repo / MODEL / "1").mkdir(parents=True)
     (repo / MODEL / "config.pbtxt").write_text(config[MODEL])
     shutil.copyfile(BACKEND_MODEL, repo / MODEL / "1" / "model.py")
-    log = tmp_path_factory.mktemp("logs") / "tritonserver.log"
-    with TritonServer(
-        repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), log_path=log
-    ) as triton:
+    with loopback_triton(repo, tmp_path_factory.mktemp("logs")) as triton:
         yield triton
 
 

@@ -11,15 +11,13 @@ import openai
 import pytest
 
 from conftest import free_port
-from proxy_fixtures import serve_in_thread, train_byte_level_tokenizer, write_tokenizer_dir
+from proxy_fixtures import running_triton, serve_in_thread, train_byte_level_tokenizer, write_tokenizer_dir
 from trtforge.build.pipeline import ensure_engine
 from trtforge.catalog import add_entry
 from trtforge.engine import EngineInfo, read_engine
 from trtforge.errors import CatalogError, CheckpointError
 from trtforge.proxy import ProxySettings, make_server
 from trtforge.reference.hf_engine import check_causal_lm
-from trtforge.triton.repository import write_model_repository
-from trtforge.triton.server import TritonServer
 
 MODEL = "mini-llama"
 MAX_SEQ_LEN = 128
@@ -77,15 +75,7 @@ def engine(checkpoint: Path, isolated_session_home: Path) -> EngineInfo:
 @pytest.fixture(scope="module")
 def sdk(engine: EngineInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
     root = tmp_path_factory.mktemp("triton-hf")
-    repository = write_model_repository(engine, root / "repository")
-    server = TritonServer(
-        repository,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_path=root / "tritonserver.log",
-    )
-    with server:
+    with running_triton(engine, root) as server:
         settings = ProxySettings.from_engine(MODEL, engine, server.grpc_url)
         with serve_in_thread(make_server(settings, port=free_port(), log_level="warning")) as url:
             yield openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=120)

@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from conftest import free_port
 from proxy_fixtures import wait_until
-from triton_helpers import write_engine_dir
+from triton_helpers import loopback_triton, write_engine_dir
 from trtforge.engine import read_engine
 from trtforge.triton import TritonServer, write_model_repository
 
@@ -33,16 +32,6 @@ PROMPTS = (
     "  two leading spaces, then ÅÄÖ and emoji 👩‍👩‍👧 at the end",
     "plain ascii words with spaces between them",
 )
-
-
-def _server(repo: Path, log_dir: Path) -> TritonServer:
-    return TritonServer(
-        repo,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_path=log_dir / "tritonserver.log",
-    )
 
 
 def _generate_stream(server: TritonServer, body: dict[str, Any]) -> list[str]:
@@ -72,7 +61,7 @@ def echo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Trit
     engine = read_engine(write_engine_dir(root / "engine", backend="reference"))
     repo = write_model_repository(engine, root / "repo")
     shutil.copyfile(ECHO_MODEL, repo / "tensorrt_llm" / "1" / "model.py")
-    with _server(repo, root) as server:
+    with loopback_triton(repo, root) as server:
         yield server, AutoTokenizer.from_pretrained(engine.path)
 
 
@@ -118,7 +107,7 @@ def test_max_tokens_cuts_the_text_and_bad_requests_are_errors(echo_server) -> No
 def tiny_server(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     root = tmp_path_factory.mktemp("bls-tiny")
     repo = write_model_repository(read_engine(tiny_engine), root / "repo")
-    with _server(repo, root) as server:
+    with loopback_triton(repo, root) as server:
         yield server
 
 

@@ -1,4 +1,5 @@
-"""Test-only helpers for the triton tests: engine directories with a small real tokenizer."""
+"""Test-only helpers for the triton tests: engine directories with a small real tokenizer, a tritonserver on free
+loopback ports."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 import trtforge.triton
+from conftest import free_port
 from trtforge.triton.distribution import find_tritonserver
+from trtforge.triton.server import TritonServer
 
 CORPUS = [
     "Hello world, this is a tiny corpus for a tiny tokenizer.",
@@ -92,3 +95,15 @@ def load_bundled_model(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def loopback_triton(repository: Path, log_dir: Path) -> TritonServer:
+    """A (not yet started) tritonserver for `repository` on free 127.0.0.1 ports, logging to
+    `log_dir/tritonserver.log`; use it as a context manager (started and ready inside, stopped after)."""
+    return TritonServer(
+        repository,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_path=log_dir / "tritonserver.log",
+    )
