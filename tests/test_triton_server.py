@@ -332,3 +332,32 @@ def test_stop_on_signals_turns_sigterm_into_exit_and_stops_the_server(
     assert caught.value.code == 128 + signal.SIGTERM
     assert server.state is ServerState.STOPPED
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+ABORTING_TRITONSERVER = """#!/bin/sh
+# Starts as tritonserver does on a CPU-only machine, then dies of an uncaught C++ exception (SIGABRT).
+echo 'E1127 17:02:15.344942 29478 server.cc:241] "CudaDriverHelper has not been initialized."'
+echo "terminate called after throwing an instance of 'boost::interprocess::lock_exception'"
+echo '  what():  boost::interprocess::lock_exception'
+kill -ABRT $$
+"""
+
+
+def test_a_tritonserver_that_aborts_is_reported_by_its_abort_not_an_earlier_error_line(
+    echo_repository: Path, distribution: TritonDistribution, tmp_path: Path
+) -> None:
+    binary = tmp_path / "tritonserver"
+    binary.write_text(ABORTING_TRITONSERVER)
+    binary.chmod(0o755)
+    aborting = TritonDistribution(binary=binary, backend_dir=distribution.backend_dir, env=distribution.env)
+    server = TritonServer(
+        echo_repository, **_ports(), log_path=tmp_path / "triton.log", distribution=aborting
+    )
+    server.start()
+    with pytest.raises(TritonError) as caught:
+        server.wait_ready(timeout_s=300)
+    message = str(caught.value)
+    assert message.startswith(f"tritonserver exited with status {-signal.SIGABRT}: terminate called after ")
+    assert "what(): boost::interprocess::lock_exception (log: " in message
+    assert "CudaDriverHelper" not in message and "\n" not in message
+    assert server.state is ServerState.FAILED

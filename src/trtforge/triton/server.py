@@ -64,6 +64,10 @@ _FAILED_LOAD = re.compile(r"failed to load '(?P<model>[^']+)' version \d+: (?P<r
 # Talks to our own local server: never through an HTTP proxy from the environment.
 _LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _STATUS_ROW = re.compile(r"^\|\s*(?P<model>[^|\s]+)\s*\|\s*\d+\s*\|\s*UNAVAILABLE:\s*(?P<reason>.*?)\s*\|?$")
+# What a crash prints: std::terminate's line and the exception's what(), tritonserver's own signal report, a failed
+# assertion. An abort writes no "E…" line of its own, and the last one before it (e.g. the CUDA notice every
+# CPU-only start logs) would name the wrong cause.
+_CRASH_LINE = re.compile(r"^terminate called|^what\(\):|^Signal \(\d+\) received|Assertion .+ failed")
 
 
 class ServerState(enum.Enum):
@@ -441,7 +445,12 @@ def _failures_from_index(http_url: str) -> dict[str, str]:
 
 
 def _last_error_line(log_path: Path | None) -> str:
-    for line in reversed(_read_log(log_path)):
+    """The line that best says why tritonserver ended: what an abort printed, else its last error line."""
+    lines = _read_log(log_path)
+    crash = [line.strip() for line in lines if _CRASH_LINE.search(line.strip())]
+    if crash:
+        return _clean_reason(" ".join(crash[-2:]))
+    for line in reversed(lines):
         stripped = line.strip()
         if stripped.startswith("error:") or re.match(r"^E\d{4} ", stripped):
             return _clean_reason(stripped)
