@@ -16,6 +16,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def triton_port_args() -> list[str]:
+    """`--triton-http-port/--triton-grpc-port/--triton-metrics-port` on free ports, for commands that start Triton."""
+    args = []
+    for flag in ("--triton-http-port", "--triton-grpc-port", "--triton-metrics-port"):
+        args += [flag, str(free_port())]
+    return args
+
+
 def _isolate(mp: pytest.MonkeyPatch, root: Path) -> Path:
     home = root / "trtforge-home"
     mp.setenv("TRTFORGE_HOME", str(home))

@@ -13,7 +13,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from conftest import free_port
+from conftest import free_port, triton_port_args
 from proxy_fixtures import FAILURE_BOUND_S, STARTUP_FAILURE_BOUND_S, OutputLines, wait_while_running
 
 pytestmark = pytest.mark.triton
@@ -43,16 +43,9 @@ def _listening(client: openai.OpenAI) -> bool:
 
 @pytest.mark.timeout(STARTUP_FAILURE_BOUND_S + 600)
 def test_up_serves_openai_clients_and_ctrl_c_stops_everything(isolated_home: Path) -> None:
-    port, http, grpc, metrics = free_port(), free_port(), free_port(), free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "trtforge", "up", "tiny", "--port", str(port)]
-    argv += [
-        "--triton-http-port",
-        str(http),
-        "--triton-grpc-port",
-        str(grpc),
-        "--triton-metrics-port",
-        str(metrics),
-    ]
+    argv += triton_port_args()
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
     stderr = OutputLines(process.stderr)

@@ -12,43 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import free_port
+from conftest import free_port, triton_port_args
 from proxy_fixtures import STARTUP_FAILURE_BOUND_S, OutputLines, wait_while_running
+from trtforge.processes import descendant_processes, start_time
 
 pytestmark = pytest.mark.triton
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time; None once it is gone or a zombie (dead, not yet reaped)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else fields[19]
-
-
-def _descendants(root: int) -> dict[int, str]:
-    """Live descendants of `root` (pid → start time, so a reused pid is not mistaken for ours)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    found: dict[int, str] = {}
-    pending = list(children.get(root, []))
-    while pending:
-        pid = pending.pop()
-        start = _start_time(pid)
-        if start is not None and pid not in found:
-            found[pid] = start
-            pending.extend(children.get(pid, []))
-    return found
 
 
 def _serving(url: str) -> bool:
@@ -63,16 +31,9 @@ def _serving(url: str) -> bool:
 def test_up_stopped_by_a_signal_exits_with_its_status_and_leaves_no_process(
     isolated_home: Path, tiny_engine: Path, sig: signal.Signals, status: int
 ) -> None:
-    port, http, grpc, metrics = free_port(), free_port(), free_port(), free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "trtforge", "up", str(tiny_engine), "--port", str(port)]
-    argv += [
-        "--triton-http-port",
-        str(http),
-        "--triton-grpc-port",
-        str(grpc),
-        "--triton-metrics-port",
-        str(metrics),
-    ]
+    argv += triton_port_args()
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     body = {"model": str(tiny_engine), "prompt": "fox", "max_tokens": 900, "ignore_eos": True, "stream": True}
@@ -88,7 +49,7 @@ def test_up_stopped_by_a_signal_exits_with_its_status_and_leaves_no_process(
         with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as response:
             lines = response.iter_lines()
             assert next(line for line in lines if line.startswith("data: "))
-            started = _descendants(process.pid)
+            started = descendant_processes(process.pid)
             names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in started}
             assert "tritonserver" in names, names
             process.send_signal(sig)
@@ -102,7 +63,7 @@ def test_up_stopped_by_a_signal_exits_with_its_status_and_leaves_no_process(
     assert process.returncode == status, stderr
     assert "Traceback" not in stderr
     # At exit, not some time after: everything it started is gone (reaped, or dead and waiting for init).
-    left = {pid for pid, start in started.items() if _start_time(pid) == start}
+    left = {pid for pid, start in started.items() if start_time(pid) == start}
     assert left == set(), f"left behind: {left}"
 
 
@@ -111,16 +72,8 @@ def test_up_stopped_by_a_signal_exits_with_its_status_and_leaves_no_process(
 def test_serve_runs_tritonserver_alone_until_a_signal_or_its_death(
     isolated_home: Path, tiny_engine: Path, end: str
 ) -> None:
-    http, grpc, metrics = free_port(), free_port(), free_port()
     argv = [sys.executable, "-m", "trtforge", "serve", str(tiny_engine)]
-    argv += [
-        "--triton-http-port",
-        str(http),
-        "--triton-grpc-port",
-        str(grpc),
-        "--triton-metrics-port",
-        str(metrics),
-    ]
+    argv += triton_port_args()
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
     output = OutputLines(process.stderr)
@@ -133,7 +86,7 @@ def test_serve_runs_tritonserver_alone_until_a_signal_or_its_death(
             output=output.all_text,
             failure_bound_s=STARTUP_FAILURE_BOUND_S,
         )
-        started = _descendants(process.pid)
+        started = descendant_processes(process.pid)
         [triton] = [pid for pid in started if Path(f"/proc/{pid}/comm").read_text().strip() == "tritonserver"]
         if end == "SIGTERM":
             process.send_signal(signal.SIGTERM)
@@ -154,5 +107,5 @@ def test_serve_runs_tritonserver_alone_until_a_signal_or_its_death(
         last = stderr.strip().splitlines()[-1]
         assert last.startswith("error: tritonserver exited with status -9; log: "), stderr
     assert "Traceback" not in stderr
-    left = {pid for pid, start in started.items() if _start_time(pid) == start}
+    left = {pid for pid, start in started.items() if start_time(pid) == start}
     assert left == set(), f"left behind: {left}"
