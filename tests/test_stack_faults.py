@@ -7,6 +7,7 @@ one is ready the same proxy serves again. With restarts off, `serve()` ends with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,7 +21,10 @@ import pytest
 
 from conftest import copy_engine_with, free_port
 from proxy_fixtures import wait_until
+from trtforge.errors import TritonCrashedError
 from trtforge.stack import Stack, StackConfig, StackState, TritonDiedError, TritonPorts
+from trtforge.triton.distribution import find_tritonserver
+from trtforge.triton.server import ServerState
 
 pytestmark = pytest.mark.triton
 
@@ -139,3 +143,52 @@ def test_stop_ends_open_streams_and_every_process(running: tuple[Stack, str, thr
     assert stack.state is StackState.STOPPED
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def _crashing_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make every tritonserver start go through a wrapper whose first run dies as tritonserver did here while its
+    python models loaded (an uncaught C++ exception: SIGABRT); later runs are the real tritonserver. The marker
+    the first run leaves is returned."""
+    real = find_tritonserver()
+    marker = tmp_path / "crashed-once"
+    wrapper = tmp_path / "tritonserver"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"if [ ! -e '{marker}' ]; then\n"
+        f"  : > '{marker}'\n"
+        "  echo \"terminate called after throwing an instance of 'boost::interprocess::lock_exception'\"\n"
+        "  echo '  what():  boost::interprocess::lock_exception'\n"
+        "  kill -ABRT $$\n"
+        "fi\n"
+        f"exec '{real.binary}' \"$@\"\n"
+    )
+    wrapper.chmod(0o755)
+    flaky = dataclasses.replace(real, binary=wrapper)
+    monkeypatch.setattr("trtforge.triton.server.find_tritonserver", lambda: flaky)
+    return marker
+
+
+def test_a_tritonserver_that_crashes_while_starting_is_started_again(
+    engine_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = _crashing_first(tmp_path, monkeypatch)
+    said: list[str] = []
+    with Stack(_config(engine_dir, restart=True), say=said.append) as stack:
+        assert marker.exists()  # the first tritonserver did crash
+        assert stack.state is StackState.SERVING
+        assert stack.triton is not None and stack.triton.state is ServerState.READY
+    [retry] = [line for line in said if "starting a new one" in line]
+    assert f"exited with status {-signal.SIGABRT}: terminate called after throwing" in retry
+
+
+def test_without_restart_a_crash_while_starting_is_an_error(
+    engine_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = _crashing_first(tmp_path, monkeypatch)
+    said: list[str] = []
+    stack = Stack(_config(engine_dir, restart=False), say=said.append)
+    with pytest.raises(TritonCrashedError, match="what\\(\\): boost::interprocess::lock_exception"):
+        stack.start()
+    stack.stop()
+    assert marker.exists()
+    assert not [line for line in said if "starting a new one" in line]

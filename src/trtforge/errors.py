@@ -97,6 +97,13 @@ class TritonError(TrtforgeError, RuntimeError):
     """tritonserver could not be found, started or made ready."""
 
 
+class TritonCrashedError(TritonError):
+    """tritonserver died of a signal nobody sent it (an abort, a segfault) before it was ready.
+
+    Unlike a model that fails to load, this need not happen again: the stack may start a new one.
+    """
+
+
 class BackendUnavailableError(TritonError):
     """A Triton backend the model repository needs (e.g. `tensorrtllm`) is not installed."""
 

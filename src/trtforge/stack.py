@@ -9,6 +9,8 @@
 tritonserver: when it dies, the proxy stays up (open streams get an error frame and `[DONE]`, new requests a 503,
 `/health` says not ready) and the stack starts a new tritonserver with backoff until it is ready again, or —
 with `restart=False`, for supervisors such as Kubernetes — ends `serve()` with an error.
+A tritonserver that crashes while it first starts (an abort, not a model that fails to load) is started again
+the same way, a few times, when restarts are on.
 
 A stack of several engines (`StackConfig.others`) writes one repository with a `tensorrt_llm`-contract model
 per engine (`write_engines_repository`) into one single-rank tritonserver, and one proxy routes by `model`.
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from trtforge import constants
 from trtforge.engine import EngineInfo, read_engine
-from trtforge.errors import TritonError, UsageError
+from trtforge.errors import TritonCrashedError, TritonError, UsageError
 
 if TYPE_CHECKING:
     import uvicorn
@@ -48,6 +50,8 @@ RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 _PROXY_STOP_WAIT_S = 10.0
 # serve() without the proxy wakes this often to let the main thread's signal handlers run.
 _WAIT_SLICE_S = 0.5
+# How often a tritonserver that crashes while starting is started again (restarts on); see `_start_first_triton`.
+_START_CRASH_RETRIES = 2
 # A tritonserver that stayed up this long starts the backoff over when it dies.
 _HEALTHY_RUN_S = 60.0
 
@@ -285,7 +289,7 @@ class Stack:
         if self.state is not StackState.CREATED:
             raise UsageError(f"this Stack was already started (state {self.state.value})")
         self.state = StackState.STARTING
-        self._start_triton()
+        self._start_first_triton()
         cfg = self.config
         if cfg.proxy:
             self._make_proxy()
@@ -367,6 +371,24 @@ class Stack:
         self.state = StackState.STOPPED
 
     # -- tritonserver ----------------------------------------------------------------------------------
+
+    def _start_first_triton(self) -> None:
+        """Start tritonserver; with restarts on, start a new one when it crashes before it is ready.
+
+        A crash (a signal nobody sent, e.g. an abort while the python models load) is retried like a death
+        while serving, a few times with the same backoff; a model that fails to load, a timeout or a missing
+        backend fails at once: trying again would give the same answer.
+        """
+        for delay in (*RESTART_BACKOFF_S[:_START_CRASH_RETRIES], None):
+            try:
+                self._start_triton()
+                return
+            except TritonCrashedError as exc:
+                if delay is None or not self.config.restart:
+                    raise
+                self._say(f"{exc}; starting a new one in {delay:g} s")
+                if self._stopping.wait(delay):
+                    raise
 
     def _start_triton(self) -> None:
         cfg = self.config

@@ -40,7 +40,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from trtforge import constants
-from trtforge.errors import BackendUnavailableError, TritonError
+from trtforge.errors import BackendUnavailableError, TritonCrashedError, TritonError
 from trtforge.processes import EndReport, OwnedProcess
 from trtforge.triton.distribution import TritonDistribution, find_tritonserver
 
@@ -230,7 +230,8 @@ class TritonServer:
         deadline = time.monotonic() + timeout_s
         while True:
             if (code := self._process.poll()) is not None:
-                self._fail(f"tritonserver exited with status {code}")
+                # Nothing has signalled it yet: a negative status is a crash of its own.
+                self._fail(f"tritonserver exited with status {code}", crashed=code < 0)
             if self._is_ready():
                 self._state = ServerState.READY
                 self._process.track()  # every model is loaded: its stubs are recorded now, not at the next scan
@@ -319,8 +320,11 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
-    def _fail(self, what: str) -> None:
-        """Stop the server and raise the most specific error the log and the repository index give."""
+    def _fail(self, what: str, *, crashed: bool = False) -> None:
+        """Stop the server and raise the most specific error the log and the repository index give.
+
+        A model that failed to load is reported as such; otherwise a `crashed` server raises
+        `TritonCrashedError`, which a caller may answer by starting a new one."""
         failures = self._model_failures()
         self._state = ServerState.FAILED
         self.stop()
@@ -335,7 +339,8 @@ class TritonServer:
             also = f"; also unavailable: {', '.join(others)}" if others else ""
             raise TritonError(f"model '{name}' failed to load: {reason}{also}{log_hint}")
         last_error = _last_error_line(self.log_path)
-        raise TritonError(f"{what}: {last_error}{log_hint}" if last_error else f"{what}{log_hint}")
+        error = TritonCrashedError if crashed else TritonError
+        raise error(f"{what}: {last_error}{log_hint}" if last_error else f"{what}{log_hint}")
 
     def _model_failures(self) -> dict[str, str]:
         failures = _failures_from_log(self.log_path)
