@@ -1,8 +1,10 @@
-"""`--max-body-bytes` on the commands that start the proxy, through the real CLI."""
+"""Limits of the commands that start the proxy, through the real CLI: `--max-body-bytes`, and open files."""
 
 from __future__ import annotations
 
 import json
+import resource
+import shlex
 import signal
 import subprocess
 import sys
@@ -80,3 +82,34 @@ def test_a_bad_max_body_bytes_is_one_line_and_starts_nothing(
     assert len(lines) == 1 and "--max-body-bytes takes a whole number of bytes" in lines[0], result.stderr
     assert not (isolated_home / "store").exists()  # nothing built
     assert not (isolated_home / "tmp" / "repositories").exists()  # nothing written, nothing started
+
+
+def _open_file_limits(pid: int) -> tuple[int, int]:
+    """(soft, hard) `Max open files` of a running process, from /proc/<pid>/limits."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open-file limit in /proc/<pid>/limits")
+
+
+def test_proxy_raises_its_open_file_limit_to_the_hard_limit(tiny_engine: Path, isolated_home: Path) -> None:
+    # Started with a soft limit far below the hard one (as a 1024 default is below what thousands of streams
+    # need), the proxy serves with the hard limit.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY or hard <= 256:
+        pytest.skip(f"the hard open-file limit here ({hard}) leaves nothing to raise")
+    port = free_port()
+    argv = [sys.executable, "-m", "trtforge", "proxy", str(tiny_engine), "--port", str(port)]
+    argv += ["--triton-grpc-port", str(free_port())]  # no Triton: not needed
+    shell = f"ulimit -Sn 256 && exec {shlex.join(argv)}"
+    process = subprocess.Popen(
+        ["sh", "-c", shell], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_until(lambda: _listening(f"http://127.0.0.1:{port}", process), timeout_s=300, poll_s=0.2)
+        assert _open_file_limits(process.pid) == (hard, hard)
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import signal
 import threading
 import time
@@ -108,6 +109,19 @@ def _body_limit(value: str) -> int:
             f"--max-body-bytes takes a whole number of bytes (at least 1, e.g. 4194304), not {value!r}"
         )
     return int(text)
+
+
+def _raise_open_file_limit() -> None:
+    """Raise this process's soft limit on open files to its hard limit, for the proxy and what it starts.
+
+    Every streamed client holds a socket for as long as its generation runs, and the soft limit is often 1024:
+    a proxy past it fails to accept connections. The hard limit is the administrator's, so it is never passed.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
+        return  # unlimited: Linux refuses an infinite NOFILE limit anyway, and the soft one already suffices
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _check_compatible(name: str, engine_dir: Path, options: ServeOptions, *, force: bool) -> None:
@@ -318,6 +332,7 @@ def proxy(
     from trtforge.proxy import ProxySettings, make_proxy, run_server
 
     body_limit = _body_limit(max_body_bytes)
+    _raise_open_file_limit()
     engine = read_engine(resolve_engine(name))
     check_ports_free({"--port": port}, host=host)
     options = _serve_options(name, None)
@@ -384,6 +399,7 @@ def up(
     """
     names = names or [constants.TINY_ENGINE_NAME]
     body_limit = _body_limit(max_body_bytes)
+    _raise_open_file_limit()
     ports = TritonPorts(http=triton_http_port, grpc=triton_grpc_port, metrics=triton_metrics_port)
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
