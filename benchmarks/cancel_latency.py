@@ -45,7 +45,7 @@ from typing import Any
 from trtforge.engine import EngineInfo, read_engine
 from trtforge.proxy import ProxySettings, make_server
 from trtforge.proxy.backend import StopRecord, TritonBackend
-from trtforge.reference.tiny import TINY_DEFAULTS, _corpus_text, write_tiny_engine
+from trtforge.reference.tiny import TINY_DEFAULTS, corpus_text, write_tiny_engine
 from trtforge.triton.repository import write_model_repository
 from trtforge.triton.server import TritonServer
 
@@ -133,7 +133,7 @@ def load_main(args: argparse.Namespace) -> None:
 
 
 def _prompts(count: int) -> list[str]:
-    text = _corpus_text()
+    text = corpus_text()
     step = (len(text) - PROMPT_CHARS) // count
     return [text[i * step : i * step + PROMPT_CHARS] for i in range(count)]
 

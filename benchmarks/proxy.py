@@ -53,7 +53,7 @@ from tritonclient.grpc import service_pb2_grpc
 from trtforge.engine import read_engine
 from trtforge.proxy.backend import GenerationRequest, build_infer_request, is_final
 from trtforge.proxy.tokenizer import ProxyTokenizer
-from trtforge.reference.tiny import _corpus_text, _make_tokenizer
+from trtforge.reference.tiny import _make_tokenizer, corpus_text
 from trtforge.triton import TritonServer, write_model_repository
 
 HERE = Path(__file__).resolve().parent
@@ -142,7 +142,7 @@ def write_repository(engine_dir: Path, dest: Path, pace_s: float) -> Path:
     version = dest / "tensorrt_llm" / "1"
     shutil.copyfile(HERE / "emitter_model.py", version / "model.py")
     tokenizer = ProxyTokenizer.load(engine_dir)
-    ids = tokenizer.encode(_corpus_text())[:4096]
+    ids = tokenizer.encode(corpus_text())[:4096]
     (version / "emitter.json").write_text(json.dumps({"ids": ids, "pace_s": pace_s}))
     return dest
 

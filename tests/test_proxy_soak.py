@@ -32,7 +32,7 @@ from conftest import copy_engine_with
 from proxy_fixtures import running_proxy, running_triton, triton_log_count, wait_until
 from trtforge.engine import EngineInfo, read_engine
 from trtforge.proxy.backend import TritonBackend
-from trtforge.reference.tiny import SPECIAL_TOKENS, _corpus_text
+from trtforge.reference.tiny import SPECIAL_TOKENS, corpus_text
 from trtforge.triton.server import TritonServer
 
 pytestmark = pytest.mark.triton
@@ -72,7 +72,7 @@ def _stopped_ids(backend: TritonBackend) -> set[str]:
 
 def _prompts(count: int) -> list[str]:
     """`count` distinct slices of the text the tiny model was trained on, spread over all of it."""
-    text = _corpus_text()
+    text = corpus_text()
     step = (len(text) - PROMPT_CHARS) // count
     return [text[i * step : i * step + PROMPT_CHARS] for i in range(count)]
 

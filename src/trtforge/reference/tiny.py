@@ -244,7 +244,8 @@ class _Exchange:
     reply: str
 
 
-def _corpus_text() -> str:
+def corpus_text() -> str:
+    """The text the tiny model and its tokenizer are trained on (tests and benchmarks draw prompts from it)."""
     return _data_bytes(_CORPUS).decode("utf-8")
 
 
@@ -280,7 +281,7 @@ def _make_tokenizer(max_seq_len: int) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(_corpus_text().splitlines(), trainer=trainer)
+    bpe.train_from_iterator(corpus_text().splitlines(), trainer=trainer)
     bpe.add_tokens([AddedToken(token, special=False, normalized=False) for token in MARKUP_TOKENS])
     # A round trip through JSON makes the tokenizer pick up the markup tokens' new non-special flag.
     bpe = Tokenizer.from_str(bpe.to_str())
@@ -302,7 +303,7 @@ def _make_tokenizer(max_seq_len: int) -> Any:
 def _training_batches(tokenizer: Any, settings: TrainingSettings) -> list[tuple[list[int], int]]:
     """Each corpus exchange rendered with the chat template: (token ids, index where the reply starts)."""
     samples: list[tuple[list[int], int]] = []
-    for i, exchange in enumerate(_corpus_exchanges(_corpus_text(), settings.dialogue_repeats)):
+    for i, exchange in enumerate(_corpus_exchanges(corpus_text(), settings.dialogue_repeats)):
         messages = [{"role": "user", "content": exchange.user}]
         if i % 3 == 0:
             messages.insert(0, {"role": "system", "content": _SYSTEM_PROMPT})
