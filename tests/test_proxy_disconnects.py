@@ -50,8 +50,8 @@ def proxy(tiny: EngineInfo, triton: TritonServer) -> Iterator[tuple[str, TritonB
         yield running
 
 
-def _open_streams(url: str, count: int) -> list[socket.socket]:
-    """`count` streamed completions that generate far longer than the test runs; each has its first frame."""
+def _long_stream_request(url: str) -> tuple[str, int, bytes]:
+    """(host, port, raw HTTP request) of a streamed completion that generates far longer than a test runs."""
     host, port = url.removeprefix("http://").split(":")
     body = {
         "model": MODEL,
@@ -65,9 +65,15 @@ def _open_streams(url: str, count: int) -> list[socket.socket]:
         f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(payload)}\r\n\r\n"
     ).encode() + payload
+    return host, int(port), request
+
+
+def _open_streams(url: str, count: int) -> list[socket.socket]:
+    """`count` streamed completions that generate far longer than the test runs; each has its first frame."""
+    host, port, request = _long_stream_request(url)
     conns = []
     for _ in range(count):
-        conn = socket.create_connection((host, int(port)), timeout=300)
+        conn = socket.create_connection((host, port), timeout=300)
         conn.sendall(request)
         conns.append(conn)
     for conn in conns:
@@ -159,22 +165,10 @@ def test_a_stop_string_match_stops_the_rest_of_the_generation(
 
 def test_a_client_that_never_reads_does_not_hold_up_others(proxy: tuple[str, TritonBackend]) -> None:
     url, backend = proxy
-    host, port = url.removeprefix("http://").split(":")
-    body = {
-        "model": MODEL,
-        "prompt": "The quick brown fox",
-        "max_tokens": 900,
-        "ignore_eos": True,
-        "stream": True,
-    }
-    payload = json.dumps(body).encode()
-    request = (
-        f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(payload)}\r\n\r\n"
-    ).encode() + payload
+    host, port, request = _long_stream_request(url)
     stalled = socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills after a few frames
-    stalled.connect((host, int(port)))
+    stalled.connect((host, port))
     stalled.sendall(request)  # and never reads
     try:
         ok = httpx.post(
