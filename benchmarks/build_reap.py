@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from checkpoints import write_nvfp4_checkpoint  # noqa: E402
-from trtforge.build.command import build_command  # noqa: E402
-from trtforge.build.watchdog import BuildWatchdog  # noqa: E402
+from trtforge.builder.command import build_command  # noqa: E402
+from trtforge.builder.watchdog import BuildWatchdog  # noqa: E402
 from trtforge.catalog import CatalogEntry  # noqa: E402
 from trtforge.processes import session_members  # noqa: E402
 

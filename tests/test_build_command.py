@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from trtforge.build.command import build_command, probe_trtllm_version, resolve_launcher, resolve_python
-from trtforge.build.failures import classify_failure
+from trtforge.builder.command import build_command, probe_trtllm_version, resolve_launcher, resolve_python
+from trtforge.builder.failures import classify_failure
 from trtforge.catalog import CatalogEntry
 from trtforge.errors import BuildFailedError, UsageError
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from checkpoints import write_nvfp4_checkpoint
-from trtforge.build.command import build_command
-from trtforge.build.pipeline import ensure_engine, plan_build
-from trtforge.build.watchdog import DEFAULT_GRACE_S, FINISHED_GRACE_S, BuildWatchdog, Outcome, WatchResult
+from trtforge.builder.command import build_command
+from trtforge.builder.pipeline import ensure_engine, plan_build
+from trtforge.builder.watchdog import DEFAULT_GRACE_S, FINISHED_GRACE_S, BuildWatchdog, Outcome, WatchResult
 from trtforge.catalog import add_entry, load_catalog
 from trtforge.errors import BuildFailedError, CheckpointError, GpuError, InvalidEngineError
 from trtforge.processes import session_members

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from checkpoints import write_nvfp4_checkpoint
-from trtforge.build.pipeline import ensure_engine
+from trtforge.builder.pipeline import ensure_engine
 from trtforge.catalog import add_entry
 from trtforge.processes import start_time
 from trtforge.store import EngineStore

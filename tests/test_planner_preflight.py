@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from checkpoints import write_nvfp4_checkpoint
+from trtforge.builder.preflight import preflight_build
 from trtforge.catalog import CatalogEntry
 from trtforge.errors import CheckpointError, GpuError, PlanError
 from trtforge.gpu import KNOWN_GPUS
-from trtforge.preflight import preflight_build
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_hopper_is_refused_in_one_line(qwen3_32b: Path) -> None:
 
 
 def test_force_turns_refusals_into_warnings(qwen3_32b: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="trtforge.preflight"):
+    with caplog.at_level(logging.WARNING, logger="trtforge.builder.preflight"):
         report = preflight_build(
             _entry(qwen3_32b),
             model_dir=None,

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import free_port
 from proxy_fixtures import running_triton, serve_in_thread, train_byte_level_tokenizer, write_tokenizer_dir
-from trtforge.build.pipeline import ensure_engine
+from trtforge.builder.pipeline import ensure_engine
 from trtforge.catalog import add_entry
 from trtforge.engine import EngineInfo, read_engine
 from trtforge.errors import CatalogError, CheckpointError

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from trtforge.build.pipeline import ensure_engine
+from trtforge.builder.pipeline import ensure_engine
 from trtforge.cli import app
 from trtforge.engine import read_engine
 from trtforge.errors import EngineNotFoundError, VerifyError

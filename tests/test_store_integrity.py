@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from checkpoints import write_nvfp4_checkpoint
-from trtforge.build.pipeline import plan_build, run_build
+from trtforge.builder.pipeline import plan_build, run_build
 from trtforge.catalog import add_entry, load_catalog
 from trtforge.store import BuildInputs, EngineStore, write_manifest
 

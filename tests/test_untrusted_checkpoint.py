@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from checkpoints import write_nvfp4_checkpoint
-from trtforge.build.pipeline import ensure_engine, plan_build
+from trtforge.builder.pipeline import ensure_engine, plan_build
 from trtforge.catalog import add_entry, load_catalog
 from trtforge.checkpoint import inspect_checkpoint
 from trtforge.errors import CheckpointError
@@ -152,7 +152,7 @@ def test_a_directory_without_config_json_is_refused_before_hashing(
     def no_hashing(root: Path, **_: object) -> str:
         raise AssertionError(f"hashed {root} before checking for config.json")
 
-    monkeypatch.setattr("trtforge.build.pipeline.hash_checkpoint", no_hashing)
+    monkeypatch.setattr("trtforge.builder.pipeline.hash_checkpoint", no_hashing)
     _add("small", not_a_model)
     with pytest.raises(CheckpointError, match=r"no config\.json"):
         plan_build(load_catalog().get("small"))

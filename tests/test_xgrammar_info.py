@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from triton_helpers import write_engine_dir, write_tokenizer
-from trtforge.build.xgrammar import write_tokenizer_info
+from trtforge.builder.xgrammar import write_tokenizer_info
 from trtforge.engine import XGRAMMAR_TOKENIZER_INFO, read_engine
 from trtforge.errors import CheckpointError
 from trtforge.triton.repository import model_configs

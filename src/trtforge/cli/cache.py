@@ -68,7 +68,7 @@ def pull(
     json_output: Annotated[bool, typer.Option("--json", help="Print what was pulled as JSON.")] = False,
 ) -> None:
     """Fetch the engine a catalogue entry would build from a binary cache, verify it, publish it, link it."""
-    from trtforge.build.pipeline import plan_build
+    from trtforge.builder.pipeline import plan_build
     from trtforge.cache.config import load_cache_config
     from trtforge.cache.transfer import pull_entry
     from trtforge.catalog import load_catalog

@@ -9,8 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from trtforge.build.command import LAUNCHERS
-from trtforge.build.pipeline import end_orphaned_builders, ensure_engine
+from trtforge.builder.command import LAUNCHERS
+from trtforge.builder.pipeline import end_orphaned_builders, ensure_engine
 from trtforge.catalog import add_entry, check_name
 from trtforge.cli._app import app, console, print_json
 from trtforge.cli._options import GpuArch, JsonFlag, TrtllmPython

@@ -190,7 +190,7 @@ def _triton_port_options(ports: TritonPorts) -> dict[str, int]:
 def _engine_for(name: str, *, build: bool) -> Path:
     """The engine directory for `name`: built (or found cached) when the catalogue knows it and `build`."""
     if build and name in load_catalog():
-        from trtforge.build.pipeline import ensure_engine
+        from trtforge.builder.pipeline import ensure_engine
         from trtforge.cli._progress import build_progress
 
         with build_progress(name) as progress:

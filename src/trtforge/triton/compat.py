@@ -67,7 +67,7 @@ def engine_target(engine: EngineInfo) -> EngineTarget:
 
 def installed_backend(python: str | None = None) -> InstalledBackend:
     """The TensorRT-LLM version `python` (default: `$TRTFORGE_TRTLLM_PYTHON`, else ours) imports, and the GPUs."""
-    from trtforge.build.command import probe_trtllm_version, resolve_python
+    from trtforge.builder.command import probe_trtllm_version, resolve_python
     from trtforge.gpu import try_detect_gpus
 
     try:

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from trtforge.build.checks import check_engine, checkpoint_quant_algo, copy_tokenizer_files
-from trtforge.build.command import BuilderCommand, build_command, probe_trtllm_version, resolve_python
-from trtforge.build.failures import FailureCause, builder_failure
-from trtforge.build.watchdog import BuildWatchdog, Outcome, WatchResult
+from trtforge.builder.checks import check_engine, checkpoint_quant_algo, copy_tokenizer_files
+from trtforge.builder.command import BuilderCommand, build_command, probe_trtllm_version, resolve_python
+from trtforge.builder.failures import FailureCause, builder_failure
+from trtforge.builder.hashcache import hash_checkpoint
+from trtforge.builder.preflight import preflight_build
+from trtforge.builder.watchdog import BuildWatchdog, Outcome, WatchResult
 from trtforge.catalog import BUILTIN_MODEL_PREFIX, CatalogEntry, check_name, load_catalog
 from trtforge.constants import (
     DEFAULT_STALL_TIMEOUT_S,
@@ -28,8 +30,6 @@ from trtforge.constants import (
     trtllm_version_override,
 )
 from trtforge.errors import BuildFailedError, CheckpointError, GpuError, TrtforgeError
-from trtforge.hashcache import hash_checkpoint
-from trtforge.preflight import preflight_build
 from trtforge.processes import end_orphaned_session, start_time
 from trtforge.progress import BuildProgress, NullProgress, TransferAsPhases
 from trtforge.store import BUILD_LOG, BuildInputs, EngineStore, link_engine, write_manifest
@@ -312,7 +312,7 @@ def run_build(
 
 def _write_guided_decoding_info(engine_dir: Path, progress: BuildProgress) -> None:
     """The xgrammar tokenizer info for guided decoding; an unsupported tokenizer only leaves it off."""
-    from trtforge.build.xgrammar import write_tokenizer_info
+    from trtforge.builder.xgrammar import write_tokenizer_info
 
     progress.phase("writing the xgrammar tokenizer info")
     try:
