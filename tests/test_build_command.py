@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from trtforge.builder.command import build_command, probe_trtllm_version, resolve_launcher, resolve_python
+from trtforge.builder.command import build_command, resolve_launcher
 from trtforge.builder.failures import classify_failure
 from trtforge.catalog import CatalogEntry
 from trtforge.errors import BuildFailedError, UsageError
+from trtforge.trtllm import probe_trtllm_version, resolve_python
 
 STANDINS = Path(__file__).parent / "standins"
 

@@ -1,19 +1,16 @@
-"""The `trtllm-bench build` command line and environment, and the probe for its version."""
+"""The `trtllm-bench build` command line and environment (the interpreter and its version: `trtforge.trtllm`)."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from trtforge.catalog import CatalogEntry
-from trtforge.constants import trtllm_python_override
-from trtforge.errors import BuildFailedError, UsageError
+from trtforge.errors import UsageError
 
 Launcher = Literal["auto", "mpirun", "none"]
 LAUNCHERS: tuple[str, ...] = ("auto", "mpirun", "none")
@@ -25,18 +22,6 @@ MPIRUN_PREFIX = ("mpirun", "-np", "1", "--allow-run-as-root")
 SINGLE_PROCESS_ENV = {"TLLM_WORKER_USE_SINGLE_PROCESS": "1"}
 LOOPBACK_MPI_ENV = {"OMPI_MCA_btl_tcp_if_include": "lo", "OMPI_MCA_oob_tcp_if_include": "lo"}
 
-_VERSION_PROBE = """
-import importlib.metadata, importlib.util, pathlib, re, sys
-try:
-    print(importlib.metadata.version("tensorrt_llm"))
-except importlib.metadata.PackageNotFoundError:
-    spec = importlib.util.find_spec("tensorrt_llm")
-    if spec is None or spec.origin is None:
-        sys.exit(3)
-    text = pathlib.Path(spec.origin).with_name("version.py").read_text()
-    print(re.search(r"__version__\\s*=\\s*['\\"]([^'\\"]+)", text).group(1))
-"""
-
 
 @dataclass(frozen=True)
 class BuilderCommand:
@@ -46,17 +31,6 @@ class BuilderCommand:
     env: Mapping[str, str]
     workspace: Path
     engine_dir: Path  # <workspace>/<model>/tp_{tp}_pp_{pp}
-
-
-def resolve_python(explicit: str | os.PathLike[str] | None) -> str:
-    """`--trtllm-python`, else `$TRTFORGE_TRTLLM_PYTHON`, else the running interpreter."""
-    chosen = str(explicit) if explicit else trtllm_python_override()
-    if not chosen:
-        return sys.executable
-    found = shutil.which(chosen)
-    if found is None:
-        raise UsageError(f"TensorRT-LLM python {chosen!r} not found or not executable")
-    return found
 
 
 def resolve_launcher(launcher: str) -> tuple[str, ...]:
@@ -126,32 +100,3 @@ def _option_value(value: str | int | float | bool) -> str:
     if isinstance(value, bool):
         return "True" if value else "False"
     return str(value)
-
-
-def probe_trtllm_version(python: str, env: Mapping[str, str] | None = None, timeout_s: float = 120) -> str:
-    """The TensorRT-LLM version `python` would build with (without importing the heavy package).
-
-    Raises:
-        BuildFailedError: TensorRT-LLM is not importable by that interpreter.
-    """
-    try:
-        done = subprocess.run(
-            [python, "-c", _VERSION_PROBE],
-            env=None if env is None else dict(env),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BuildFailedError(
-            f"cannot run {python} to find TensorRT-LLM: {exc}", cause="no_trtllm"
-        ) from None
-    version = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    if done.returncode != 0 or not version:
-        raise BuildFailedError(
-            f"TensorRT-LLM is not installed for {python}; pass --trtllm-python (or set TRTFORGE_TRTLLM_PYTHON) "
-            "to an interpreter that has it",
-            cause="no_trtllm",
-        )
-    return version

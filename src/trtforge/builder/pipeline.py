@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from trtforge.builder.checks import check_engine, checkpoint_quant_algo, copy_tokenizer_files
-from trtforge.builder.command import BuilderCommand, build_command, probe_trtllm_version, resolve_python
+from trtforge.builder.command import BuilderCommand, build_command
 from trtforge.builder.failures import FailureCause, builder_failure
 from trtforge.builder.hashcache import hash_checkpoint
 from trtforge.builder.preflight import preflight_build
@@ -33,6 +33,7 @@ from trtforge.errors import BuildFailedError, CheckpointError, GpuError, Trtforg
 from trtforge.processes import end_orphaned_session, start_time
 from trtforge.progress import BuildProgress, NullProgress, TransferAsPhases
 from trtforge.store import BUILD_LOG, BuildInputs, EngineStore, link_engine, write_manifest
+from trtforge.trtllm import probe_trtllm_version, resolve_python
 from trtforge.untrusted import checkpoint_root, inside, read_json_object
 
 REFERENCE_ARCH = "cpu"

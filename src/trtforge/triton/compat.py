@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trtforge.engine import EngineInfo
-from trtforge.errors import BuildFailedError, StoreError, TrtforgeError, UsageError
+from trtforge.errors import StoreError, TrtforgeError
 from trtforge.gpu import GpuInfo
 from trtforge.triton.contract import MIN_TRTLLM_VERSION
 
@@ -67,14 +67,10 @@ def engine_target(engine: EngineInfo) -> EngineTarget:
 
 def installed_backend(python: str | None = None) -> InstalledBackend:
     """The TensorRT-LLM version `python` (default: `$TRTFORGE_TRTLLM_PYTHON`, else ours) imports, and the GPUs."""
-    from trtforge.builder.command import probe_trtllm_version, resolve_python
     from trtforge.gpu import try_detect_gpus
+    from trtforge.trtllm import installed_trtllm_version
 
-    try:
-        version: str | None = probe_trtllm_version(resolve_python(python))
-    except (BuildFailedError, UsageError):
-        version = None
-    return InstalledBackend(trtllm_version=version, gpus=try_detect_gpus())
+    return InstalledBackend(trtllm_version=installed_trtllm_version(python), gpus=try_detect_gpus())
 
 
 def check_compatibility(

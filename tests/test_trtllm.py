@@ -1,0 +1,42 @@
+"""The neutral probe of the installed TensorRT-LLM: its version, and whether it still has the TensorRT backend."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from trtforge.trtllm import has_tensorrt_backend, installed_trtllm_version
+
+STANDINS = Path(__file__).parent / "standins"
+
+
+@pytest.mark.parametrize(
+    ("version", "has_it"),
+    [
+        ("0.21.0", True),
+        ("1.0.3.2510", True),
+        ("1.1.0", True),
+        ("1.2.0", True),
+        ("1.2.9rc3", True),
+        ("1.3.0rc1", False),
+        ("1.3.0", False),
+        ("1.3", False),
+        ("2.0.0", False),
+        ("not-a-version", True),
+    ],
+)
+def test_the_tensorrt_backend_is_in_1_2_and_gone_from_1_3(version: str, has_it: bool) -> None:
+    assert has_tensorrt_backend(version) is has_it
+
+
+def test_installed_version_is_the_stand_in_or_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(STANDINS))
+    assert installed_trtllm_version(sys.executable) == "1.0.0"
+    monkeypatch.setenv("TRTFORGE_TRTLLM_PYTHON", sys.executable)
+    assert installed_trtllm_version() == "1.0.0"
+    monkeypatch.delenv("PYTHONPATH")
+    assert installed_trtllm_version() is None
+    monkeypatch.setenv("TRTFORGE_TRTLLM_PYTHON", "/no/such/python")
+    assert installed_trtllm_version() is None
