@@ -141,6 +141,16 @@ def test_bundled_tritonserver_gets_a_python_backend_dir_and_environment(isolated
     assert find_tritonserver() == found  # prepared once, reused
 
 
+def test_a_stale_backend_dir_is_replaced_whole(isolated_home: Path) -> None:
+    found = find_tritonserver()
+    stub = found.backend_dir / "python" / "triton_python_backend_stub"
+    stub.unlink()  # an older layout, or a half-deleted one
+    (found.backend_dir / "python" / "leftover").write_text("old")
+    assert find_tritonserver() == found
+    assert stub.resolve().is_file() and not (found.backend_dir / "python" / "leftover").exists()
+    assert [p.name for p in found.backend_dir.parent.iterdir()] == [found.backend_dir.name]
+
+
 def test_triton_home_is_preferred(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "tritonserver"
     (home / "bin").mkdir(parents=True)

@@ -35,7 +35,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from trtforge.atomic import temporary_sibling, unique_name, write_text_atomic
+from trtforge.atomic import rename_into_place, temporary_sibling, unique_name, write_text_atomic
 from trtforge.catalog import check_name
 from trtforge.constants import engine_link_dirs, logs_dir, store_dir
 from trtforge.engine import ENGINE_CONFIG, MANIFEST, EngineBackend, is_engine_config, read_engine
@@ -482,12 +482,11 @@ class EngineStore:
 
     def publish(self, incomplete: Path, final: Path) -> Path:
         """Rename a checked build directory into place (atomic; the caller holds the hash's lock)."""
-        if os.path.lexists(final):
-            if not self.entry_problems(final):
-                raise StoreError(f"{final}: already published")
-            # Something with the entry's name that is not the entry: move it out of the way (gc removes it).
-            os.replace(final, self.root / TMP_DIR / unique_name(final.name.split("-")[0], "invalid"))
-        os.replace(incomplete, final)
+        if os.path.lexists(final) and not self.entry_problems(final):
+            raise StoreError(f"{final}: already published")
+        # Something with the entry's name that is not the entry is moved out of the way (gc removes it).
+        aside = self.root / TMP_DIR / unique_name(final.name.split("-")[0], "invalid")
+        rename_into_place(incomplete, final, aside=aside)
         return final
 
     # reading

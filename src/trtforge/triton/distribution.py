@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
 import sys
 import sysconfig
 from collections.abc import Mapping
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trtforge import constants
-from trtforge.atomic import temporary_sibling
+from trtforge.atomic import staged_directory
 from trtforge.errors import TritonError
 
 __all__ = ["TritonDistribution", "find_tritonserver"]
@@ -157,27 +156,18 @@ def _prepare_backend_dir(server_dir: Path, stub: Path, py_version: str) -> Path:
     target = root / f"py{py_version}-{key}"
     if _backend_dir_is_complete(target):
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = temporary_sibling(target, "incomplete")
     try:
-        python_dir = staging / "python"
-        python_dir.mkdir(parents=True)
-        for name in _PYTHON_BACKEND_FILES:
-            (python_dir / name).symlink_to(server_dir / "backends" / "python" / name)
-        (python_dir / _STUB_NAME).symlink_to(stub)
-        if target.exists():
-            # A stale or broken directory from an older layout: replace it.
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            # Another process won the race; its directory is as good as ours.
-            if not _backend_dir_is_complete(target):
-                raise
+        # A stale or broken directory from an older layout is replaced.
+        with staged_directory(target) as staging:
+            python_dir = staging / "python"
+            python_dir.mkdir()
+            for name in _PYTHON_BACKEND_FILES:
+                (python_dir / name).symlink_to(server_dir / "backends" / "python" / name)
+            (python_dir / _STUB_NAME).symlink_to(stub)
     except OSError as exc:
-        raise TritonError(f"cannot prepare the Triton backend directory {target}: {exc}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        # Another process may have won the race; its directory is as good as ours.
+        if not _backend_dir_is_complete(target):
+            raise TritonError(f"cannot prepare the Triton backend directory {target}: {exc}") from None
     return target
 
 
