@@ -37,7 +37,8 @@ VERSION = "1.0.0"
 
 def make_entry(store_root: Path, size: int) -> Path:
     """A published store entry with one `size`-byte random engine file."""
-    from trtforge.store import BuildInputs, EngineStore, write_manifest
+    from trtforge.manifest import BuildInputs, write_manifest
+    from trtforge.store import EngineStore
 
     spec = {"name": NAME, "model": "builtin:bench", "bytes": size}
     inputs = BuildInputs(spec=spec, model_revision="bench", builder_version=VERSION, gpu_arch="sm100")

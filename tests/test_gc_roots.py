@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from trtforge.errors import StoreError, UsageError
-from trtforge.store import BuildInputs, EngineStore, link_engine, write_manifest
+from trtforge.manifest import BuildInputs, write_manifest
+from trtforge.store import EngineStore, link_engine
 
 
 def _entry(store: EngineStore, name: str) -> Path:

@@ -12,7 +12,8 @@ import pytest
 from checkpoints import write_nvfp4_checkpoint
 from trtforge.builder.pipeline import plan_build, run_build
 from trtforge.catalog import add_entry, load_catalog
-from trtforge.store import BuildInputs, EngineStore, write_manifest
+from trtforge.manifest import BuildInputs, write_manifest
+from trtforge.store import EngineStore
 
 STANDINS = Path(__file__).parent / "standins"
 

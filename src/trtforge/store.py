@@ -26,23 +26,29 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from trtforge.atomic import rename_into_place, temporary_sibling, unique_name, write_text_atomic
 from trtforge.catalog import check_name
 from trtforge.constants import engine_link_dirs, logs_dir, store_dir
-from trtforge.engine import ENGINE_CONFIG, MANIFEST, EngineBackend, is_engine_config, read_engine
+from trtforge.engine import ENGINE_CONFIG, MANIFEST, is_engine_config, read_engine
 from trtforge.errors import EngineNotFoundError, InvalidEngineError, StoreError, VerifyError
-from trtforge.untrusted import read_bounded, sha256_regular
+from trtforge.manifest import (
+    ENTRY_INFIX,
+    HASH_CHARS,
+    Manifest,
+    entry_dir_name,
+    file_problem,
+    identity_problems,
+    read_manifest,
+    unlisted_problems,
+)
+from trtforge.untrusted import read_bounded
 
-ENTRY_INFIX = "-trtllm-engine-"
 TMP_DIR = "tmp"
 LOCKS_DIR = ".locks"
 ROOTS_DIR = ".gcroots"
@@ -54,224 +60,7 @@ LOCK_IDLE_S = 3600.0
 INCOMPLETE = "incomplete"  # the kind of a build directory in tmp/
 INCOMPLETE_SUFFIX = f".{INCOMPLETE}"
 BUILD_LOG = "build.log"
-MANIFEST_FORMAT = 1
-HASH_CHARS = 32
 _ENTRY_RE = re.compile(rf"^(?P<hash>[0-9a-f]{{{HASH_CHARS}}}){ENTRY_INFIX}(?P<rest>.+)$")
-_CHUNK = 4 << 20
-# A manifest lists a few files per rank; even a TP×PP = 8 engine's is a few kilobytes.
-MANIFEST_LIMIT = 16 << 20
-
-
-# --- hashing -----------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def iter_files(root: Path, *, exclude: Iterable[str] = ()) -> Iterator[Path]:
-    """Every regular file under `root`, sorted by relative path, minus top-level names in `exclude`."""
-    skip = set(exclude)
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.is_symlink() and path.relative_to(root).parts[0] not in skip:
-            yield path
-
-
-@dataclass(frozen=True)
-class BuildInputs:
-    """Everything that determines an engine's bytes; its digest names the store entry."""
-
-    spec: dict[str, Any]  # the catalogue entry's fields
-    model_revision: str  # commit sha (hub), content hash (local directory) or generator digest (built-in)
-    builder_version: str  # TensorRT-LLM version, or the reference generator's
-    gpu_arch: str  # e.g. "sm100"; "cpu" for reference engines
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "spec": self.spec,
-            "model_revision": self.model_revision,
-            "builder_version": self.builder_version,
-            "gpu_arch": self.gpu_arch,
-        }
-
-    def digest(self) -> str:
-        canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:HASH_CHARS]
-
-
-# --- manifest ----------------------------------------------------------------------------------------------
-
-
-class FileRecord(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    size: int
-    sha256: str
-
-
-class Manifest(BaseModel):
-    """`trtforge.json`: what went into an entry and what came out."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    format: int = MANIFEST_FORMAT
-    name: str
-    hash: str
-    backend: EngineBackend
-    builder_version: str
-    inputs: dict[str, Any]
-    files: dict[str, FileRecord]
-    timings: dict[str, float] = {}
-    command: list[str] = []
-    created_at: str
-
-    @field_validator("files")
-    @classmethod
-    def _check_paths(cls, files: dict[str, FileRecord]) -> dict[str, FileRecord]:
-        for relative in files:
-            if not is_clean_relative(relative) or relative == MANIFEST:
-                raise ValueError(f"file path {relative!r} is not a normalised relative path inside the entry")
-        return files
-
-
-def is_clean_relative(relative: str) -> bool:
-    """`a/b.c`, never `/a`, `a/../b`, `./a`, `a//b` or a backslash: a path that can only name a file inside."""
-    parts = relative.split("/")
-    return (
-        all(part not in ("", ".", "..") for part in parts) and "\\" not in relative and "\0" not in relative
-    )
-
-
-def record_files(root: Path) -> dict[str, FileRecord]:
-    return {
-        path.relative_to(root).as_posix(): FileRecord(size=path.stat().st_size, sha256=sha256_file(path))
-        for path in iter_files(root, exclude=[MANIFEST])
-    }
-
-
-def write_manifest(
-    entry_dir: Path,
-    *,
-    name: str,
-    digest: str,
-    backend: EngineBackend,
-    inputs: BuildInputs,
-    timings: dict[str, float],
-    command: list[str] | None = None,
-) -> Manifest:
-    manifest = Manifest(
-        name=name,
-        hash=digest,
-        backend=backend,
-        builder_version=inputs.builder_version,
-        inputs=inputs.to_json(),
-        files=record_files(entry_dir),
-        timings={key: round(value, 3) for key, value in timings.items()},
-        command=command or [],
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
-    write_text_atomic(entry_dir / MANIFEST, manifest.model_dump_json(indent=2) + "\n")
-    return manifest
-
-
-def read_manifest(entry_dir: Path) -> Manifest:
-    """The entry's manifest: a regular file (not a link), bounded in size, every file path inside the entry."""
-    path = entry_dir / MANIFEST
-    if not os.path.lexists(path):
-        raise StoreError(f"{entry_dir}: no {MANIFEST}")
-    raw = read_bounded(path, MANIFEST_LIMIT, error=StoreError, what="manifest", follow=False)
-    try:
-        return Manifest.model_validate_json(raw)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        raise StoreError(f"{path}: unreadable manifest: {where}: {message}") from None
-    except ValueError as exc:
-        raise StoreError(f"{path}: unreadable manifest: {str(exc).splitlines()[0]}") from None
-
-
-def identity_problems(entry_dir: Path, manifest: Manifest) -> list[str]:
-    """Why the manifest does not describe this directory: its name, recorded hash and inputs must agree.
-
-    The directory name is `<hash>-trtllm-engine-<name>-<version>` of the manifest's own fields, and the hash is
-    recomputed from the recorded inputs: a directory renamed to another hash, or a manifest copied from another
-    entry, is caught.
-    """
-    problems: list[str] = []
-    expected = EngineStore.entry_dir_name(manifest.hash, manifest.name, manifest.builder_version)
-    if entry_dir.name != expected:
-        problems.append(f"{MANIFEST}: describes {expected}, not {entry_dir.name}")
-    inputs = manifest.inputs
-    try:
-        digest = BuildInputs(
-            spec=dict(inputs["spec"]),
-            model_revision=str(inputs["model_revision"]),
-            builder_version=str(inputs["builder_version"]),
-            gpu_arch=str(inputs["gpu_arch"]),
-        ).digest()
-    except (KeyError, TypeError, ValueError):
-        return [*problems, f"{MANIFEST}: inputs are incomplete"]
-    if digest != manifest.hash:
-        problems.append(f"{MANIFEST}: its inputs hash to {digest}, not to the recorded {manifest.hash}")
-    if inputs["spec"].get("name") != manifest.name:
-        problems.append(
-            f"{MANIFEST}: its inputs are for {inputs['spec'].get('name')!r}, not {manifest.name!r}"
-        )
-    return problems
-
-
-def file_problem(root: Path, relative: str, record: FileRecord, *, content: bool) -> str | None:
-    """What is wrong with one listed file of an entry (`root` resolved), reading only a regular file.
-
-    `content=False` checks type and size only (cheap: the cache-hit check); True also compares the sha256.
-    """
-    file = root / relative
-    if os.path.islink(file):
-        return f"{relative}: swapped for a symlink (to {os.readlink(file)})"
-    if os.path.realpath(file) != str(file):
-        return f"{relative}: reached through a symlinked directory"
-    try:
-        info = os.lstat(file)
-    except FileNotFoundError:
-        return f"{relative}: missing"
-    except OSError as exc:
-        return f"{relative}: unreadable: {exc.strerror or exc}"
-    if not stat.S_ISREG(info.st_mode):
-        return f"{relative}: not a regular file"
-    if info.st_size != record.size:
-        kind = "truncated" if info.st_size < record.size else "grown"
-        return f"{relative}: {kind} ({info.st_size} bytes, expected {record.size})"
-    if content:
-        try:
-            if sha256_regular(file, error=StoreError, follow=False) != record.sha256:
-                return f"{relative}: changed (sha256 differs)"
-        except StoreError as exc:
-            return f"{relative}: {str(exc).split(': ', 1)[-1]}"
-    return None
-
-
-def unlisted_problems(root: Path, manifest: Manifest) -> list[str]:
-    """Files, links and special files in the entry that its manifest does not list (nothing is followed)."""
-    problems: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        base = Path(dirpath)
-        for name in sorted([*filenames, *(d for d in dirnames if os.path.islink(base / d))]):
-            path = base / name
-            relative = path.relative_to(root).as_posix()
-            if relative == MANIFEST or relative in manifest.files:
-                continue
-            if os.path.islink(path):
-                problems.append(f"{relative}: added symlink (to {os.readlink(path)})")
-            elif not stat.S_ISREG(os.lstat(path).st_mode):
-                problems.append(f"{relative}: not a regular file, not in the manifest")
-            else:
-                problems.append(f"{relative}: not in the manifest")
-    return problems
 
 
 def structure_problems(path: Path) -> list[str]:
@@ -406,8 +195,7 @@ class EngineStore:
 
     @staticmethod
     def entry_dir_name(digest: str, name: str, version: str) -> str:
-        safe_version = re.sub(r"[^A-Za-z0-9._+-]", "_", version)[:64]  # bounded, like names
-        return f"{digest}{ENTRY_INFIX}{name}-{safe_version}"
+        return entry_dir_name(digest, name, version)
 
     def entry_path(self, digest: str, name: str, version: str) -> Path:
         return self.root / self.entry_dir_name(digest, name, version)

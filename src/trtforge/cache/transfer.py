@@ -38,17 +38,17 @@ from trtforge.cache.signing import (
 )
 from trtforge.engine import MANIFEST
 from trtforge.errors import CacheError, CacheIntegrityError, CacheTrustError, StoreError
-from trtforge.progress import NullProgress, TransferProgress
-from trtforge.store import (
+from trtforge.manifest import (
     HASH_CHARS,
     MANIFEST_LIMIT,
-    EngineStore,
     Manifest,
+    entry_dir_name,
     identity_problems,
-    link_engine,
     read_manifest,
     unlisted_problems,
 )
+from trtforge.progress import NullProgress, TransferProgress
+from trtforge.store import EngineStore, link_engine
 from trtforge.untrusted import read_bounded
 
 
@@ -243,7 +243,7 @@ def lookup(
         raise CacheIntegrityError(f"{digest}: {cache.url}: the cached manifest is for hash {manifest.hash}")
     # The store's own identity checks, against the directory this manifest would be published as.
     problems = identity_problems(
-        Path(EngineStore.entry_dir_name(digest, manifest.name, manifest.builder_version)), manifest
+        Path(entry_dir_name(digest, manifest.name, manifest.builder_version)), manifest
     )
     if problems:
         raise CacheIntegrityError(f"{digest}: {cache.url}: {'; '.join(problems)}")

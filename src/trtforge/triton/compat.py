@@ -51,7 +51,7 @@ class InstalledBackend:
 
 def engine_target(engine: EngineInfo) -> EngineTarget:
     """The engine's TensorRT-LLM version and GPU arch, from its config.json and (if any) trtforge manifest."""
-    from trtforge.store import read_manifest
+    from trtforge.manifest import read_manifest
 
     arch: str | None = None
     manifest_version: str | None = None
