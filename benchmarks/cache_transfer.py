@@ -38,7 +38,7 @@ VERSION = "1.0.0"
 def make_entry(store_root: Path, size: int) -> Path:
     """A published store entry with one `size`-byte random engine file."""
     from trtforge.manifest import BuildInputs, write_manifest
-    from trtforge.store import EngineStore
+    from trtforge.store.entries import EngineStore
 
     spec = {"name": NAME, "model": "builtin:bench", "bytes": size}
     inputs = BuildInputs(spec=spec, model_revision="bench", builder_version=VERSION, gpu_arch="sm100")
@@ -97,7 +97,7 @@ def run_one(tool: str, op: str, entry: Path, prefix: str, dest: Path) -> dict[st
 
     from trtforge.cache import objects, transfer
     from trtforge.cache.transfer import pull_entry, push_entry
-    from trtforge.store import EngineStore
+    from trtforge.store.entries import EngineStore
 
     engine = entry / "rank0.engine"
     started = time.perf_counter()

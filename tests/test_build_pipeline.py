@@ -20,7 +20,8 @@ from trtforge.builder.watchdog import DEFAULT_GRACE_S, FINISHED_GRACE_S, BuildWa
 from trtforge.catalog import add_entry, load_catalog
 from trtforge.errors import BuildFailedError, CheckpointError, GpuError, InvalidEngineError
 from trtforge.processes import session_members
-from trtforge.store import EngineStore, resolve_engine, verify_engine
+from trtforge.store.entries import EngineStore
+from trtforge.store.links import resolve_engine, verify_engine
 
 STANDINS = Path(__file__).parent / "standins"
 

@@ -14,7 +14,7 @@ from checkpoints import write_nvfp4_checkpoint
 from trtforge.builder.pipeline import ensure_engine
 from trtforge.catalog import add_entry
 from trtforge.processes import start_time
-from trtforge.store import EngineStore
+from trtforge.store.entries import EngineStore
 
 STANDINS = Path(__file__).parent / "standins"
 

@@ -28,7 +28,7 @@ from seaweedfs import S3Server, create_bucket, seaweedfs
 from trtforge.cache.objects import ObjectCache, s3_config
 from trtforge.cache.transfer import pull_entry
 from trtforge.errors import CacheIntegrityError
-from trtforge.store import EngineStore
+from trtforge.store.entries import EngineStore
 
 STANDINS = Path(__file__).parent / "standins"
 STANDIN_VERSION = "1.0.0"

@@ -13,7 +13,8 @@ import pytest
 
 from trtforge.errors import StoreError, UsageError
 from trtforge.manifest import BuildInputs, write_manifest
-from trtforge.store import EngineStore, link_engine
+from trtforge.store.entries import EngineStore
+from trtforge.store.links import link_engine
 
 
 def _entry(store: EngineStore, name: str) -> Path:

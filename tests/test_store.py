@@ -14,7 +14,8 @@ from trtforge.builder.pipeline import ensure_engine
 from trtforge.cli import app
 from trtforge.engine import read_engine
 from trtforge.errors import EngineNotFoundError, VerifyError
-from trtforge.store import EngineStore, link_engine, resolve_engine, verify_engine
+from trtforge.store.entries import EngineStore
+from trtforge.store.links import link_engine, resolve_engine, verify_engine
 
 
 @pytest.fixture(scope="session")
@@ -177,7 +178,7 @@ def test_gc_keeps_an_entry_a_build_links_while_gc_runs(tiny: Path, monkeypatch: 
     plan = store.plan_gc()
     assert [entry.path for entry in plan.entries] == [first, second]
 
-    remove_entry = EngineStore._remove_entry
+    remove_entry = EngineStore.remove_entry
     removals: list[Path] = []
 
     def build_links_second(self: EngineStore, path: Path, digest: str, **kwargs: bool) -> int:
@@ -187,7 +188,7 @@ def test_gc_keeps_an_entry_a_build_links_while_gc_runs(tiny: Path, monkeypatch: 
         removals.append(path)
         return remove_entry(self, path, digest, **kwargs)
 
-    monkeypatch.setattr(EngineStore, "_remove_entry", build_links_second)
+    monkeypatch.setattr(EngineStore, "remove_entry", build_links_second)
     plan.execute()
     assert removals == [first, second]
     assert not first.exists()

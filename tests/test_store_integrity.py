@@ -13,7 +13,7 @@ from checkpoints import write_nvfp4_checkpoint
 from trtforge.builder.pipeline import plan_build, run_build
 from trtforge.catalog import add_entry, load_catalog
 from trtforge.manifest import BuildInputs, write_manifest
-from trtforge.store import EngineStore
+from trtforge.store.entries import EngineStore
 
 STANDINS = Path(__file__).parent / "standins"
 

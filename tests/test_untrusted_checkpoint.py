@@ -15,7 +15,7 @@ from trtforge.builder.pipeline import ensure_engine, plan_build
 from trtforge.catalog import add_entry, load_catalog
 from trtforge.checkpoint import inspect_checkpoint
 from trtforge.errors import CheckpointError
-from trtforge.store import EngineStore
+from trtforge.store.entries import EngineStore
 
 STANDINS = Path(__file__).parent / "standins"
 

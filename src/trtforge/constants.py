@@ -3,7 +3,7 @@
 Layout (defaults):
 
     $TRTFORGE_HOME (~/.cache/trtforge)/
-        store/<hash>-trtllm-engine-<name>-<version>/   content-addressed engines (see store.py)
+        store/<hash>-trtllm-engine-<name>-<version>/   content-addressed engines (see trtforge.store)
         store/.locks/<hash>.lock                       one lock per build hash
         tmp/                                           scratch (triton runtime, workspaces)
     ~/.cache/trtllm-engines/<name> -> store path       name links ($TRTLLM_ENGINE_PATH overrides)

@@ -33,7 +33,8 @@ from trtforge.errors import BuildFailedError, CheckpointError, GpuError, Trtforg
 from trtforge.manifest import BuildInputs, write_manifest
 from trtforge.processes import end_orphaned_session, start_time
 from trtforge.progress import BuildProgress, NullProgress, TransferAsPhases
-from trtforge.store import BUILD_LOG, EngineStore, link_engine
+from trtforge.store.entries import BUILD_LOG, EngineStore
+from trtforge.store.links import link_engine
 from trtforge.trtllm import probe_trtllm_version, resolve_python
 from trtforge.untrusted import checkpoint_root, inside, read_json_object
 

@@ -48,7 +48,8 @@ from trtforge.manifest import (
     unlisted_problems,
 )
 from trtforge.progress import NullProgress, TransferProgress
-from trtforge.store import EngineStore, link_engine
+from trtforge.store.entries import EngineStore
+from trtforge.store.links import link_engine
 from trtforge.untrusted import read_bounded
 
 

@@ -36,7 +36,7 @@ def push(
     """Upload a store entry (every file, its signature, then its manifest) to a binary cache."""
     from trtforge.cache.config import load_cache_config, load_signing_key
     from trtforge.cache.transfer import push_entry
-    from trtforge.store import resolve_engine
+    from trtforge.store.links import resolve_engine
 
     path = resolve_engine(name_or_path)
     url = to or load_cache_config().push_to

@@ -17,7 +17,8 @@ from trtforge.cli._options import GpuArch, JsonFlag, TrtllmPython
 from trtforge.cli._progress import build_progress, bytes_progress
 from trtforge.constants import DEFAULT_STALL_TIMEOUT_S
 from trtforge.errors import BuildFailedError, UsageError
-from trtforge.store import EngineStore, link_engine, resolve_engine, verify_engine
+from trtforge.store.entries import EngineStore
+from trtforge.store.links import link_engine, resolve_engine, verify_engine
 
 if TYPE_CHECKING:
     from trtforge.cache.signing import SecretKey

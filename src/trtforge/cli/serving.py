@@ -34,7 +34,7 @@ from trtforge.stack import (
     check_ports_free,
     curl_example,
 )
-from trtforge.store import resolve_engine
+from trtforge.store.links import resolve_engine
 
 if TYPE_CHECKING:
     import uvicorn

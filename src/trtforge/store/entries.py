@@ -1,21 +1,5 @@
-"""The content-addressed engine store, the name links that point into it, and their upkeep.
-
-Layout (root = `constants.store_dir()`):
-
-    store/
-        <hash>-trtllm-engine-<name>-<version>/     a published engine (never modified after publishing)
-            config.json, rank*.engine | hf_model/, tokenizer files, chat_template.jinja
-            build.log                               the builder's output
-            trtforge.json                           manifest: inputs, files (size + sha256), timings
-        tmp/<hash>.<uuid8>.incomplete/              a build in progress (or the wreck of one)
-        .locks/<hash>.lock                          one lock per build hash
-        .gcroots/<sha16> -> <link dir>              every link directory a link was ever written into
-        .builders/<hash>.json                       the running builder's session (pid + start time)
-    <link dir>/<name> -> store/<entry>              name links (`constants.engine_link_dirs()`)
-
-Invariants: an entry appears only by `os.replace` of a checked, complete directory; links are replaced by
-`os.replace` of a fresh symlink; locks prevent duplicate builds, correctness never depends on them.
-"""
+"""`EngineStore`: the store directory and its entries: paths, locks, build directories, publishing, scanning,
+verifying, builder records and the gc roots that remember every link directory (layout: `trtforge.store`)."""
 
 from __future__ import annotations
 
@@ -25,18 +9,16 @@ import json
 import os
 import re
 import shutil
-import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
 from trtforge.atomic import rename_into_place, temporary_sibling, unique_name, write_text_atomic
-from trtforge.catalog import check_name
-from trtforge.constants import engine_link_dirs, logs_dir, store_dir
+from trtforge.constants import engine_link_dirs, store_dir
 from trtforge.engine import ENGINE_CONFIG, MANIFEST, is_engine_config, read_engine
-from trtforge.errors import EngineNotFoundError, InvalidEngineError, StoreError, VerifyError
+from trtforge.errors import InvalidEngineError, StoreError
 from trtforge.manifest import (
     ENTRY_INFIX,
     HASH_CHARS,
@@ -47,16 +29,13 @@ from trtforge.manifest import (
     read_manifest,
     unlisted_problems,
 )
+from trtforge.store.gc import GcPlan, plan_gc
 from trtforge.untrusted import read_bounded
 
 TMP_DIR = "tmp"
 LOCKS_DIR = ".locks"
 ROOTS_DIR = ".gcroots"
 BUILDERS_DIR = ".builders"
-# gc deletes failed builds' logs after a week, and lock files nobody has opened for an hour (opening one with
-# filelock truncates it, which sets its mtime, so a build waiting on a lock keeps it young).
-LOG_KEEP_S = 7 * 24 * 3600.0
-LOCK_IDLE_S = 3600.0
 INCOMPLETE = "incomplete"  # the kind of a build directory in tmp/
 INCOMPLETE_SUFFIX = f".{INCOMPLETE}"
 BUILD_LOG = "build.log"
@@ -72,7 +51,26 @@ def structure_problems(path: Path) -> list[str]:
     return []
 
 
-# --- records -----------------------------------------------------------------------------------------------
+def has_engine_config(path: Path) -> bool:
+    """Whether `path/config.json` reads as an engine config (an unreadable one does not)."""
+    try:
+        config: Any = json.loads((path / ENGINE_CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    return is_engine_config(config)
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of every file under `path` (links not followed; files that vanish meanwhile count 0)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+# --- records ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -124,62 +122,6 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-@dataclass(frozen=True)
-class GcPlan:
-    """What `gc` would delete; `execute()` does it. Built by `EngineStore.plan_gc`."""
-
-    store: EngineStore
-    entries: tuple[EngineRecord, ...]
-    incomplete: tuple[Path, ...]
-    expected_freed_bytes: int
-    warnings: tuple[str, ...] = field(default=())
-    old_logs: tuple[Path, ...] = field(default=())
-    idle_locks: tuple[Path, ...] = field(default=())
-
-    def execute(self) -> int:
-        """Delete the planned paths (skipping any that are now linked or being built); returns bytes freed.
-
-        Each entry's links are looked at again under its lock: a build links its entry while holding that lock,
-        so an entry linked at any moment before gc takes the lock is kept.
-        """
-        freed = 0
-        for entry in self.entries:
-            freed += self.store._remove_entry(entry.path, entry.hash, unless_linked=True)
-        for path in self.incomplete:
-            freed += self.store._remove_entry(path, path.name.split(".")[0])
-        for log in self.old_logs:
-            with contextlib.suppress(OSError):
-                size = log.lstat().st_size
-                log.unlink()
-                freed += size
-        for lock in self.idle_locks:
-            self.store._remove_idle_lock(lock)
-        return freed
-
-
-def _older_than(directory: Path, pattern: str, age_s: float) -> list[Path]:
-    """Regular files in `directory` matching `pattern` not modified for `age_s` seconds."""
-    import time
-
-    cutoff = time.time() - age_s
-    found = []
-    for path in sorted(directory.glob(pattern)) if directory.is_dir() else []:
-        with contextlib.suppress(OSError):
-            info = path.lstat()
-            if stat.S_ISREG(info.st_mode) and info.st_mtime < cutoff:
-                found.append(path)
-    return found
-
-
-def _tree_size(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
 
 
 # --- the store ---------------------------------------------------------------------------------------------
@@ -310,7 +252,7 @@ class EngineStore:
                     hash=match["hash"],
                     name=name,
                     manifest=manifest,
-                    size_bytes=_tree_size(path),
+                    size_bytes=tree_size(path),
                     links=tuple(links_by_target.get(path.resolve(), ())),
                 )
             )
@@ -411,8 +353,7 @@ class EngineStore:
         try:
             manifest = read_manifest(path)
         except StoreError as exc:
-            config = _read_json(path / ENGINE_CONFIG)
-            if not is_engine_config(config):
+            if not has_engine_config(path):
                 problems.append(f"{ENGINE_CONFIG}: missing or not an engine config")
             return VerifyReport(path, 0, (*problems, str(exc)), has_manifest=False)
         problems.extend(identity_problems(path, manifest))
@@ -424,48 +365,35 @@ class EngineStore:
         problems.extend(unlisted_problems(root, manifest))
         return VerifyReport(path, len(manifest.files), tuple(problems), has_manifest=True)
 
-    # gc
+    # gc: planning and executing live in `trtforge.store.gc`; these are the store operations it uses
 
     def plan_gc(self) -> GcPlan:
         """Entries that no link points to, and abandoned build directories (whose lock is free)."""
-        scan = self.scan()
-        doomed = tuple(entry for entry in scan.entries if not entry.links)
-        abandoned = tuple(path for path in scan.incomplete if not self._is_locked(path.name.split(".")[0]))
-        old_logs = tuple(_older_than(logs_dir(), "*.log", LOG_KEEP_S))
-        idle_locks = tuple(_older_than(self.root / LOCKS_DIR, "*.lock", LOCK_IDLE_S))
-        freed = sum(entry.size_bytes for entry in doomed) + sum(_tree_size(path) for path in abandoned)
-        freed += sum(log.stat().st_size for log in old_logs)
-        return GcPlan(self, doomed, abandoned, freed, scan.warnings, old_logs, idle_locks)
+        return plan_gc(self)
 
-    def _remove_idle_lock(self, lock_path: Path) -> None:
-        """Delete a lock file nobody holds (unlinked while we hold it, so no build can be inside it)."""
-        try:
-            with FileLock(str(lock_path), timeout=0):
-                lock_path.unlink(missing_ok=True)
-        except (Timeout, OSError):
-            pass
-
-    def _is_linked(self, path: Path) -> bool:
-        target = path.resolve()
-        return any(link.target == target for link in self.links(shadowed=True))
-
-    def _is_locked(self, digest: str) -> bool:
+    def is_locked(self, digest: str) -> bool:
+        """Whether a build of `digest` holds its lock right now."""
         try:
             with self.lock(digest, timeout_s=0):
                 return False
         except Timeout:
             return True
 
-    def _remove_entry(self, path: Path, digest: str, *, unless_linked: bool = False) -> int:
-        """Rename out of sight first (so nothing half-deleted looks like an engine), then delete.
+    def _is_linked(self, path: Path) -> bool:
+        target = path.resolve()
+        return any(link.target == target for link in self.links(shadowed=True))
 
+    def remove_entry(self, path: Path, digest: str, *, unless_linked: bool = False) -> int:
+        """Delete an entry (or build directory) under its lock; returns the bytes freed (0: left alone).
+
+        Renamed out of sight first (so nothing half-deleted looks like an engine), then deleted.
         `unless_linked`: keep the entry when a link points to it (checked under the lock).
         """
         try:
             with self.lock(digest, timeout_s=0):
                 if unless_linked and self._is_linked(path):
                     return 0
-                size = _tree_size(path)
+                size = tree_size(path)
                 trash = self.root / TMP_DIR / unique_name(digest, "deleting")
                 trash.parent.mkdir(parents=True, exist_ok=True)
                 try:
@@ -476,86 +404,3 @@ class EngineStore:
                 return size
         except Timeout:
             return 0  # being built right now: leave it
-
-
-# --- links -------------------------------------------------------------------------------------------------
-
-
-def link_engine(name: str, target: Path, *, store: EngineStore | None = None) -> Path:
-    """Point `<first link dir>/<name>` at `target`, replacing any old link atomically.
-
-    The link directory is recorded as a gc root of `store` (default: the default store) first.
-    """
-    check_name(name)
-    directory = engine_link_dirs()[0]
-    (store or EngineStore()).record_link_dir(directory)
-    link = directory / name
-    tmp = temporary_sibling(link)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        if os.path.lexists(link) and not link.is_symlink():
-            raise StoreError(f"{link}: exists and is not a symlink; refusing to replace it")
-        os.symlink(Path(target).resolve(), tmp)
-        os.replace(tmp, link)
-    except OSError as exc:
-        if isinstance(exc, StoreError):
-            raise
-        raise StoreError(f"{directory}: cannot write the link {name!r}: {exc.strerror or exc}") from None
-    finally:
-        if tmp.is_symlink():
-            tmp.unlink()
-    return link
-
-
-def resolve_engine(name_or_path: str | Path) -> Path:
-    """The engine directory for a link name or a path.
-
-    Args:
-        name_or_path: a name linked in `constants.engine_link_dirs()`, or a path to an engine directory.
-
-    Returns:
-        The resolved engine directory (symlinks followed).
-
-    Raises:
-        EngineNotFoundError: no such link, a dangling link, or a path that is not an engine directory.
-    """
-    text = str(name_or_path)
-    candidate = Path(text).expanduser()
-    looks_like_path = "/" in text or text.startswith(".") or candidate.is_dir()
-    if not looks_like_path:
-        check_name(text)
-        for directory in engine_link_dirs():
-            link = directory / text
-            if link.is_symlink() or link.exists():
-                target = Path(os.path.realpath(link))
-                if not (target / ENGINE_CONFIG).is_file():
-                    raise EngineNotFoundError(f"{link} points to {target}, which is not an engine directory")
-                return target
-        searched = ", ".join(str(d) for d in engine_link_dirs())
-        raise EngineNotFoundError(
-            f"no engine named {text!r} (looked in {searched}); build it with `trtforge build {text}`"
-        )
-    if not candidate.is_dir():
-        raise EngineNotFoundError(f"{candidate}: no such directory")
-    if not is_engine_config(_read_json(candidate / ENGINE_CONFIG)):
-        raise EngineNotFoundError(f"{candidate}: not an engine directory (no engine config.json)")
-    return candidate.resolve()
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-# --- the default store -----------------------------------------------------------------------------------------
-
-
-def verify_engine(name_or_path: str | Path) -> VerifyReport:
-    """Verify a linked or given engine; raises `VerifyError` listing the problems."""
-    path = resolve_engine(name_or_path)
-    report = EngineStore().verify(path)
-    if report.problems:
-        raise VerifyError(f"{path}: {len(report.problems)} problem(s): {'; '.join(report.problems)}")
-    return report
