@@ -19,13 +19,13 @@ from tritonclient.grpc import aio as grpcclient
 from proxy_fixtures import FAILURE_BOUND_S, wait_until
 from triton_helpers import loopback_triton
 from trtforge.engine import read_engine
+from trtforge.reference import reference_backend_files
 from trtforge.triton.repository import TENSORRT_LLM, RepositoryOptions, model_configs
 from trtforge.triton.server import TritonServer
 
 pytestmark = pytest.mark.triton
 
 MODEL = TENSORRT_LLM
-BACKEND_MODEL = Path(__file__).parents[1] / "src" / "trtforge" / "reference" / "backend_model.py"
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,8 @@ def server(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     config = model_configs(read_engine(tiny_engine), RepositoryOptions(exclude_input_in_output=False))
     (repo / MODEL / "1").mkdir(parents=True)
     (repo / MODEL / "config.pbtxt").write_text(config[MODEL])
-    shutil.copyfile(BACKEND_MODEL, repo / MODEL / "1" / "model.py")
+    for name, source in reference_backend_files().items():
+        shutil.copyfile(source, repo / MODEL / "1" / name)
     with loopback_triton(repo, tmp_path_factory.mktemp("logs")) as triton:
         yield triton
 

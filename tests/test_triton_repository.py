@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 from pathlib import Path
 
@@ -213,7 +215,48 @@ def test_reference_repository_carries_the_reference_backend_model(tmp_path: Path
     engine = read_engine(write_engine_dir(tmp_path / "ref", backend="reference"))
     repo = write_model_repository(engine, tmp_path / "repo")
     reference = Path(trtforge.reference.__file__).parent / "backend_model.py"
-    assert (repo / "tensorrt_llm" / "1" / "model.py").read_bytes() == reference.read_bytes()
+    version_dir = repo / "tensorrt_llm" / "1"
+    assert (version_dir / "model.py").read_bytes() == reference.read_bytes()
+    contract = (
+        Path(trtforge.reference.__file__).parents[1] / "triton" / "models" / "common" / "trtllm_contract.py"
+    )
+    assert (version_dir / "trtllm_contract.py").read_bytes() == contract.read_bytes()
+    for sibling in ("refbackend_scheduler.py", "refbackend_decoder.py", "refbackend_guides.py"):
+        assert (version_dir / sibling).read_bytes() == (reference.parent / sibling).read_bytes()
+
+
+def test_the_reference_model_finds_every_sibling_it_imports_and_none_shadows_a_module(tmp_path: Path) -> None:
+    """Triton runs model.py with its version directory first on sys.path: each name a file there imports must be
+    a file there, and no file there may hide an installed module of the same name."""
+    engine = read_engine(write_engine_dir(tmp_path / "ref", backend="reference"))
+    version_dir = write_model_repository(engine, tmp_path / "repo") / "tensorrt_llm" / "1"
+    files = {path.stem for path in version_dir.glob("*.py")}
+    imported = {name for path in version_dir.glob("*.py") for name in _runtime_imports(path.read_text())}
+    not_installed = {name for name in imported if importlib.util.find_spec(name) is None}
+    # Only Triton's python backend provides triton_python_backend_utils; every other name is a file beside model.py.
+    assert files - {"model"} == not_installed - {"triton_python_backend_utils"}
+    assert [name for name in files if importlib.util.find_spec(name) is not None] == []
+
+
+def _runtime_imports(source: str) -> set[str]:
+    """The top-level modules a file imports when it runs (those under `if TYPE_CHECKING:` are for mypy only)."""
+    tree = ast.parse(source)
+    for_mypy = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+        for statement in node.body
+        for inner in ast.walk(statement)
+    }
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in for_mypy:
+            continue
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
 
 
 def _is_partial_utf8(fragment: bytes) -> bool:

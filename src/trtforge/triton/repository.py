@@ -3,7 +3,8 @@
     <dest>/
         .trtforge-repository.json   what generated it (engine path, options); marks it safe to replace
         tensorrt_llm/config.pbtxt   backend "tensorrtllm" (TensorRT engine) or "python" (reference engine)
-        tensorrt_llm/1/model.py     reference engines only: trtforge/reference/backend_model.py
+        tensorrt_llm/1/model.py     reference engines only: trtforge/reference/backend_model.py and its
+                                    sibling files (`reference_backend_files`)
         preprocessing/config.pbtxt, 1/model.py    text -> token ids (the engine's tokenizer)
         postprocessing/config.pbtxt, 1/model.py   token ids -> UTF-8 bytes
         ensemble/config.pbtxt       preprocessing -> tensorrt_llm -> postprocessing
@@ -30,6 +31,7 @@ from tritonclient.grpc import model_config_pb2
 from trtforge.atomic import temporary_sibling
 from trtforge.engine import XGRAMMAR_TOKENIZER_INFO, EngineInfo
 from trtforge.errors import TritonError, UsageError
+from trtforge.reference import reference_backend_files
 from trtforge.serve_options import ServeOptions
 from trtforge.triton.contract import check_tensorrt_llm_config, triton_dtype
 
@@ -388,7 +390,7 @@ def write_engines_repository(
             (staging / model / "1").mkdir(parents=True)
             (staging / model / "config.pbtxt").write_text(_HEADER + text)
             if engine.backend == "reference":
-                _copy_model_file(_reference_backend_model(), staging / model)
+                _copy_reference_backend(staging / model)
         marker = {
             "generator": "trtforge",
             "engines": {name: str(Path(e.path).absolute()) for name, e in engines.items()},
@@ -442,7 +444,7 @@ def _write_models(engine: EngineInfo, root: Path, options: RepositoryOptions) ->
     # The BLS model detokenizes with the postprocessing model's byte table, imported from beside it.
     shutil.copyfile(_bundled_model("postprocessing"), root / TENSORRT_LLM_BLS / "1" / "token_bytes.py")
     if engine.backend == "reference":
-        _copy_model_file(_reference_backend_model(), root / TENSORRT_LLM)
+        _copy_reference_backend(root / TENSORRT_LLM)
     marker = {
         "generator": "trtforge",
         "engine": str(Path(engine.path).absolute()),
@@ -460,11 +462,14 @@ def _bundled_model(name: str) -> Path:
     return Path(str(resources.files("trtforge.triton") / "models" / name / "model.py"))
 
 
-def _reference_backend_model() -> Path:
-    path = Path(str(resources.files("trtforge.reference").joinpath("backend_model.py")))
-    if not path.is_file():
-        raise TritonError(f"the reference backend model {path} is missing: cannot serve a reference engine")
-    return path
+def _copy_reference_backend(model_dir: Path) -> None:
+    """The reference backend's model.py and the sibling files it imports, into the model's version directory."""
+    for name, source in reference_backend_files().items():
+        if not source.is_file():
+            raise TritonError(
+                f"the reference backend file {source} is missing: cannot serve a reference engine"
+            )
+        shutil.copyfile(source, model_dir / "1" / name)
 
 
 def _check_replaceable(dest: Path) -> None:
