@@ -11,13 +11,10 @@ from pathlib import Path
 import pytest
 
 from checkpoints import QWEN3_32B_CONFIG, write_nvfp4_checkpoint, write_safetensors
-from trtforge.checkpoint import (
-    CheckpointInfo,
-    check_checkpoint,
-    inspect_checkpoint,
-    read_safetensors_header,
-    validate_checkpoint,
-)
+from trtforge.checkpoint.headers import read_safetensors_header
+from trtforge.checkpoint.locate import inspect_checkpoint
+from trtforge.checkpoint.model import CheckpointInfo
+from trtforge.checkpoint.validate import check_checkpoint, validate_checkpoint
 from trtforge.errors import CheckpointError
 
 QWEN3_32B_LINEAR_PARAMS = 64 * (8192 * 5120 * 2 + 1024 * 5120 * 2 + 25600 * 5120 * 3)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from checkpoints import write_nvfp4_checkpoint
-from trtforge.checkpoint import check_checkpoint, inspect_checkpoint, validate_checkpoint
+from trtforge.checkpoint.locate import inspect_checkpoint
+from trtforge.checkpoint.validate import check_checkpoint, validate_checkpoint
 from trtforge.errors import CheckpointError
 
 Q_PROJ = "model.layers.1.self_attn.q_proj"

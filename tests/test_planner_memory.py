@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from checkpoints import write_nvfp4_checkpoint
 from trtforge.catalog import CatalogEntry
-from trtforge.checkpoint import CheckpointInfo, inspect_checkpoint
+from trtforge.checkpoint.locate import inspect_checkpoint
+from trtforge.checkpoint.model import CheckpointInfo
 from trtforge.cli import app
 from trtforge.errors import PlanError, UsageError
 from trtforge.gpu import KNOWN_GPUS

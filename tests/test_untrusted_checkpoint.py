@@ -13,7 +13,7 @@ import pytest
 from checkpoints import write_nvfp4_checkpoint
 from trtforge.builder.pipeline import ensure_engine, plan_build
 from trtforge.catalog import add_entry, load_catalog
-from trtforge.checkpoint import inspect_checkpoint
+from trtforge.checkpoint.locate import inspect_checkpoint
 from trtforge.errors import CheckpointError
 from trtforge.store.entries import EngineStore
 

@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from trtforge.checkpoint import CheckpointInfo, TensorRole
+from trtforge.checkpoint.model import CheckpointInfo, TensorRole
 from trtforge.constants import DEFAULT_KV_CACHE_FREE_GPU_MEM_FRACTION
 from trtforge.errors import PlanError, UsageError
 

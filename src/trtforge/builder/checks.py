@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 from trtforge.catalog import CatalogEntry
-from trtforge.checkpoint import HF_QUANT_CONFIG_FILE, read_hf_quant_config
+from trtforge.checkpoint.locate import read_hf_quant_config
+from trtforge.checkpoint.model import HF_QUANT_CONFIG_FILE
 from trtforge.engine import (
     CHAT_TEMPLATE,
     TOKENIZER_FILES,

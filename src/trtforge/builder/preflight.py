@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from trtforge.checkpoint import CheckpointInfo, check_checkpoint, inspect_checkpoint
+from trtforge.checkpoint.locate import inspect_checkpoint
+from trtforge.checkpoint.model import CheckpointInfo
+from trtforge.checkpoint.validate import check_checkpoint
 from trtforge.errors import CheckpointError, GpuError, PlanError, TrtforgeError
 from trtforge.gpu import GpuInfo, check_arch_supports, try_detect_gpus
 from trtforge.planner import MemoryPlan, PlanSettings, plan_memory, require_fit

@@ -11,7 +11,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from trtforge.checkpoint import CheckpointInfo, check_checkpoint, inspect_checkpoint
+from trtforge.checkpoint.locate import inspect_checkpoint
+from trtforge.checkpoint.model import CheckpointInfo
+from trtforge.checkpoint.validate import check_checkpoint
 from trtforge.cli._app import app, console, print_json
 from trtforge.cli._options import JsonFlag
 from trtforge.constants import DEFAULT_KV_CACHE_FREE_GPU_MEM_FRACTION
