@@ -1,5 +1,8 @@
 """Locations and defaults. The only module that reads the environment, and only when called.
 
+Other modules ask through the accessors below (`trtforge_home()`, `aws_variables()`, ...); they may still pass a
+copy of the environment to a process they start.
+
 Layout (defaults):
 
     $TRTFORGE_HOME (~/.cache/trtforge)/
@@ -11,7 +14,9 @@ Layout (defaults):
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from trtforge.errors import UsageError
@@ -143,3 +148,59 @@ def signing_key_file_override() -> Path | None:
 def trtllm_version_override() -> str | None:
     """`$TRTFORGE_TRTLLM_VERSION`: the TensorRT-LLM version to look for in caches when none is installed."""
     return os.environ.get("TRTFORGE_TRTLLM_VERSION") or None
+
+
+# --- binary cache objects on S3 (read by `cache/objects`) ---
+
+
+def aws_variables(names: Iterable[str]) -> dict[str, str]:
+    """The AWS settings among `names` (e.g. `AWS_ENDPOINT_URL`, `AWS_SECRET_ACCESS_KEY`) that are set, non-empty.
+
+    The values may be secrets: callers hand them to the S3 client and never log them.
+    """
+    return {name: value for name in names if name.startswith("AWS_") and (value := os.environ.get(name))}
+
+
+def aws_profile() -> str:
+    """`$AWS_PROFILE`, else `default`."""
+    return os.environ.get("AWS_PROFILE") or "default"
+
+
+def aws_shared_credentials_file() -> Path:
+    """`$AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`."""
+    return Path(os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or Path.home() / ".aws" / "credentials")
+
+
+def aws_config_file() -> Path:
+    """`$AWS_CONFIG_FILE`, else `~/.aws/config`."""
+    return Path(os.environ.get("AWS_CONFIG_FILE") or Path.home() / ".aws" / "config")
+
+
+# --- the bundled tritonserver's environment (read by `triton/distribution`) ---
+
+
+def library_path() -> str | None:
+    """`$LD_LIBRARY_PATH` when set and non-empty (the bundled tritonserver's libraries go before it)."""
+    return os.environ.get("LD_LIBRARY_PATH") or None
+
+
+def executable_path() -> str:
+    """`$PATH`, else the system default search path."""
+    return os.environ.get("PATH", os.defpath)
+
+
+# --- the reference generator (used by `reference/tiny`) ---
+
+
+@contextlib.contextmanager
+def tokenizers_without_threads() -> Iterator[None]:
+    """`TOKENIZERS_PARALLELISM=false` for the block (the Rust tokenizers start no thread pool), then as it was."""
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous

@@ -11,7 +11,6 @@ invisible to pullers):
 from __future__ import annotations
 
 import configparser
-import os
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -23,6 +22,7 @@ from urllib.parse import unquote, urlparse
 import obstore
 from obstore.store import LocalStore, S3Store
 
+from trtforge.constants import aws_config_file, aws_profile, aws_shared_credentials_file, aws_variables
 from trtforge.errors import CacheError, UsageError
 
 PART_SIZE = 8 << 20  # smallest multipart part (and local read size): upload memory is parts × concurrency
@@ -212,8 +212,9 @@ def s3_config() -> dict[str, str]:
     The default region is us-east-1.
     """
     config: dict[str, str] = {}
+    values = aws_variables(_ENV_KEYS)
     for variable, option in _ENV_KEYS.items():
-        value = os.environ.get(variable)
+        value = values.get(variable)
         if value and option not in config:
             config[option] = value
     for option, value in _profile_options().items():
@@ -226,14 +227,10 @@ def s3_config() -> dict[str, str]:
 
 
 def _profile_options() -> dict[str, str]:
-    profile = os.environ.get("AWS_PROFILE") or "default"
-    home = Path.home() / ".aws"
+    profile = aws_profile()
     files = [
-        (Path(os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or home / "credentials"), profile),
-        (
-            Path(os.environ.get("AWS_CONFIG_FILE") or home / "config"),
-            profile if profile == "default" else f"profile {profile}",
-        ),
+        (aws_shared_credentials_file(), profile),
+        (aws_config_file(), profile if profile == "default" else f"profile {profile}"),
     ]
     found: dict[str, str] = {}
     for path, section in files:

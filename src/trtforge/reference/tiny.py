@@ -26,7 +26,6 @@ import contextlib
 import hashlib
 import itertools
 import json
-import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -34,6 +33,7 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
+from trtforge.constants import tokenizers_without_threads
 from trtforge.engine import CHAT_TEMPLATE, REFERENCE_MODEL_DIR, write_reference_engine_config
 from trtforge.errors import UsageError
 
@@ -218,21 +218,16 @@ def _deterministic_torch() -> Iterator[None]:
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     rng_state = torch.get_rng_state()
-    parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     torch.manual_seed(SEED)
     try:
-        yield
+        with tokenizers_without_threads():
+            yield
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
         torch.set_rng_state(rng_state)
-        if parallelism is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = parallelism
 
 
 # --- corpus -----------------------------------------------------------------------------------------------------

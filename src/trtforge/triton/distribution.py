@@ -119,11 +119,11 @@ def _bundled_install(server_dir: Path) -> TritonDistribution:
     libs_dir = server_dir.parent.parent / "nvidia_pytriton.libs"
     backend_dir = _prepare_backend_dir(server_dir, stub, py_version)
     library_path = [str(libdir), str(libs_dir)]
-    if os.environ.get("LD_LIBRARY_PATH"):
-        library_path.append(os.environ["LD_LIBRARY_PATH"])
+    if inherited := constants.library_path():
+        library_path.append(inherited)
     env = {
         "LD_LIBRARY_PATH": os.pathsep.join(library_path),
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), constants.executable_path()]),
     }
     return TritonDistribution(
         binary=server_dir / "bin" / "tritonserver",
