@@ -32,7 +32,7 @@ from trtforge import constants
 from trtforge.atomic import staged_directory
 from trtforge.errors import TritonError
 
-__all__ = ["TritonDistribution", "find_tritonserver"]
+__all__ = ["TritonDistribution", "find_tritonserver", "tritonserver_version"]
 
 _PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
 _STUB_NAME = "triton_python_backend_stub"
@@ -84,6 +84,16 @@ def find_tritonserver() -> TritonDistribution:
             "container), or install nvidia-pytriton"
         )
     return _bundled_install(package_dir)
+
+
+def tritonserver_version() -> str | None:
+    """The version of the tritonserver `find_tritonserver` would pick, without preparing anything.
+
+    A full install records it in `TRITON_VERSION`; nvidia-pytriton's bundled binary records none (None), as
+    does a machine with no tritonserver at all.
+    """
+    home = constants.triton_home()
+    return _full_install(home).version if home is not None else None
 
 
 def _full_install(home: Path) -> TritonDistribution:
