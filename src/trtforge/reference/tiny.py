@@ -191,11 +191,11 @@ def write_tiny_engine(
         raise UsageError(f"{dest}: the tiny engine is written into an existing empty directory")
     say = progress or (lambda _line: None)
     with _deterministic_torch():
-        say("training the tokenizer")
+        say("training the tiny model's tokenizer")
         tokenizer = _make_tokenizer(max_seq_len)
         tokenizer.save_pretrained(dest)
         _normalise_json_files(dest)
-        say("training the model")
+        say("training the tiny model")
         model = _train_model(tokenizer, max_seq_len)
         _save_quietly(model, dest / REFERENCE_MODEL_DIR)
         _normalise_json_files(dest / REFERENCE_MODEL_DIR)
