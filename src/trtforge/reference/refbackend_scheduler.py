@@ -15,7 +15,7 @@ As the TensorRT-LLM backend does:
   (its tokens are returned), after `request_output_len` tokens, at the engine's max_seq_len, when the guide's
   grammar is complete, on cancellation of the request (checked every `cancellation_check_period_ms`), or on a
   request with the same id carrying `stop=true`, which is answered at once and takes effect before the next
-  token step.
+  token step. Without `end_id` it never stops at EOS.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ What it reads, as the TensorRT-LLM backend does:
 - `[1]` inputs whether they arrive as [1] or [1, 1]; one sequence per request (batch 1).
 - Word lists (`stop_words_list`, `bad_words_list`) in TensorRT-LLM's [2, N] format: flattened ids, end offsets.
 - The model config's string parameters (`gpt_model_path`, `exclude_input_in_output`, ...); a `${...}` one is unset.
-- A request whose `stop` input is true ends the request with the same id (its other inputs are ignored).
+- A request whose `stop` input is true ends the request with the same id; it carries the required inputs too
+  (Triton checks them), their values are ignored.
 
 Responses have the backend's output shapes, [batch=1, beam=1, ...]. A request the contract (or the model) does
 not allow is a `RequestError`; `send_error` answers it with INVALID_ARG, which Triton's HTTP endpoints turn into a
@@ -336,7 +337,8 @@ def _output(name: str, array: npt.NDArray[Any]) -> Any:
 def build_response(spec: GenerationRequest, output: Output) -> Any:
     """A response in the backend's output shapes: [batch=1, beam=1, ...]; the optional outputs the request asked for.
 
-    Log probabilities are zeros unless the request asked for them, as the backend's are.
+    Log probabilities are zeros unless the request asked for them, as the backend's are; `generation_logits`
+    ([1, 1, n, vocab], each generated token's raw logits) only when asked for.
     """
     tokens, log_probs = output.tokens, output.log_probs
     outputs = [
