@@ -277,7 +277,7 @@ def main() -> None:
     try:
         engine = _engine(root, max(args.streams), args.engine)
         server = TritonServer(
-            write_model_repository(engine, root / "repository"),
+            write_model_repository({MODEL: engine}, root / "repository"),
             http_port=_free_port(),
             grpc_port=_free_port(),
             metrics_port=_free_port(),
@@ -285,7 +285,7 @@ def main() -> None:
         )
         with server:
             proxy = make_server(
-                ProxySettings.from_engine(MODEL, engine, server.grpc_url),
+                [ProxySettings.from_engine(MODEL, engine, server.grpc_url)],
                 port=_free_port(),
                 log_level="warning",
             )

@@ -95,7 +95,7 @@ def main() -> None:
     try:
         engine = read_engine(_engine(root))
         server = TritonServer(
-            write_model_repository(engine, root / "repository"),
+            write_model_repository({MODEL: engine}, root / "repository"),
             http_port=_free_port(),
             grpc_port=_free_port(),
             metrics_port=_free_port(),
@@ -103,7 +103,7 @@ def main() -> None:
         )
         with server:
             proxy = make_server(
-                ProxySettings.from_engine(MODEL, engine, server.grpc_url),
+                [ProxySettings.from_engine(MODEL, engine, server.grpc_url)],
                 port=_free_port(),
                 log_level="warning",
             )

@@ -136,7 +136,7 @@ def write_engine(dest: Path) -> Path:
 
 def write_repository(engine_dir: Path, dest: Path, pace_s: float) -> Path:
     """The generated repository with only `tensorrt_llm`, its model.py replaced by the emitter."""
-    write_model_repository(read_engine(engine_dir), dest)
+    write_model_repository({"tiny": read_engine(engine_dir)}, dest)
     for name in ("preprocessing", "postprocessing", "ensemble"):
         shutil.rmtree(dest / name)
     version = dest / "tensorrt_llm" / "1"

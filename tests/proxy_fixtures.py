@@ -177,7 +177,7 @@ class OutputLines:
 @contextlib.contextmanager
 def running_triton(engine: EngineInfo, root: Path) -> Iterator[TritonServer]:
     """The embedded tritonserver serving `engine` from a repository written under `root` (its log there too)."""
-    with loopback_triton(write_model_repository(engine, root / "repository"), root) as server:
+    with loopback_triton(write_model_repository({"engine": engine}, root / "repository"), root) as server:
         yield server
 
 
@@ -187,7 +187,7 @@ def running_proxy(
 ) -> Iterator[tuple[str, TritonBackend]]:
     """The proxy serving `engine` as `model` through `triton`, in a thread: its URL and its Triton backend."""
     settings = ProxySettings.from_engine(model, engine, triton.grpc_url)
-    server = make_server(settings, port=free_port(), log_level="warning")
+    server = make_server([settings], port=free_port(), log_level="warning")
     with serve_in_thread(server) as url:
         yield url, server.config.app.state.servings[model].backend
 

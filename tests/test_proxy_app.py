@@ -27,7 +27,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         health_timeout_s=0.5,
         request_timeout_s=FAILURE_BOUND_S,  # never reached: an unreachable Triton is refused at once
     )
-    with serve_in_thread(make_server(settings, port=free_port(), log_level="warning")) as url:
+    with serve_in_thread(make_server([settings], port=free_port(), log_level="warning")) as url:
         yield url
 
 
@@ -165,7 +165,7 @@ def keyed_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         max_input_len=32,
         health_timeout_s=0.5,
     )
-    server = make_server(settings, port=free_port(), log_level="warning", api_key="s3cret-key")
+    server = make_server([settings], port=free_port(), log_level="warning", api_key="s3cret-key")
     with serve_in_thread(server) as url:
         yield url
 

@@ -57,7 +57,7 @@ def triton(tiny: EngineInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture(scope="module")
 def base_url(tiny: EngineInfo, triton: TritonServer) -> Iterator[str]:
     settings = ProxySettings.from_engine(MODEL, tiny, triton.grpc_url)
-    with serve_in_thread(make_server(settings, port=free_port(), log_level="warning")) as url:
+    with serve_in_thread(make_server([settings], port=free_port(), log_level="warning")) as url:
         yield url
 
 
@@ -279,7 +279,7 @@ def test_request_timeout_is_a_504_envelope(
     )
     assert triton.pid is not None
     with (
-        serve_in_thread(make_server(settings, port=free_port(), log_level="warning")) as url,
+        serve_in_thread(make_server([settings], port=free_port(), log_level="warning")) as url,
         openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=FAILURE_BOUND_S) as client,
     ):
         os.kill(triton.pid, signal.SIGSTOP)
@@ -298,7 +298,7 @@ def test_shutdown_ends_open_streams_at_once_with_an_error_and_done(
     tiny: EngineInfo, triton: TritonServer
 ) -> None:
     settings = ProxySettings.from_engine(MODEL, tiny, triton.grpc_url)
-    server = make_server(settings, port=free_port(), log_level="warning")
+    server = make_server([settings], port=free_port(), log_level="warning")
     body = {"model": MODEL, "prompt": "fox", "max_tokens": 800, "ignore_eos": True, "stream": True}
     with serve_in_thread(server) as url, httpx.stream("POST", f"{url}/v1/completions", json=body) as response:
         lines = response.iter_lines()
@@ -412,7 +412,7 @@ def test_top_logprobs_need_generation_logits(tiny: EngineInfo, triton: TritonSer
     settings = dataclasses.replace(
         ProxySettings.from_engine(MODEL, tiny, triton.grpc_url), generation_logits=False
     )
-    with serve_in_thread(make_server(settings, port=free_port(), log_level="warning")) as url:
+    with serve_in_thread(make_server([settings], port=free_port(), log_level="warning")) as url:
         sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
         with pytest.raises(openai.BadRequestError) as info:
             sdk.chat.completions.create(model=MODEL, messages=HELLO, logprobs=True, top_logprobs=2)

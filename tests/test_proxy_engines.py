@@ -15,7 +15,7 @@ from triton_helpers import loopback_triton
 from trtforge.engine import EngineInfo, read_engine
 from trtforge.errors import UsageError
 from trtforge.proxy import ProxySettings, make_server
-from trtforge.triton.repository import engine_model_name, write_engines_repository
+from trtforge.triton.repository import engine_model_name, write_model_repository
 
 pytestmark = pytest.mark.triton
 
@@ -35,7 +35,7 @@ def engines(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 @pytest.fixture(scope="module")
 def sdk(engines: dict[str, EngineInfo], tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
     root = tmp_path_factory.mktemp("triton-engines")
-    repository = write_engines_repository(engines, root / "repository")
+    repository = write_model_repository(engines, root / "repository")
     with loopback_triton(repository, root) as server:
         settings = [
             ProxySettings.from_engine(name, engine, server.grpc_url, triton_model=engine_model_name(name))
@@ -70,6 +70,6 @@ def test_multi_rank_engines_are_refused(engines: dict[str, EngineInfo], tmp_path
 
     wide = dataclasses.replace(engines["tiny-a"], tp_size=2)
     with pytest.raises(UsageError, match="2 ranks"):
-        write_engines_repository({"wide": wide}, tmp_path / "repository")
+        write_model_repository({"wide": wide, "tiny-b": engines["tiny-b"]}, tmp_path / "repository")
     with pytest.raises(UsageError, match="no engines"):
-        write_engines_repository({}, tmp_path / "repository")
+        write_model_repository({}, tmp_path / "repository")

@@ -32,7 +32,7 @@ def proxy_url(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     engine = read_engine(copy_engine_with(tiny_engine, root / "engine", max_seq_len=64, max_batch_size=8))
     with running_triton(engine, root) as server:
         settings = ProxySettings.from_engine(MODEL, engine, server.grpc_url)
-        with serve_in_thread(make_server(settings, port=free_port(), log_level="critical")) as url:
+        with serve_in_thread(make_server([settings], port=free_port(), log_level="critical")) as url:
             yield url
 
 

@@ -29,7 +29,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         health_timeout_s=0.5,
         max_body_bytes=LIMIT,
     )
-    with serve_in_thread(make_server(settings, port=free_port(), log_level="critical")) as url:
+    with serve_in_thread(make_server([settings], port=free_port(), log_level="critical")) as url:
         yield url
 
 

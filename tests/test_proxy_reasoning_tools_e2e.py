@@ -95,7 +95,7 @@ def triton(tiny: EngineInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture(scope="module")
 def sdk(tiny: EngineInfo, triton: TritonServer) -> Iterator[openai.OpenAI]:
     settings = ProxySettings.from_engine(MODEL, tiny, triton.grpc_url)
-    with serve_in_thread(make_server(settings, port=free_port(), log_level="warning")) as url:
+    with serve_in_thread(make_server([settings], port=free_port(), log_level="warning")) as url:
         yield openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=300)
 
 

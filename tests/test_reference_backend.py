@@ -32,7 +32,9 @@ MODEL = TENSORRT_LLM
 def server(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     """tritonserver with a repository holding only `tensorrt_llm`, configured as the generator writes it."""
     repo = tmp_path_factory.mktemp("repo")
-    config = model_configs(read_engine(tiny_engine), RepositoryOptions(exclude_input_in_output=False))
+    config = model_configs(
+        {"tiny": read_engine(tiny_engine)}, {"tiny": RepositoryOptions(exclude_input_in_output=False)}
+    )
     (repo / MODEL / "1").mkdir(parents=True)
     (repo / MODEL / "config.pbtxt").write_text(config[MODEL])
     for name, source in reference_backend_files().items():

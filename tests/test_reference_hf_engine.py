@@ -77,7 +77,7 @@ def sdk(engine: EngineInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     root = tmp_path_factory.mktemp("triton-hf")
     with running_triton(engine, root) as server:
         settings = ProxySettings.from_engine(MODEL, engine, server.grpc_url)
-        with serve_in_thread(make_server(settings, port=free_port(), log_level="warning")) as url:
+        with serve_in_thread(make_server([settings], port=free_port(), log_level="warning")) as url:
             yield openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=120)
 
 

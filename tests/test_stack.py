@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import free_port
+from trtforge.cli.serving import sigterm_exits
 from trtforge.engine import read_engine
 from trtforge.errors import UsageError
-from trtforge.stack import TritonPorts, check_ports_free, curl_example, repository_path
+from trtforge.serving import TritonPorts, check_ports_free, curl_example, repository_path
+from trtforge.triton.server import ServerState, TritonServer
 
 
 def test_a_taken_port_is_named_with_its_option() -> None:
@@ -59,7 +64,22 @@ def test_serve_an_unknown_engine_is_one_line(isolated_home: Path) -> None:
 
 def test_repository_path_is_stable_per_engine_and_curl_line_is_valid(tiny_engine: Path) -> None:
     engine = read_engine(tiny_engine)
-    assert repository_path("tiny", engine) == repository_path("tiny", engine)
+    assert repository_path({"tiny": engine}) == repository_path({"tiny": engine})
     line = curl_example(9000, "tiny")
     assert line.startswith("curl 127.0.0.1:9000/v1/chat/completions ")
     assert '"model":"tiny"' in line and '"max_tokens":16' in line
+
+
+def test_sigterm_exits_turns_sigterm_into_exit_and_the_server_is_stopped(tmp_path: Path) -> None:
+    # What the serving commands wrap their stack in (moved here with the dead `triton.server.stop_on_signals`).
+    server = TritonServer(tmp_path, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as caught, sigterm_exits():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # interrupted by the handler
+        finally:
+            server.stop()
+    assert caught.value.code == 128 + signal.SIGTERM
+    assert server.state is ServerState.STOPPED
+    assert signal.getsignal(signal.SIGTERM) is before

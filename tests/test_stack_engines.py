@@ -15,7 +15,7 @@ import pytest
 from conftest import copy_engine_with, free_port
 from proxy_fixtures import wait_until
 from trtforge.errors import UsageError
-from trtforge.stack import Stack, StackConfig, StackEngine, TritonPorts
+from trtforge.serving import ProxyListen, Stack, TritonPorts, plan_serving
 
 CONTEXTS = {"tiny-long": 1024, "tiny-short": 512}
 HELLO = [{"role": "user", "content": "Hello! How are you?"}]
@@ -35,20 +35,19 @@ def engine_dirs(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="module")
 def sdk(engine_dirs: dict[str, Path]) -> Iterator[tuple[Stack, openai.OpenAI]]:
-    (first, first_dir), *rest = engine_dirs.items()
-    config = StackConfig(
-        name=first,
-        engine_dir=first_dir,
+    plan = plan_serving(
+        list(engine_dirs),
+        engine_dirs=engine_dirs,
         ports=TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port()),
-        port=free_port(),
-        others=tuple(StackEngine(name, path) for name, path in rest),
+        proxy=ProxyListen(port=free_port()),
     )
-    with Stack(config) as stack:
+    assert plan.proxy is not None
+    with Stack(plan) as stack:
         thread = threading.Thread(target=stack.serve, daemon=True)
         thread.start()
         try:
             wait_until(lambda: bool(stack.proxy and stack.proxy.started), what="the proxy to start")
-            url = f"http://127.0.0.1:{config.port}/v1"
+            url = f"http://127.0.0.1:{plan.proxy.port}/v1"
             with openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=120) as client:
                 yield stack, client  # closed: its keep-alive socket must not outlive the test
         finally:
@@ -74,7 +73,7 @@ def test_one_stack_lists_and_serves_both_engines(sdk: tuple[Stack, openai.OpenAI
 
 def test_an_engine_named_twice_is_refused(tiny_engine: Path) -> None:
     with pytest.raises(UsageError, match="'tiny' is named more than once"):
-        StackConfig(name="tiny", engine_dir=tiny_engine, others=(StackEngine("tiny", tiny_engine),))
+        plan_serving(["tiny", "tiny"], engine_dirs={"tiny": tiny_engine})
 
 
 def test_up_refuses_a_duplicate_in_one_line_before_anything_starts(isolated_home: Path) -> None:

@@ -22,7 +22,15 @@ import pytest
 from conftest import copy_engine_with, free_port
 from proxy_fixtures import wait_until
 from trtforge.errors import TritonCrashedError
-from trtforge.stack import Stack, StackConfig, StackState, TritonDiedError, TritonPorts
+from trtforge.serving import (
+    ProxyListen,
+    ServePlan,
+    Stack,
+    StackState,
+    TritonDiedError,
+    TritonPorts,
+    plan_serving,
+)
 from trtforge.triton.distribution import find_tritonserver
 from trtforge.triton.server import ServerState
 
@@ -38,9 +46,15 @@ def engine_dir(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return copy_engine_with(tiny_engine, tmp_path_factory.mktemp("tiny-stack") / "engine", max_batch_size=8)
 
 
-def _config(engine_dir: Path, *, restart: bool) -> StackConfig:
+def _config(engine_dir: Path, *, restart: bool) -> ServePlan:
     ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
-    return StackConfig(name=MODEL, engine_dir=engine_dir, ports=ports, port=free_port(), restart=restart)
+    return plan_serving(
+        [MODEL],
+        engine_dirs={MODEL: engine_dir},
+        ports=ports,
+        proxy=ProxyListen(port=free_port()),
+        restart=restart,
+    )
 
 
 @pytest.fixture
@@ -64,7 +78,7 @@ def running(
     assert stack.proxy is not None
     wait_until(lambda: bool(stack.proxy and stack.proxy.started), what="the proxy to start")
     try:
-        yield stack, f"http://127.0.0.1:{stack.config.port}", thread
+        yield stack, f"http://127.0.0.1:{stack.plan.proxy.port}", thread
     finally:
         stack.stop()
         thread.join()

@@ -59,7 +59,7 @@ def echo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Trit
 
     root = tmp_path_factory.mktemp("bls-echo")
     engine = read_engine(write_engine_dir(root / "engine", backend="reference"))
-    repo = write_model_repository(engine, root / "repo")
+    repo = write_model_repository({"tiny": engine}, root / "repo")
     shutil.copyfile(ECHO_MODEL, repo / "tensorrt_llm" / "1" / "model.py")
     with loopback_triton(repo, root) as server:
         yield server, AutoTokenizer.from_pretrained(engine.path)
@@ -106,7 +106,7 @@ def test_max_tokens_cuts_the_text_and_bad_requests_are_errors(echo_server) -> No
 @pytest.fixture(scope="module")
 def tiny_server(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     root = tmp_path_factory.mktemp("bls-tiny")
-    repo = write_model_repository(read_engine(tiny_engine), root / "repo")
+    repo = write_model_repository({"tiny": read_engine(tiny_engine)}, root / "repo")
     with loopback_triton(repo, root) as server:
         yield server
 

@@ -27,7 +27,7 @@ REQUIRED_PARAMETERS = {"gpt_model_type", "gpt_model_path", "tokenizer_dir", "xgr
 
 def _config(engine, options: ServeOptions | None = None) -> model_config_pb2.ModelConfig:
     config = model_config_pb2.ModelConfig()
-    text_format.Parse(model_configs(engine, options)["tensorrt_llm"], config)
+    text_format.Parse(model_configs({"engine": engine}, {"engine": options})["tensorrt_llm"], config)
     return config
 
 
@@ -68,7 +68,7 @@ def test_dtype_dependent_tensors_follow_the_engine(tmp_path: Path) -> None:
     ]
     odd = read_engine(write_engine_dir(tmp_path / "odd", backend="tensorrt", dtype="int4"))
     with pytest.raises(TritonError, match="unknown engine dtype 'int4'"):
-        model_configs(odd)
+        model_configs({"odd": odd})
 
 
 def test_guided_decoding_is_on_when_the_entry_has_the_tokenizer_info(tmp_path: Path) -> None:
@@ -172,7 +172,7 @@ def test_serve_options_reach_parameters_and_model_fields(tmp_path: Path) -> None
     with pytest.raises(
         UsageError, match=r"gpu_device_ids '0' lists 1 GPU\(s\); the engine needs one per rank \(2\)"
     ):
-        model_configs(engine, ServeOptions(gpu_device_ids="0"))
+        model_configs({"engine": engine}, {"engine": ServeOptions(gpu_device_ids="0")})
 
 
 @pytest.mark.parametrize(

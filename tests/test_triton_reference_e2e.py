@@ -38,7 +38,7 @@ def tiny(home: Path, tiny_engine: Path) -> EngineInfo:
 
 @pytest.fixture(scope="module")
 def server(tiny: EngineInfo, home: Path) -> Iterator[TritonServer]:
-    repository = write_model_repository(tiny, home / "repository")
+    repository = write_model_repository({"tiny": tiny}, home / "repository")
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
     with TritonServer(repository, **ports, log_path=home / "tritonserver.log") as running:
         yield running

@@ -6,7 +6,6 @@ import os
 import signal
 import sysconfig
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from trtforge.errors import BackendUnavailableError, TritonError
 from trtforge.processes import descendant_processes
 from trtforge.triton.distribution import TritonDistribution, find_tritonserver
 from trtforge.triton.repository import write_model_repository
-from trtforge.triton.server import SHM_DIR, ServerState, TritonServer, remove_shm_regions, stop_on_signals
+from trtforge.triton.server import SHM_DIR, ServerState, TritonServer, remove_shm_regions
 
 pytestmark = pytest.mark.triton
 
@@ -109,7 +108,7 @@ def distribution(module_home: Path) -> TritonDistribution:
 def echo_repository(module_home: Path) -> Path:
     """A generated repository whose tensorrt_llm is the test-only echo model (python backend)."""
     engine = read_engine(write_engine_dir(module_home / "engine", backend="tensorrt", max_batch_size=4))
-    repo = write_model_repository(engine, module_home / "repo")
+    repo = write_model_repository({"tiny": engine}, module_home / "repo")
     config = repo / "tensorrt_llm" / "config.pbtxt"
     config.write_text(config.read_text().replace('backend: "tensorrtllm"', 'backend: "python"'))
     (repo / "tensorrt_llm" / "1" / "model.py").write_text(ECHO_TENSORRT_LLM)
@@ -173,7 +172,7 @@ def test_triton_home_is_preferred(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_tensorrt_engine_repository_fails_with_one_line_without_starting(tmp_path: Path) -> None:
     engine = read_engine(write_engine_dir(tmp_path / "engine", backend="tensorrt"))
-    repo = write_model_repository(engine, tmp_path / "repo")
+    repo = write_model_repository({"tiny": engine}, tmp_path / "repo")
     server = TritonServer(repo, **_ports(), log_path=tmp_path / "triton.log")
     with pytest.raises(BackendUnavailableError) as caught:
         server.start()
@@ -329,19 +328,6 @@ def test_broken_model_makes_wait_ready_name_the_model_and_the_reason(
     assert server.state is ServerState.FAILED
     assert _alive(processes) == []
     assert "\n" not in message
-
-
-def test_stop_on_signals_turns_sigterm_into_exit_and_stops_the_server(
-    tmp_path: Path, distribution: TritonDistribution
-) -> None:
-    server = TritonServer(tmp_path, **_ports(), distribution=distribution)
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(SystemExit) as caught, stop_on_signals(server):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # interrupted by the handler
-    assert caught.value.code == 128 + signal.SIGTERM
-    assert server.state is ServerState.STOPPED
-    assert signal.getsignal(signal.SIGTERM) is before
 
 
 ABORTING_TRITONSERVER = """#!/bin/sh

@@ -37,7 +37,7 @@ def test_info_is_the_vocabulary_in_id_order_the_tokenizer_and_eos(tmp_path: Path
 def test_a_served_entry_with_the_info_turns_guided_decoding_on(tmp_path: Path) -> None:
     path = write_engine_dir(tmp_path / "engine", backend="tensorrt")
     write_tokenizer_info(path)
-    text = model_configs(read_engine(path))["tensorrt_llm"]
+    text = model_configs({"engine": read_engine(path)})["tensorrt_llm"]
     assert f'"{path.absolute() / XGRAMMAR_TOKENIZER_INFO}"' in text
     assert '"xgrammar"' in text
 

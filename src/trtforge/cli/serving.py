@@ -1,10 +1,15 @@
-"""`trtforge serve`, `proxy` and `up`: run Triton, the OpenAI proxy, or both, for one engine (`up`: or several)."""
+"""`trtforge serve`, `proxy` and `up`: run Triton, the OpenAI proxy, or both, for one engine (`up`: or several).
+
+`serve` and `up` (and `smoke`) make a `ServePlan` first (`make_plan`: every check, nothing started) and then run
+it as a `Stack`; `up --dry-run` prints the plan instead, `serve --repository-only` writes its repository.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import resource
+import shlex
 import signal
 import threading
 import time
@@ -20,19 +25,20 @@ from rich.markup import escape
 
 from trtforge import constants
 from trtforge.catalog import load_catalog
-from trtforge.cli._app import app, console
+from trtforge.cli._app import app, console, print_json
 from trtforge.cli._exit import stopped_cleanly
 from trtforge.engine import read_engine
 from trtforge.errors import UsageError
-from trtforge.serve_options import ServeOptions, merge_serve_options, parse_option_pairs
-from trtforge.stack import (
+from trtforge.serve_options import merge_serve_options
+from trtforge.serving import (
+    ProxyListen,
+    ServePlan,
     Stack,
-    StackConfig,
-    StackEngine,
     StackState,
     TritonPorts,
     check_ports_free,
     curl_example,
+    plan_serving,
 )
 from trtforge.store.links import resolve_engine
 
@@ -124,84 +130,86 @@ def _raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _check_compatible(name: str, engine_dir: Path, options: ServeOptions, *, force: bool) -> None:
-    """The compatibility gate: refuse, before Triton starts, an engine that cannot load here."""
-    from trtforge.triton.compat import gate
+def make_plan(
+    names: list[str],
+    *,
+    option_pairs: list[str] | None,
+    ports: TritonPorts,
+    proxy: ProxyListen | None,
+    build: bool,
+    force: bool,
+    ready_timeout_s: float,
+    restart: bool,
+    dry_run: bool = False,
+    repository: Path | None = None,
+) -> ServePlan:
+    """`plan_serving` with this CLI's build progress and lines; the gate's warnings (`--force`) are printed."""
+    from trtforge.cli._progress import build_progress
 
-    for problem in gate(name, read_engine(engine_dir), device_ids=options.device_ids(), force=force):
+    plan = plan_serving(
+        names,
+        option_pairs=option_pairs or [],
+        ports=ports,
+        proxy=proxy,
+        build=build,
+        dry_run=dry_run,
+        force=force,
+        repository=repository,
+        ready_timeout_s=ready_timeout_s,
+        restart=restart,
+        progress=build_progress,
+        say=lambda line: console.print(escape(line)),
+    )
+    for problem in plan.warnings:
         console.print(
             f"[bold yellow]warning:[/] {escape(problem)} (starting anyway: --force)", soft_wrap=True
         )
+    return plan
 
 
-def _write_repository_only(engine_dir: Path, dest: Path, ports: TritonPorts, options: ServeOptions) -> None:
-    """Write the repository to `dest` and print (stdout) the exact command that serves it."""
-    import shlex
-    import shutil
-
-    from trtforge.triton import TritonServer, write_model_repository
-
-    engine = read_engine(engine_dir)
-    repository = write_model_repository(engine, dest, options=options)
-    server = TritonServer(
-        repository,
-        http_port=ports.http,
-        grpc_port=ports.grpc,
-        metrics_port=ports.metrics,
-        world_size=engine.world_size,
-    )
-    argv = server.command(mpirun=shutil.which("mpirun") or "mpirun")
-    extra_env = [f"{key}={value}" for key, value in sorted(server.distribution.env.items())]
+def _print_repository_command(plan: ServePlan) -> None:
+    """After `serve --repository-only`: where the repository went, then (stdout) the exact command serving it."""
+    served = plan.engines[0]
+    launch = plan.triton
+    extra_env = [f"{key}={value}" for key, value in launch.env]
     console.print(
-        f"wrote the model repository for {escape(str(engine_dir))} to {repository} "
-        f"({engine.backend} backend, world size {engine.world_size}); serve it with:"
+        f"wrote the model repository for {escape(str(served.engine.path))} to {launch.repository} "
+        f"({served.backend} backend, world size {served.engine.world_size}); serve it with:"
     )
+    argv = list(launch.argv)
     print(shlex.join(["env", *extra_env, *argv] if extra_env else argv), flush=True)
 
 
-def _serve_options(name: str, pairs: list[str] | None) -> ServeOptions:
-    """The catalogue entry's serve table (when `name` is an entry) with `--option` pairs over it."""
-    catalog = load_catalog()
-    base = catalog.get(name).serve if name in catalog else None
-    return merge_serve_options(base, parse_option_pairs(pairs or []))
-
-
-def _check_parsers(options: ServeOptions) -> None:
-    """An unknown parser name fails before anything starts (the message lists the known ones)."""
-    from trtforge.proxy.parsers import UnknownParserError, check_reasoning_parser, check_tool_parser
-
-    try:
-        if options.reasoning_parser is not None:
-            check_reasoning_parser(options.reasoning_parser)
-        if options.tool_parser is not None:
-            check_tool_parser(options.tool_parser)
-    except UnknownParserError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _triton_port_options(ports: TritonPorts) -> dict[str, int]:
-    return {
-        "--triton-http-port": ports.http,
-        "--triton-grpc-port": ports.grpc,
-        "--triton-metrics-port": ports.metrics,
-    }
-
-
-def _engine_for(name: str, *, build: bool) -> Path:
-    """The engine directory for `name`: built (or found cached) when the catalogue knows it and `build`."""
-    if build and name in load_catalog():
-        from trtforge.builder.pipeline import ensure_engine
-        from trtforge.cli._progress import build_progress
-
-        with build_progress(name) as progress:
-            result = ensure_engine(name, progress=progress)
-        console.print(f"engine {'(cached)' if result.cached else 'built'}: {result.path}")
-        return result.path
-    return resolve_engine(name)
+def _print_plan(plan: ServePlan) -> None:
+    """`up --dry-run` without `--json`: the plan for a reader (stdout)."""
+    lines = [f"plan for {', '.join(plan.names)} (dry run: nothing built, written or started)"]
+    for served in plan.engines:
+        options = served.options.model_dump(mode="json", exclude_unset=True)
+        shown = ", ".join(f"{key}={value}" for key, value in options.items()) or "defaults"
+        lines += [
+            f"engine {served.name}: {served.backend} backend, world size {served.engine.world_size}, "
+            f"context {served.context_length}",
+            f"  store path: {served.engine.path}",
+            f"  triton model: {served.triton_model}; parsers: reasoning {served.reasoning_parser}, "
+            f"tools {served.tool_parser}; options: {shown}",
+        ]
+    launch = plan.triton
+    lines.append(f"repository: {launch.repository}: {', '.join(plan.models)}")
+    env = " ".join(f"{key}={value}" for key, value in launch.env)
+    lines.append(f"tritonserver: {shlex.join(launch.argv)}")
+    if env:
+        lines.append(f"  environment: {env}")
+    ports = launch.ports
+    lines.append(f"triton ports: HTTP {ports.http}, gRPC {ports.grpc}, metrics {ports.metrics} on 127.0.0.1")
+    if plan.proxy is not None:
+        workers = f"{plan.proxy.workers} worker{'s' if plan.proxy.workers > 1 else ''}"
+        key = ", API key required" if plan.proxy.api_key is not None else ""
+        lines.append(f"proxy: {plan.proxy.url} ({workers}{key})")
+    print("\n".join(lines), flush=True)
 
 
 @contextlib.contextmanager
-def _sigterm_exits() -> Iterator[None]:
+def sigterm_exits() -> Iterator[None]:
     """Within the block SIGTERM raises SystemExit, as SIGINT raises KeyboardInterrupt, so `with` blocks unwind
     (the proxy handles both itself while it runs). Main thread only (Python's signal rule)."""
 
@@ -219,7 +227,7 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
-def _running(stack: Stack) -> Iterator[Stack]:
+def running(stack: Stack) -> Iterator[Stack]:
     """Start `stack` and stop it when the block ends, whatever ends it. Main thread only (Python's signal rule).
 
     SIGTERM raises SystemExit in the block as SIGINT raises KeyboardInterrupt; both are ignored while the stack
@@ -228,7 +236,7 @@ def _running(stack: Stack) -> Iterator[Stack]:
     """
     previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
     try:
-        with _sigterm_exits(), stack:
+        with sigterm_exits(), stack:
             try:
                 yield stack
             finally:
@@ -296,24 +304,22 @@ def serve(
     ] = False,
 ) -> None:
     """Generate the Triton model repository for an engine and run tritonserver until Ctrl-C."""
-    ports = TritonPorts(http=triton_http_port, grpc=triton_grpc_port, metrics=triton_metrics_port)
-    options = _serve_options(name, option)
-    engine_dir = resolve_engine(name)
-    if repository_only is not None:
-        _write_repository_only(engine_dir, repository_only, ports, options)
-        return
-    check_ports_free(_triton_port_options(ports))
-    _check_compatible(name, engine_dir, options, force=force)
-    config = StackConfig(
-        name=name,
-        engine_dir=engine_dir,
-        ports=ports,
-        options=options,
+    plan = make_plan(
+        [name],
+        option_pairs=option,
+        ports=TritonPorts(http=triton_http_port, grpc=triton_grpc_port, metrics=triton_metrics_port),
+        proxy=None,
+        build=False,
+        force=force,
         ready_timeout_s=ready_timeout,
         restart=restart,
-        proxy=False,
+        repository=repository_only,
     )
-    with _running(Stack(config, say=lambda line: console.print(escape(line)))) as stack:
+    if repository_only is not None:
+        plan.write_repository()
+        _print_repository_command(plan)
+        return
+    with running(Stack(plan, say=lambda line: console.print(escape(line)))) as stack:
         console.print("Serving until Ctrl-C.")
         stack.serve()  # until a signal; tritonserver's death without --restart raises (status 1)
 
@@ -335,7 +341,8 @@ def proxy(
     _raise_open_file_limit()
     engine = read_engine(resolve_engine(name))
     check_ports_free({"--port": port}, host=host)
-    options = _serve_options(name, None)
+    catalog = load_catalog()
+    options = merge_serve_options(catalog.get(name).serve if name in catalog else None, {})
     settings = ProxySettings.from_engine(
         name,
         engine,
@@ -346,19 +353,11 @@ def proxy(
     )
     console.print(f"OpenAI-compatible API for [bold]{escape(name)}[/] on http://{host}:{port}/v1")
     try:
-        run_server(make_proxy(settings, host=host, port=port, api_key=api_key, workers=workers))
+        run_server(make_proxy([settings], host=host, port=port, api_key=api_key, workers=workers))
     except KeyboardInterrupt:  # SIGINT, raised again by the server once it has shut down
         stopped_cleanly()
         raise
     stopped_cleanly()
-
-
-def _check_shareable(name: str, ranks: int) -> None:
-    """Several engines share one single-process tritonserver: each must have one rank."""
-    if ranks != 1:
-        raise UsageError(
-            f"engine {name!r} has {ranks} ranks and cannot share a Triton with other engines; serve it alone"
-        )
 
 
 @app.command()
@@ -389,6 +388,17 @@ def up(
         bool, typer.Option(help="Start a new tritonserver when it dies (--no-restart: exit 1 instead).")
     ] = True,
     max_body_bytes: MaxBodyBytes = str(constants.DEFAULT_MAX_BODY_BYTES),
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print what would be served (engines, repository, Triton command, ports) and exit; nothing is "
+            "built, written or started (an engine not built yet is an error).",
+        ),
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="With --dry-run: print the plan as JSON.")
+    ] = False,
 ) -> None:
     """Build (if missing), start Triton and the proxy, and serve until Ctrl-C; then stop everything.
 
@@ -399,50 +409,36 @@ def up(
     """
     names = names or [constants.TINY_ENGINE_NAME]
     body_limit = _body_limit(max_body_bytes)
-    _raise_open_file_limit()
-    ports = TritonPorts(http=triton_http_port, grpc=triton_grpc_port, metrics=triton_metrics_port)
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise UsageError(f"engine {duplicates[0]!r} is named more than once; serve each engine once")
-    options = {n: _serve_options(n, option) for n in names}
-    for opts in options.values():
-        _check_parsers(opts)
-    if port in (ports.http, ports.grpc, ports.metrics):
-        raise UsageError(f"--port {port} is also a Triton port; pick another")
-    check_ports_free({"--port": port}, host=host)
-    check_ports_free(_triton_port_options(ports))
-    if len(names) > 1:  # before building anything: catalogue entries say their ranks
-        catalog = load_catalog()
-        for n in names:
-            _check_shareable(n, catalog.get(n).world_size if n in catalog else 1)
-    engine_dirs = {n: _engine_for(n, build=build) for n in names}
-    if len(names) > 1:
-        for n, engine_dir in engine_dirs.items():
-            _check_shareable(n, read_engine(engine_dir).world_size)
-    for n, engine_dir in engine_dirs.items():
-        _check_compatible(n, engine_dir, options[n], force=force)
-    first, *rest = names
-    config = StackConfig(
-        name=first,
-        engine_dir=engine_dirs[first],
-        ports=ports,
-        host=host,
-        port=port,
-        options=options[first],
-        api_key=api_key,
-        workers=workers,
+    if json_output and not dry_run:
+        raise UsageError("--json prints the plan of --dry-run; add --dry-run")
+    if not dry_run:
+        _raise_open_file_limit()
+    listen = ProxyListen(host=host, port=port, api_key=api_key, workers=workers, max_body_bytes=body_limit)
+    plan = make_plan(
+        names,
+        option_pairs=option,
+        ports=TritonPorts(http=triton_http_port, grpc=triton_grpc_port, metrics=triton_metrics_port),
+        proxy=listen,
+        build=build,
+        dry_run=dry_run,
+        force=force,
         ready_timeout_s=ready_timeout,
         restart=restart,
-        others=tuple(StackEngine(n, engine_dirs[n], options[n]) for n in rest),
-        max_body_bytes=body_limit,
     )
-    shown = ", ".join(names)
-    with _running(Stack(config, say=lambda line: console.print(escape(line)))) as stack:
+    if dry_run:
+        if json_output:
+            print_json(plan.describe())
+        else:
+            _print_plan(plan)
+        return
+    with running(Stack(plan, say=lambda line: console.print(escape(line)))) as stack:
         assert stack.proxy is not None
         if demo:
             threading.Thread(
-                target=_demo_request, args=(stack.proxy, port, first, api_key), daemon=True
+                target=_demo_request, args=(stack.proxy, port, names[0], api_key), daemon=True
             ).start()
-        console.print(f"OpenAI-compatible API for [bold]{escape(shown)}[/] on http://{host}:{port}/v1")
+        console.print(
+            f"OpenAI-compatible API for [bold]{escape(', '.join(names))}[/] on http://{host}:{port}/v1"
+        )
         stack.serve()
     console.print("stopped tritonserver and the proxy")

@@ -25,24 +25,21 @@ def _with_own_stack(
     name: str, *, max_tokens: int, ready_timeout_s: float, build: bool, force: bool
 ) -> SmokeReport:
     """Start a `Stack` (tritonserver and the proxy) on free loopback ports, run the checks, stop it."""
-    from trtforge.cli.serving import _check_compatible, _engine_for, _running, _serve_options
-    from trtforge.stack import Stack, StackConfig, TritonPorts
+    from trtforge.cli.serving import make_plan, running
+    from trtforge.serving import ProxyListen, Stack, TritonPorts
 
-    options = _serve_options(name, None)
-    engine_dir = _engine_for(name, build=build)
-    _check_compatible(name, engine_dir, options, force=force)
-    ports = TritonPorts(http=_free_port(), grpc=_free_port(), metrics=_free_port())
     port = _free_port()
-    config = StackConfig(
-        name=name,
-        engine_dir=engine_dir,
-        ports=ports,
-        port=port,
-        options=options,
+    plan = make_plan(
+        [name],
+        option_pairs=None,
+        ports=TritonPorts(http=_free_port(), grpc=_free_port(), metrics=_free_port()),
+        proxy=ProxyListen(port=port),
+        build=build,
+        force=force,
         ready_timeout_s=ready_timeout_s,
         restart=False,
     )
-    with _running(Stack(config, say=lambda line: console.print(escape(line)))) as stack:
+    with running(Stack(plan, say=lambda line: console.print(escape(line)))) as stack:
         proxy = stack.proxy
         assert proxy is not None
         failures: list[BaseException] = []

@@ -305,14 +305,14 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 # ----------------------------------------------------------------------------------------------- assembly
 
 
-def build_app(settings: ProxySettings | Sequence[ProxySettings], *, api_key: str | None = None) -> FastAPI:
+def build_app(settings: Sequence[ProxySettings], *, api_key: str | None = None) -> FastAPI:
     """The proxy app. Its lifespan loads each model's tokenizer and opens its gRPC channel to Triton.
 
     Args:
-        settings: what is served: one model, or several routed by the request's `model`.
+        settings: what is served, one entry per model (routed by the request's `model`).
         api_key: when set, `/v1/` routes need `Authorization: Bearer <api_key>`.
     """
-    models = [settings] if isinstance(settings, ProxySettings) else list(settings)
+    models = list(settings)
     names = [m.model_name for m in models]
     if not models or len(set(names)) != len(names):
         raise ValueError(f"need one or more models with distinct names, got {names}")
@@ -358,7 +358,7 @@ def build_app(settings: ProxySettings | Sequence[ProxySettings], *, api_key: str
 
 
 def make_server(
-    settings: ProxySettings | Sequence[ProxySettings],
+    settings: Sequence[ProxySettings],
     *,
     host: str = DEFAULT_PROXY_HOST,
     port: int = DEFAULT_PROXY_PORT,
@@ -394,11 +394,11 @@ def run_proxy(
     Raises:
         ProxyStartError: the server could not start (port taken, tokenizer unreadable, ...).
     """
-    run_server(make_server(settings, host=host, port=port, log_level=log_level, api_key=api_key))
+    run_server(make_server([settings], host=host, port=port, log_level=log_level, api_key=api_key))
 
 
 def make_proxy(
-    settings: ProxySettings | Sequence[ProxySettings],
+    settings: Sequence[ProxySettings],
     *,
     host: str = DEFAULT_PROXY_HOST,
     port: int = DEFAULT_PROXY_PORT,
@@ -409,8 +409,7 @@ def make_proxy(
     """`make_server` for one worker (in this process); `ProxyWorkers` (processes sharing the port) for more."""
     if workers == 1:
         return make_server(settings, host=host, port=port, log_level=log_level, api_key=api_key)
-    served = settings if isinstance(settings, ProxySettings) else tuple(settings)
-    spec = WorkerSpec(settings=served, host=host, port=port, log_level=log_level, api_key=api_key)
+    spec = WorkerSpec(settings=tuple(settings), host=host, port=port, log_level=log_level, api_key=api_key)
     return ProxyWorkers(spec, workers)
 
 

@@ -15,7 +15,7 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event
@@ -32,11 +32,11 @@ _STOP_TIMEOUT_S = 15.0  # uvicorn's graceful timeout is 5 s; then the worker is 
 class WorkerSpec:
     """What every worker serves, and where (sent to the spawned processes, so plain picklable data)."""
 
-    settings: ProxySettings | tuple[ProxySettings, ...]
+    settings: tuple[ProxySettings, ...]
     host: str
     port: int
     log_level: str = "info"
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # a secret: never in a repr or a log line
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:

@@ -85,26 +85,29 @@ class TensorFact:
     optional: bool = True
     scalar: bool = False  # declared with `reshape: { shape: [ ] }`
     ragged: bool = False  # declared with `allow_ragged_batch: true`
+    # Declared in the configs trtforge generates (decoder-only text models): encoder-decoder, multimodal,
+    # disaggregated-serving, KV-retention and lookahead tensors are left out.
+    generated: bool = True
 
 
 def _in(name: str, data_type: str, dims: tuple[int, ...] = (1,), **flags: bool) -> TensorFact:
     return TensorFact(name, data_type, dims, **flags)
 
 
-def _scalar_in(name: str, data_type: str) -> TensorFact:
-    return TensorFact(name, data_type, (1,), optional=True, scalar=True)
+def _scalar_in(name: str, data_type: str, *, generated: bool = True) -> TensorFact:
+    return TensorFact(name, data_type, (1,), optional=True, scalar=True, generated=generated)
 
 
 TRTLLM_INPUTS: tuple[TensorFact, ...] = (
     _in("input_ids", "TYPE_INT32", (-1,), ragged=True),  # declared optional: encoder models send features
-    _in("encoder_input_features", ENGINE_DTYPE, (-1, -1), ragged=True),
-    _scalar_in("encoder_output_lengths", "TYPE_INT32"),
+    _in("encoder_input_features", ENGINE_DTYPE, (-1, -1), ragged=True, generated=False),
+    _scalar_in("encoder_output_lengths", "TYPE_INT32", generated=False),
     TensorFact("input_lengths", "TYPE_INT32", (1,), optional=False, scalar=True),
     TensorFact("request_output_len", "TYPE_INT32", (1,), optional=False, scalar=True),
     _scalar_in("num_return_sequences", "TYPE_INT32"),
     _in("draft_input_ids", "TYPE_INT32", (-1,), ragged=True),
-    _in("decoder_input_ids", "TYPE_INT32", (-1,), ragged=True),
-    _scalar_in("decoder_input_lengths", "TYPE_INT32"),
+    _in("decoder_input_ids", "TYPE_INT32", (-1,), ragged=True, generated=False),
+    _scalar_in("decoder_input_lengths", "TYPE_INT32", generated=False),
     _in("draft_logits", LOGITS_DTYPE, (-1, -1), ragged=True),
     _scalar_in("draft_acceptance_threshold", "TYPE_FP32"),
     _scalar_in("end_id", "TYPE_INT32"),
@@ -139,30 +142,30 @@ TRTLLM_INPUTS: tuple[TensorFact, ...] = (
     _in("prompt_embedding_table", ENGINE_DTYPE, (-1, -1), ragged=True),
     _in("prompt_table_extra_ids", "TYPE_UINT64", (-1,), ragged=True),
     _scalar_in("prompt_vocab_size", "TYPE_INT32"),
-    _in("cross_attention_mask", "TYPE_BOOL", (-1, -1), ragged=True),
-    _in("mrope_rotary_cos_sin", "TYPE_FP32", (-1,)),
-    _in("mrope_position_deltas", "TYPE_INT64", (1,)),
+    _in("cross_attention_mask", "TYPE_BOOL", (-1, -1), ragged=True, generated=False),
+    _in("mrope_rotary_cos_sin", "TYPE_FP32", (-1,), generated=False),
+    _in("mrope_position_deltas", "TYPE_INT64", (1,), generated=False),
     _scalar_in("lora_task_id", "TYPE_UINT64"),
     _in("lora_weights", "TYPE_FP16", (-1, -1), ragged=True),
     _in("lora_config", "TYPE_INT32", (-1, 3), ragged=True),
-    _in("context_phase_params", "TYPE_UINT8", (-1,), ragged=True),
-    _in("skip_cross_attn_blocks", "TYPE_BOOL", (1,), ragged=True),
-    _in("retention_token_range_starts", "TYPE_INT32", (-1,), ragged=True),
-    _in("retention_token_range_ends", "TYPE_INT32", (-1,), ragged=True),
-    _in("retention_token_range_priorities", "TYPE_INT32", (-1,), ragged=True),
-    _in("retention_token_range_durations_ms", "TYPE_INT32", (-1,), ragged=True),
-    _in("retention_decode_priority", "TYPE_INT32", (1,), ragged=True),
-    _in("retention_decode_duration_ms", "TYPE_INT32", (1,), ragged=True),
+    _in("context_phase_params", "TYPE_UINT8", (-1,), ragged=True, generated=False),
+    _in("skip_cross_attn_blocks", "TYPE_BOOL", (1,), ragged=True, generated=False),
+    _in("retention_token_range_starts", "TYPE_INT32", (-1,), ragged=True, generated=False),
+    _in("retention_token_range_ends", "TYPE_INT32", (-1,), ragged=True, generated=False),
+    _in("retention_token_range_priorities", "TYPE_INT32", (-1,), ragged=True, generated=False),
+    _in("retention_token_range_durations_ms", "TYPE_INT32", (-1,), ragged=True, generated=False),
+    _in("retention_decode_priority", "TYPE_INT32", (1,), ragged=True, generated=False),
+    _in("retention_decode_duration_ms", "TYPE_INT32", (1,), ragged=True, generated=False),
     _in("guided_decoding_guide_type", "TYPE_STRING", (1,), ragged=True),
     _in("guided_decoding_guide", "TYPE_STRING", (1,), ragged=True),
-    _in("lookahead_window_size", "TYPE_INT32", (1,), ragged=True),
-    _in("lookahead_ngram_size", "TYPE_INT32", (1,), ragged=True),
-    _in("lookahead_verification_set_size", "TYPE_INT32", (1,), ragged=True),
+    _in("lookahead_window_size", "TYPE_INT32", (1,), ragged=True, generated=False),
+    _in("lookahead_ngram_size", "TYPE_INT32", (1,), ragged=True, generated=False),
+    _in("lookahead_verification_set_size", "TYPE_INT32", (1,), ragged=True, generated=False),
 )
 
 
-def _out(name: str, data_type: str, dims: tuple[int, ...]) -> TensorFact:
-    return TensorFact(name, data_type, dims, optional=False)
+def _out(name: str, data_type: str, dims: tuple[int, ...], *, generated: bool = True) -> TensorFact:
+    return TensorFact(name, data_type, dims, optional=False, generated=generated)
 
 
 TRTLLM_OUTPUTS: tuple[TensorFact, ...] = (
@@ -174,7 +177,7 @@ TRTLLM_OUTPUTS: tuple[TensorFact, ...] = (
     _out("generation_logits", LOGITS_DTYPE, (-1, -1, -1)),
     _out("batch_index", "TYPE_INT32", (1,)),
     _out("sequence_index", "TYPE_INT32", (1,)),
-    _out("context_phase_params", "TYPE_UINT8", (-1,)),
+    _out("context_phase_params", "TYPE_UINT8", (-1,), generated=False),
     _out("kv_cache_alloc_new_blocks", "TYPE_INT32", (1,)),
     _out("kv_cache_reused_blocks", "TYPE_INT32", (1,)),
     _out("kv_cache_alloc_total_blocks", "TYPE_INT32", (1,)),

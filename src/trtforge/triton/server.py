@@ -7,9 +7,8 @@ Lifecycle: CREATED -> STARTING -> READY -> STOPPING -> STOPPED, or -> FAILED whe
 (the process is stopped before the error is raised). `stop()` is idempotent and safe from any state.
 
 The server is an `OwnedProcess` (`trtforge.processes`): it runs in its own session, so a Ctrl-C in the terminal
-does not reach it and the caller forwards signals. Either let SIGINT/SIGTERM unwind the `with` block (wrap it in
-`stop_on_signals(server)`, which turns SIGTERM into SystemExit and stops the server on the way out), or call
-`server.stop()` from its own handler. Python-backend stubs (`triton_python_backend_stub`) are descendants of
+does not reach it and the caller forwards signals: let SIGINT/SIGTERM unwind the `with` block (the CLI turns
+SIGTERM into SystemExit around its stacks), or call `server.stop()` from its own handler. Python-backend stubs (`triton_python_backend_stub`) are descendants of
 tritonserver that may leave its process group; the owner records them while the server runs and ends them with
 it, and `stop_report` says what the end did.
 
@@ -19,22 +18,19 @@ killed cannot remove its regions in /dev/shm, so `stop()` removes what is left u
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import glob
 import json
 import re
 import shutil
-import signal
 import stat
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
@@ -49,7 +45,6 @@ __all__ = [
     "TritonServer",
     "remove_shm_regions",
     "required_backends",
-    "stop_on_signals",
 ]
 
 _POLL_INTERVAL_S = 0.2
@@ -91,6 +86,8 @@ class TritonServer:
         host: the address every endpoint binds (keep it local; the proxy is the public face).
         exit_timeout_s: tritonserver's `--exit-timeout-secs` (it otherwise waits 30 s on SIGTERM).
         distribution: the tritonserver to run; default `find_tritonserver()`.
+        shm_prefix: the python backend's shared-memory prefix; default a new one (`trtforge_<uuid12>_`). Give one
+            only to run a command decided earlier, never the prefix of a server that is still running.
     """
 
     def __init__(
@@ -105,6 +102,7 @@ class TritonServer:
         host: str = "127.0.0.1",
         exit_timeout_s: int = 3,
         distribution: TritonDistribution | None = None,
+        shm_prefix: str | None = None,
     ) -> None:
         if world_size < 1:
             raise TritonError(f"world_size must be at least 1, not {world_size}")
@@ -118,7 +116,7 @@ class TritonServer:
         self.log_path = Path(log_path).absolute() if log_path is not None else None
         self._distribution = distribution
         # Unique per server: regions left by a killed server are told apart from other servers' live ones.
-        self.shm_prefix = f"trtforge_{uuid.uuid4().hex[:12]}_"
+        self.shm_prefix = shm_prefix or f"trtforge_{uuid.uuid4().hex[:12]}_"
         self._state = ServerState.CREATED
         self._process: OwnedProcess | None = None
         self._stop_report: EndReport | None = None
@@ -364,24 +362,6 @@ def required_backends(repository: Path) -> dict[str, list[str]]:
         if config.backend:
             backends.setdefault(config.backend, []).append(config.name or config_path.parent.name)
     return backends
-
-
-@contextlib.contextmanager
-def stop_on_signals(server: TritonServer) -> Iterator[TritonServer]:
-    """Within the block, SIGTERM raises SystemExit (SIGINT already raises KeyboardInterrupt) and the server
-    is stopped on the way out, whatever ends the block. Main thread only (Python's signal rule)."""
-
-    def raise_exit(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, raise_exit)
-    try:
-        yield server
-    finally:
-        try:
-            server.stop()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def remove_shm_regions(prefix: str, shm_dir: Path = SHM_DIR) -> list[Path]:
