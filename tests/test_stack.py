@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,7 +17,14 @@ from conftest import free_port
 from trtforge.cli.serving import sigterm_exits
 from trtforge.engine import read_engine
 from trtforge.errors import UsageError
-from trtforge.serving import TritonPorts, check_ports_free, curl_example, repository_path
+from trtforge.serving import (
+    ProxyListen,
+    TritonPorts,
+    check_ports_free,
+    curl_example,
+    plan_serving,
+    repository_path,
+)
 from trtforge.triton.server import ServerState, TritonServer
 
 
@@ -83,3 +91,21 @@ def test_sigterm_exits_turns_sigterm_into_exit_and_the_server_is_stopped(tmp_pat
     assert caught.value.code == 128 + signal.SIGTERM
     assert server.state is ServerState.STOPPED
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_api_key_is_in_no_repr_and_not_in_the_printed_plan(tiny_engine: Path) -> None:
+    from trtforge.proxy.workers import WorkerSpec
+
+    secret = "s3cret-key-do-not-log"
+    listen = ProxyListen(port=free_port(), api_key=secret)
+    plan = plan_serving(
+        ["tiny"],
+        engine_dirs={"tiny": tiny_engine},
+        ports=TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port()),
+        proxy=listen,
+    )
+    assert plan.proxy is not None and plan.proxy.api_key == secret  # kept, only never shown
+    spec = WorkerSpec(settings=plan.proxy_settings, host=listen.host, port=listen.port, api_key=secret)
+    for shown in (repr(listen), repr(plan), repr(spec), json.dumps(plan.describe())):
+        assert secret not in shown
+    assert plan.describe()["proxy"]["api_key_required"] is True

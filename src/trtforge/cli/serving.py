@@ -182,7 +182,7 @@ def _print_repository_command(plan: ServePlan) -> None:
 
 def _print_plan(plan: ServePlan) -> None:
     """`up --dry-run` without `--json`: the plan for a reader (stdout)."""
-    lines = [f"plan for {', '.join(plan.names)} (dry run: nothing built, written or started)"]
+    lines = [f"plan for {', '.join(plan.names)} (dry run: nothing built or started)"]
     for served in plan.engines:
         options = served.options.model_dump(mode="json", exclude_unset=True)
         shown = ", ".join(f"{key}={value}" for key, value in options.items()) or "defaults"
@@ -393,7 +393,7 @@ def up(
         typer.Option(
             "--dry-run",
             help="Print what would be served (engines, repository, Triton command, ports) and exit; nothing is "
-            "built, written or started (an engine not built yet is an error).",
+            "built or started and no repository is written (an engine not built yet is an error).",
         ),
     ] = False,
     json_output: Annotated[
