@@ -318,7 +318,8 @@ def plan_serving(
     progress: Callable[[str], AbstractContextManager[BuildProgress]] | None = None,
     say: Callable[[str], None] = logger.info,
 ) -> ServePlan:
-    """Decide how to serve `names`, or refuse in one line; nothing is started or written.
+    """Decide how to serve `names`, or refuse in one line; nothing is started, and nothing is written but what a
+    build (`build`) puts in the store.
 
     Args:
         names: engines to serve (catalogue entries, links or engine directories); several share one
@@ -332,20 +333,21 @@ def plan_serving(
         force: the compatibility gate warns (`ServePlan.warnings`) instead of refusing.
         repository: write the repository here, for a tritonserver started elsewhere (`serve --repository-only`):
             ports are not checked and the compatibility gate does not apply here.
-        engine_dirs: engine directories for names that are neither catalogue entries nor links (library use).
+        engine_dirs: engine directories by name (library use): those names are served from there as they are,
+            without the catalogue (no build, no serve table).
         ready_timeout_s, restart: as `ServePlan` holds them.
         progress: a build's progress display per name (default: none).
         say: where the "engine built/cached" line goes.
 
     Raises:
         UsageError: a duplicate name, a bad serve option or parser name, a port clash or a taken port, an
-            engine that cannot share a Triton with the others, options that do not fit an engine.
+            engine that cannot share a Triton with the others, options that do not fit an engine, a
+            repository directory that holds something trtforge did not generate.
         CatalogError, EngineNotFoundError: an unknown name, or (dry run) an engine not built yet.
         IncompatibleEngineError: the gate refused an engine (exit status 3).
         TrtforgeError: a build failed, or tritonserver (or mpirun, for several ranks) is not found.
     """
-    from trtforge.proxy.parsers import default_parsers
-    from trtforge.triton.repository import model_configs, triton_model_names
+    from trtforge.triton.repository import check_replaceable, model_configs
 
     if not names:
         raise UsageError("name at least one engine to serve")
@@ -380,7 +382,37 @@ def plan_serving(
             _check_shareable(name, info.backend, info.world_size)
     warnings = [] if repository is not None else _gate(infos, options, force=force)
     models = tuple(model_configs(infos, options))  # the contract and per-engine option checks
-    triton_models = triton_model_names(list(names))
+    served = _served_engines(infos, options)
+    destination = Path(repository).expanduser().absolute() if repository else repository_path(infos)
+    check_replaceable(destination)
+    launch = _triton_launch(
+        infos,
+        repository=destination,
+        ports=ports,
+        alone=proxy is None,
+        elsewhere=repository is not None,
+    )
+    return ServePlan(
+        engines=tuple(served),
+        models=models,
+        triton=launch,
+        proxy=proxy,
+        proxy_settings=_proxy_settings(served, ports, proxy),
+        ready_timeout_s=ready_timeout_s,
+        restart=restart,
+        warnings=tuple(warnings),
+    )
+
+
+def _served_engines(
+    infos: Mapping[str, EngineInfo], options: Mapping[str, ServeOptions]
+) -> list[ServedEngine]:
+    """Each engine as the plan serves it: its Triton model, and its parsers (the options', else the defaults of
+    its architecture)."""
+    from trtforge.proxy.parsers import default_parsers
+    from trtforge.triton.repository import triton_model_names
+
+    triton_models = triton_model_names(list(infos))
     served = []
     for name, info in infos.items():
         default_reasoning, default_tools = default_parsers(info.architecture)
@@ -397,23 +429,7 @@ def plan_serving(
                 tool_parser=default_tools if opts.tool_parser is None else opts.tool_parser,
             )
         )
-    launch = _triton_launch(
-        infos,
-        repository=repository or repository_path(infos),
-        ports=ports,
-        alone=proxy is None,
-        elsewhere=repository is not None,
-    )
-    return ServePlan(
-        engines=tuple(served),
-        models=models,
-        triton=launch,
-        proxy=proxy,
-        proxy_settings=_proxy_settings(served, ports, proxy),
-        ready_timeout_s=ready_timeout_s,
-        restart=restart,
-        warnings=tuple(warnings),
-    )
+    return served
 
 
 def _options(
