@@ -212,7 +212,7 @@ def test_curl_sees_sse_framing(base_url: str) -> None:
 def test_client_disconnect_cancels_the_generation(
     sdk: openai.OpenAI, base_url: str, caplog: pytest.LogCaptureFixture, stream: bool
 ) -> None:
-    caplog.set_level(logging.INFO, logger="trtforge.proxy.serving")
+    caplog.set_level(logging.INFO, logger="trtforge.proxy.generation")
     max_tokens = 800  # seconds of work for the reference backend: it cannot finish before the client leaves
     body = {"model": MODEL, "prompt": "The quick brown fox", "stream": stream, "ignore_eos": True}
     payload = json.dumps({**body, "max_tokens": max_tokens}).encode()
@@ -346,7 +346,7 @@ def test_metrics_count_generations(sdk: openai.OpenAI, base_url: str) -> None:
 def test_request_id_becomes_the_response_and_triton_id(
     sdk: openai.OpenAI, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="trtforge.proxy.serving")
+    caplog.set_level(logging.INFO, logger="trtforge.proxy.generation")
     raw = sdk.chat.completions.with_raw_response.create(
         model=MODEL, messages=HELLO, max_tokens=2, extra_headers={"X-Request-Id": "trace-1234"}
     )

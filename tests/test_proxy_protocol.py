@@ -21,6 +21,7 @@ from trtforge.proxy.backend import (
 )
 from trtforge.proxy.errors import InvalidRequestError, TritonRequestError, TritonUnavailableError
 from trtforge.proxy.logprobs import top_alternatives
+from trtforge.proxy.prepare import to_sampling
 from trtforge.proxy.protocol import (
     ChatChunkChoice,
     ChatCompletionChunk,
@@ -28,7 +29,6 @@ from trtforge.proxy.protocol import (
     CompletionRequest,
     DeltaMessage,
 )
-from trtforge.proxy.serving import to_sampling
 from trtforge.proxy.sse import DONE_FRAME, format_event
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}

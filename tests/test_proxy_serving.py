@@ -12,8 +12,10 @@ import pytest
 from proxy_fixtures import write_tokenizer_dir
 from trtforge.proxy.backend import TritonBackend
 from trtforge.proxy.errors import InvalidRequestError, ModelNotFoundError, TritonRequestError
+from trtforge.proxy.generation import TextDelta
+from trtforge.proxy.prepare import Prepared
 from trtforge.proxy.protocol import ChatCompletionRequest, CompletionRequest
-from trtforge.proxy.serving import OpenAIServing, Prepared, TextDelta
+from trtforge.proxy.serving import OpenAIServing
 from trtforge.proxy.settings import ProxySettings
 from trtforge.proxy.tokenizer import ProxyTokenizer
 
@@ -36,18 +38,23 @@ def _chat(**fields: object) -> ChatCompletionRequest:
 
 def test_default_max_tokens_is_the_remaining_context(serving: OpenAIServing) -> None:
     prepared = serving.prepare_chat(_chat())
-    assert prepared.gen.max_tokens == 64 - prepared.prompt_tokens
-    assert prepared.gen.end_id == serving.tokenizer.eos_id  # <|im_end|>
-    assert not prepared.gen.streaming
+    [generation] = prepared.generations
+    assert generation.gen.max_tokens == 64 - prepared.prompt_tokens
+    assert generation.gen.end_id == serving.tokenizer.eos_id  # <|im_end|>
+    assert not generation.gen.streaming
 
 
 def test_stop_strings_make_triton_stream_even_for_whole_responses(serving: OpenAIServing) -> None:
-    assert serving.prepare_chat(_chat(stop="x")).gen.streaming
+    assert serving.prepare_chat(_chat(stop="x")).generations[0].gen.streaming
 
 
 def test_chat_template_kwargs_reach_the_template(serving: OpenAIServing) -> None:
-    plain = serving.prepare_chat(_chat()).gen.prompt_ids
-    no_think = serving.prepare_chat(_chat(chat_template_kwargs={"enable_thinking": False})).gen.prompt_ids
+    plain = serving.prepare_chat(_chat()).generations[0].gen.prompt_ids
+    no_think = (
+        serving.prepare_chat(_chat(chat_template_kwargs={"enable_thinking": False}))
+        .generations[0]
+        .gen.prompt_ids
+    )
     text = serving.tokenizer.decoder.decode(list(no_think), skip_special_tokens=False)
     assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n") and len(no_think) > len(plain)
 

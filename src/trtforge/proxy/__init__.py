@@ -1,7 +1,7 @@
 """The OpenAI-compatible proxy in front of Triton's `tensorrt_llm` model. See docs/architecture.md.
 
 settings = ProxySettings.from_engine("tiny", read_engine(path), "127.0.0.1:8001")
-run_proxy(settings, host="127.0.0.1", port=9000)      # foreground, until SIGINT/SIGTERM
+run_server(make_proxy(settings, host="127.0.0.1", port=9000))      # foreground, until SIGINT/SIGTERM
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from trtforge.proxy.app import (
     build_app,
     make_proxy,
     make_server,
-    run_proxy,
     run_server,
 )
 from trtforge.proxy.settings import ProxySettings
@@ -22,6 +21,5 @@ __all__ = [
     "build_app",
     "make_proxy",
     "make_server",
-    "run_proxy",
     "run_server",
 ]

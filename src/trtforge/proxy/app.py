@@ -1,4 +1,4 @@
-"""The FastAPI app: thin routes over `OpenAIServing`, one error envelope, and the uvicorn server around it.
+"""The FastAPI app: thin routes over `OpenAIServing`, errors through `proxy.errors`, and the uvicorn server.
 
 GET  /v1/models             the served model (the engine name) with its context length
 GET  /v1/models/{id}        one model card, or a 404 envelope
@@ -28,20 +28,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from trtforge.constants import DEFAULT_PROXY_HOST, DEFAULT_PROXY_PORT
 from trtforge.errors import TrtforgeError
 from trtforge.proxy.backend import TritonBackend
-from trtforge.proxy.errors import ApiError, ModelNotFoundError, TritonUnavailableError
+from trtforge.proxy.errors import ApiError, ModelNotFoundError, TritonUnavailableError, error_response
+from trtforge.proxy.generation import TextDelta
 from trtforge.proxy.limits import BodyLimitMiddleware
 from trtforge.proxy.metrics import METRICS_MEDIA_TYPE, ProxyMetrics
 from trtforge.proxy.middleware import ProxyMiddleware
-from trtforge.proxy.protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    ErrorInfo,
-    ErrorResponse,
-    ModelList,
-)
-from trtforge.proxy.serving import OpenAIServing, Prepared, TextDelta, error_envelope
+from trtforge.proxy.prepare import Prepared
+from trtforge.proxy.protocol import ChatCompletionRequest, CompletionRequest, ModelList
+from trtforge.proxy.serving import OpenAIServing
 from trtforge.proxy.settings import ProxySettings
-from trtforge.proxy.sse import DONE_FRAME, SSE_MEDIA_TYPE, format_event
+from trtforge.proxy.sse import DONE_FRAME, SSE_MEDIA_TYPE, error_frame
 from trtforge.proxy.tokenizer import ProxyTokenizer
 from trtforge.proxy.workers import ProxyWorkers, WorkerSpec
 
@@ -51,7 +47,6 @@ T = TypeVar("T")
 
 # nginx and similar proxies buffer responses unless told not to; SSE must reach the client per chunk.
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_STATUS_TYPES = {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}
 
 
 class ProxyStartError(TrtforgeError, RuntimeError):
@@ -61,49 +56,9 @@ class ProxyStartError(TrtforgeError, RuntimeError):
 # ------------------------------------------------------------------------------------------------- errors
 
 
-def _envelope(status: int, info: ErrorInfo) -> JSONResponse:
-    return JSONResponse(ErrorResponse(error=info).model_dump(), status_code=status)
-
-
-async def _api_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
-    return JSONResponse(error_envelope(exc).model_dump(), status_code=exc.status_code)
-
-
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
-    first = errors[0] if errors else {}
-    # loc is ("body", field, ...); the OpenAI `param` is the field path without "body".
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(loc) or None
-    # pydantic prefixes what a validator raised ("Value error, ..."); the client needs only the reason.
-    message = str(first.get("msg", "invalid request"))
-    for prefix in ("Value error, ", "Assertion failed, "):
-        message = message.removeprefix(prefix)
-    if first.get("type") == "json_invalid":
-        # loc is ("body", offset): the offset of the syntax error, not a field.
-        param = None
-        message = f"invalid JSON in the request body at character {loc[0] if loc else '?'}"
-    if param:
-        message = f"{param}: {message}"
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more problems)"
-    info = ErrorInfo(message=message, type="invalid_request_error", param=param, code="invalid_value")
-    return _envelope(400, info)
-
-
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    error_type = _STATUS_TYPES.get(
-        exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error"
-    )
-    return _envelope(exc.status_code, ErrorInfo(message=str(exc.detail), type=error_type))
-
-
-async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
-    logger.error("unexpected error: %s: %s", type(exc).__name__, exc, exc_info=exc)
-    return _envelope(500, ErrorInfo(message="internal server error", type="server_error"))
+async def _error_response(_: Request, exc: Exception) -> Response:
+    # Whatever no handler takes (not an `ApiError`: a bug) becomes the 500 envelope in `ProxyMiddleware`.
+    return error_response(exc)
 
 
 # ---------------------------------------------------------------------------------------- disconnects
@@ -176,7 +131,7 @@ async def _until_shutdown(frames: AsyncIterator[str], shutting_down: asyncio.Eve
             yield text
         logger.info("server shutting down; stream ended")
         await frames.aclose()  # type: ignore[attr-defined]
-        yield format_event(error_envelope(TritonUnavailableError("the server is shutting down")))
+        yield error_frame(TritonUnavailableError("the server is shutting down"))
         yield DONE_FRAME
     finally:
         watcher.remove_done_callback(on_shutdown)
@@ -350,10 +305,8 @@ def build_app(settings: Sequence[ProxySettings], *, api_key: str | None = None) 
     app.add_middleware(BodyLimitMiddleware, max_bytes=max(m.max_body_bytes for m in models))
     app.add_middleware(ProxyMiddleware, api_key=api_key)
     app.include_router(router)
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    for handled in (ApiError, RequestValidationError, StarletteHTTPException):
+        app.add_exception_handler(handled, _error_response)
     return app
 
 
@@ -379,22 +332,6 @@ def make_server(
         timeout_graceful_shutdown=5,
     )
     return _ProxyServer(config, app.state.shutting_down)
-
-
-def run_proxy(
-    settings: ProxySettings,
-    *,
-    host: str = DEFAULT_PROXY_HOST,
-    port: int = DEFAULT_PROXY_PORT,
-    log_level: str = "info",
-    api_key: str | None = None,
-) -> None:
-    """Serve until SIGINT/SIGTERM, then finish open requests (up to 5 s) and return.
-
-    Raises:
-        ProxyStartError: the server could not start (port taken, tokenizer unreadable, ...).
-    """
-    run_server(make_server([settings], host=host, port=port, log_level=log_level, api_key=api_key))
 
 
 def make_proxy(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from trtforge.proxy.middleware import _send_error as send_error
+from trtforge.proxy.errors import RequestTooLargeError, send_error
 from trtforge.proxy.settings import DEFAULT_MAX_BODY_BYTES
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -38,11 +38,12 @@ class BodyLimitMiddleware:
             return
         header_bytes = sum(len(key) + len(value) + 4 for key, value in scope.get("headers", ()))
         if header_bytes > MAX_HEADER_BYTES:
-            await self._refuse(send, 431, f"the request headers are larger than {MAX_HEADER_BYTES} bytes")
+            refusal = f"the request headers are larger than {MAX_HEADER_BYTES} bytes"
+            await _refuse(send, RequestTooLargeError(refusal, headers=True))
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await self._refuse(send)
+            await _refuse(send, self._body_too_large())
             return
         body: list[bytes] = []
         size = 0
@@ -53,7 +54,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._refuse(send)
+                await _refuse(send, self._body_too_large())
                 return
             body.append(chunk)
             if not message.get("more_body", False):
@@ -69,14 +70,13 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send, status: int = 413, message: str | None = None) -> None:
-        error = {
-            "message": message or f"the request body is larger than {self.max_bytes} bytes",
-            "type": "invalid_request_error",
-            "param": None,
-            "code": "request_too_large",
-        }
-        await send_error(send, status, error, [(b"connection", b"close")])
+    def _body_too_large(self) -> RequestTooLargeError:
+        return RequestTooLargeError(f"the request body is larger than {self.max_bytes} bytes")
+
+
+async def _refuse(send: Send, error: RequestTooLargeError) -> None:
+    # The rest of the request is never read: the connection cannot carry another one.
+    await send_error(send, error, [(b"connection", b"close")])
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -8,16 +8,18 @@ Plain ASGI rather than starlette's `BaseHTTPMiddleware`, which wraps `receive` a
 - API key: when set, every `/v1/` route needs `Authorization: Bearer <key>`; a missing or wrong key is a 401 in
   OpenAI's envelope. `/health` and `/metrics` stay open (probes and scrapers carry no key). The key is compared
   in constant time and never logged.
+- The last resort: an exception no exception handler of the app took (not an `ApiError`: a bug) becomes the 500
+  envelope here, inside the request id's reach, rather than in starlette's outermost error middleware.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import uuid
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from trtforge.proxy.errors import AuthenticationError, api_error, send_error
 
 REQUEST_ID_HEADER = "x-request-id"
 MAX_REQUEST_ID_CHARS = 128
@@ -36,24 +38,6 @@ def _usable_request_id(raw: bytes | None) -> str | None:
         return None
     text = raw.decode("latin-1")
     return text if all(" " < ch < "\x7f" for ch in text) else None
-
-
-async def _send_error(
-    send: Send, status: int, error: dict[str, Any], headers: list[tuple[bytes, bytes]]
-) -> None:
-    body = json.dumps({"error": error}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 class ProxyMiddleware:
@@ -80,21 +64,23 @@ class ProxyMiddleware:
         echo = (REQUEST_ID_HEADER.encode(), request_id.encode())
 
         if not self._authorized(scope):
-            error = {
-                "message": "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
-                "type": "invalid_request_error",
-                "param": None,
-                "code": "invalid_api_key",
-            }
-            await _send_error(send, 401, error, [echo, (b"www-authenticate", b"Bearer")])
+            await send_error(send, AuthenticationError(), [echo, (b"www-authenticate", b"Bearer")])
             return
+        started = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message = {**message, "headers": [*message.get("headers", ()), echo]}
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if started:  # the status is sent: only the server closing the connection can tell the client
+                raise
+            await send_error(send_with_id, api_error(exc))
 
     def _authorized(self, scope: Scope) -> bool:
         if self._api_key is None or not str(scope.get("path", "")).startswith(_PROTECTED_PREFIX):

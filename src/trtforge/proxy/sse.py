@@ -1,10 +1,14 @@
-"""Server-sent event framing, as OpenAI streams it: `data: {json}\\n\\n` frames and a final `data: [DONE]`."""
+"""Server-sent event framing, as OpenAI streams it: `data: {json}\\n\\n` frames and a final `data: [DONE]`; an
+error after the stream has started is one `data: {"error": …}` frame before `[DONE]`."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, AsyncIterator
 from json.encoder import encode_basestring
 
 from pydantic import BaseModel
+
+from trtforge.proxy.errors import api_error, error_envelope
 
 SSE_MEDIA_TYPE = "text/event-stream"
 DONE_FRAME = "data: [DONE]\n\n"
@@ -42,3 +46,23 @@ class FrameTemplate:
 
     def render(self, value: str) -> str:
         return self._head + encode_basestring(value) + self._tail
+
+
+def error_frame(exc: Exception) -> str:
+    """The frame that tells a client an exception ended its stream (its HTTP status is long sent)."""
+    return format_event(error_envelope(api_error(exc)))
+
+
+async def event_stream(frames: AsyncGenerator[str, None]) -> AsyncIterator[str]:
+    """`frames`, then `data: [DONE]`; any exception in `frames` becomes an error frame before `[DONE]`.
+
+    Closing this stream (client gone, shutdown) closes `frames`, and with it the generations behind them.
+    """
+    try:
+        async for frame in frames:
+            yield frame
+    except Exception as exc:
+        yield error_frame(exc)
+    finally:
+        await frames.aclose()
+    yield DONE_FRAME
