@@ -121,6 +121,18 @@ def test_an_error_mid_stream_is_an_error_frame_then_done(serving: OpenAIServing)
     }
 
 
+def test_any_exception_mid_stream_is_a_generic_error_frame_then_done(serving: OpenAIServing) -> None:
+    prepared = serving.prepare_chat(_chat(stream=True, n=2))
+    failure = RuntimeError("decoding 'hi' failed")  # a bug's message may quote the prompt
+    deltas = _deltas(TextDelta("a", 1, index=1), failure)
+    *chunks, done = _frames(serving.chat_stream(prepared, deltas))
+    assert done == "[DONE]"
+    assert json.loads(chunks[-2])["choices"][0]["delta"] == {"content": "a"}
+    assert json.loads(chunks[-1]) == {
+        "error": {"message": "internal server error", "type": "server_error", "param": None, "code": None}
+    }
+
+
 def test_settings_from_an_engine_directory(tmp_path: Path) -> None:
     engine_dir = write_tokenizer_dir(tmp_path / "engine")
     (engine_dir / "hf_model").mkdir()

@@ -3,7 +3,8 @@
 Every failure leaves the proxy as `{"error": {"message", "type", "param", "code"}}` (`protocol.ErrorResponse`),
 built by `error_envelope` alone from the `ApiError` that `api_error` maps the exception to:
 
-- a route's exception: `error_response` (the app's exception handlers, and `ProxyMiddleware` for the rest);
+- a route's exception: `error_response` (the app's exception handlers); one no handler takes (a bug) reaches
+  `ProxyMiddleware`, which answers with `send_error`;
 - a middleware's refusal before any route runs (401, 413, 431): `send_error`, a raw ASGI response;
 - an exception after a stream has started (its 200 is sent): `sse.error_frame`, then `data: [DONE]`.
 
