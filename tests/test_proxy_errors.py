@@ -125,7 +125,7 @@ def broken_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     engine_dir = write_engine_dir(root / "engine", backend="reference")
     (engine_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE)
     engine = read_engine(engine_dir)
-    repository = write_model_repository(engine, root / "repository")
+    repository = write_model_repository({MODEL: engine}, root / "repository")
     shutil.copyfile(BROKEN_MODEL, repository / "tensorrt_llm" / "1" / "model.py")
     prompt_tokens = len(ProxyTokenizer.load(engine_dir).encode(PROMPT))
     with loopback_triton(repository, root) as triton, running_proxy(MODEL, engine, triton) as (url, _):
