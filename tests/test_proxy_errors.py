@@ -51,7 +51,7 @@ def keyed_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         health_timeout_s=0.5,
         max_body_bytes=LIMIT,
     )
-    server = make_server(settings, port=free_port(), log_level="critical", api_key=KEY)
+    server = make_server([settings], port=free_port(), log_level="critical", api_key=KEY)
     with serve_in_thread(server) as url:
         yield url
 
