@@ -79,3 +79,22 @@ def copy_engine_with(source: Path, dest: Path, **build_config: int) -> Path:
         config["build_config"]["max_input_len"] = build_config["max_seq_len"] - 1
     config_path.write_text(json.dumps(config, indent=2))
     return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_nvfp4_checkpoint(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny engine's model quantized into a real NVFP4 ModelOpt export (tokenizer and chat template too).
+
+    Read-only, like `tiny_engine`.
+    """
+    from nvfp4_quant import write_tiny_nvfp4_checkpoint
+
+    return write_tiny_nvfp4_checkpoint(tiny_engine, tmp_path_factory.mktemp("tiny-nvfp4") / "checkpoint")
+
+
+@pytest.fixture(scope="session")
+def tiny_float_checkpoint(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny engine's model as a plain float Hugging Face checkpoint with its tokenizer. Read-only."""
+    from nvfp4_quant import write_tiny_float_checkpoint
+
+    return write_tiny_float_checkpoint(tiny_engine, tmp_path_factory.mktemp("tiny-float") / "checkpoint")
