@@ -7,13 +7,14 @@ when told to or when its pipe closes (its LLM's process is gone), so it never ou
 
 Decoding interleaves the active requests one token each in turn (each sequence with its own KV cache), and reads
 new messages between steps, so an abort takes effect at the next step. `TRTFORGE_STANDIN_WORKER_LOG` names a file
-each worker appends its events to (start, each request's end, abort, shutdown), for tests.
+each worker appends its events to (start, each request's end, abort, SIGTERM, exit), for tests.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -318,8 +319,14 @@ def serve(inbox: Connection, out: Connection, rank: int) -> None:
                 break  # an abort takes effect before the next request's step
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    log(f"terminated by signal {signum}")
+    sys.exit(128 + signum)
+
+
 def main() -> None:
     read_fd, write_fd, rank = (int(arg) for arg in sys.argv[1:4])
+    signal.signal(signal.SIGTERM, _terminated)  # an owner ending the process tree: leave, and say so
     inbox, out = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     log(f"rank {rank} started")
     try:
