@@ -320,6 +320,7 @@ def serve(inbox: Connection, out: Connection, rank: int) -> None:
 
 
 def _terminated(signum: int, _frame: object) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # once: an owner may signal the whole tree again while we leave
     log(f"terminated by signal {signum}")
     sys.exit(128 + signum)
 
