@@ -70,7 +70,7 @@ def _tensorrt_llm_config(engine: EngineInfo, options_path: Path) -> str:
     """The generated `tensorrt_llm` config with backend python and the LLM API model's parameters."""
     reference = dataclasses.replace(engine, backend="reference")
     config = model_config_pb2.ModelConfig()
-    text_format.Parse(model_configs(reference)[TENSORRT_LLM], config)
+    text_format.Parse(model_configs({"llmapi": reference})[TENSORRT_LLM], config)
     config.backend = "python"
     config.ClearField("parameters")
     config.parameters["checkpoint_dir"].string_value = str(engine.path.absolute())

@@ -19,7 +19,8 @@ import torch
 from llmapi_helpers import TRTLLM13_STANDIN, import_standin, is_running, llm_api_workers
 from nvfp4_quant import quantize_nvfp4
 from proxy_fixtures import wait_until
-from trtforge.checkpoint import check_checkpoint, inspect_checkpoint
+from trtforge.checkpoint.locate import inspect_checkpoint
+from trtforge.checkpoint.validate import check_checkpoint
 
 trtllm = import_standin()
 from tensorrt_llm import (  # noqa: E402  (the stand-in is importable only once its directory is on sys.path)
