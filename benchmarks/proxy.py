@@ -53,7 +53,7 @@ from tritonclient.grpc import service_pb2_grpc
 from trtforge.engine import read_engine
 from trtforge.proxy.backend import GenerationRequest, build_infer_request, is_final
 from trtforge.proxy.tokenizer import ProxyTokenizer
-from trtforge.reference.tiny import _make_tokenizer, corpus_text
+from trtforge.reference.tiny import corpus_text, make_tokenizer
 from trtforge.triton import TritonServer, write_model_repository
 
 HERE = Path(__file__).resolve().parent
@@ -128,7 +128,7 @@ def write_engine(dest: Path) -> Path:
         },
     }
     (dest / "config.json").write_text(json.dumps(config))
-    tokenizer = _make_tokenizer(8192)
+    tokenizer = make_tokenizer(8192)
     tokenizer.save_pretrained(str(dest))
     (dest / "chat_template.jinja").write_text(tokenizer.chat_template)
     return dest

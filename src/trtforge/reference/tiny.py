@@ -192,7 +192,7 @@ def write_tiny_engine(
     say = progress or (lambda _line: None)
     with _deterministic_torch():
         say("training the tiny model's tokenizer")
-        tokenizer = _make_tokenizer(max_seq_len)
+        tokenizer = make_tokenizer(max_seq_len)
         tokenizer.save_pretrained(dest)
         _normalise_json_files(dest)
         say("training the tiny model")
@@ -261,7 +261,7 @@ def _corpus_exchanges(text: str, dialogue_repeats: int) -> list[_Exchange]:
 # --- tokenizer ----------------------------------------------------------------------------------------------------
 
 
-def _make_tokenizer(max_seq_len: int) -> Any:
+def make_tokenizer(max_seq_len: int) -> Any:
     """A byte-level BPE (any UTF-8 round-trips) with Qwen's special tokens, wrapped for transformers."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
