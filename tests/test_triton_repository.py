@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -237,10 +238,21 @@ def test_the_reference_model_finds_every_sibling_it_imports_and_none_shadows_a_m
     version_dir = write_model_repository({"engine": engine}, tmp_path / "repo") / "tensorrt_llm" / "1"
     files = {path.stem for path in version_dir.glob("*.py")}
     imported = {name for path in version_dir.glob("*.py") for name in _runtime_imports(path.read_text())}
-    not_installed = {name for name in imported if importlib.util.find_spec(name) is None}
+    installed = _installed_modules(imported | files)
+    not_installed = imported - installed
     # Only Triton's python backend provides triton_python_backend_utils; every other name is a file beside model.py.
     assert files - {"model"} == not_installed - {"triton_python_backend_utils"}
-    assert [name for name in files if importlib.util.find_spec(name) is not None] == []
+    assert sorted(files & installed) == []
+
+
+def _installed_modules(names: set[str]) -> set[str]:
+    """Which of `names` a fresh interpreter of this environment can import: asked in a subprocess, because tests
+    in this process may have put model directories on sys.path or imported siblings already."""
+    probe = "import importlib.util, json, sys; print(json.dumps([n for n in json.loads(sys.argv[1]) if importlib.util.find_spec(n)]))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe, json.dumps(sorted(names))], capture_output=True, text=True, check=True
+    )
+    return set(json.loads(done.stdout))
 
 
 def _runtime_imports(source: str) -> set[str]:
