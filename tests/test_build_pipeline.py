@@ -369,8 +369,9 @@ def test_cli_build_json_and_concurrent_builds_build_once(builder: Path) -> None:
         results.append(json.loads(out))
     assert sorted(r["cached"] for r in results) == [False, True]
     assert results[0]["path"] == results[1]["path"]
-    assert set(results[0]) == {"name", "path", "hash", "cached", "substituted_from"}
+    assert set(results[0]) == {"name", "backend", "path", "hash", "cached", "substituted_from"}
     assert results[0]["substituted_from"] is None
+    assert results[0]["backend"] == "tensorrt"  # "auto" on TensorRT-LLM 1.0: an engine
     plain = _cli("build", "small")
     out, _ = plain.communicate(timeout=60)
     assert out.strip() == results[0]["path"]

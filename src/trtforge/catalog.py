@@ -9,12 +9,17 @@ Built-in entries are merged with the user's TOML file (`$TRTFORGE_CATALOG`, else
     max_batch_size = 8
     max_seq_len = 16384
     max_num_tokens = 8192
+    backend = "auto"                    # or "tensorrt" (an engine), "pytorch" (the LLM API), "reference" (CPU)
 
     [engines.my-model.serve]            # optional: how Triton serves it (docs/serving.md)
     kv_cache_free_gpu_mem_fraction = 0.85
     enable_kv_cache_reuse = true
 
 A user entry with a built-in's name overrides that built-in field by field.
+
+`backend = "auto"` (the default) is resolved when an entry is built or planned, against the TensorRT-LLM the
+builder's interpreter imports: `tensorrt` where it still has the TensorRT engine backend (1.2.x and older),
+`pytorch` (no engine build: the checkpoint served through the LLM API) otherwise (`CatalogEntry.resolved`).
 """
 
 from __future__ import annotations
@@ -49,6 +54,11 @@ MAX_NAME_LENGTH = 64
 CATALOG_LIMIT = 4 << 20
 
 BuilderOption = str | int | float | bool
+# What an entry may ask for; "auto" picks tensorrt or pytorch by the installed TensorRT-LLM.
+Backend = Literal["auto", "tensorrt", "pytorch", "reference"]
+BACKEND_CHOICES: tuple[str, ...] = ("auto", "tensorrt", "pytorch", "reference")
+# What a built entry uses (an `EngineInfo.backend`).
+ConcreteBackend = Literal["tensorrt", "pytorch", "reference"]
 # Flags trtforge itself passes (from the entry's own fields, or as global options before `build`): a second
 # copy in builder_options would silently win over the entry (click keeps the last) or be rejected after `build`.
 _MANAGED_FLAGS = frozenset(
@@ -73,7 +83,9 @@ class CatalogEntry(BaseModel):
     max_batch_size: int = 8
     max_seq_len: int = 16384
     max_num_tokens: int = 8192
-    backend: Literal["tensorrt", "reference"] = "tensorrt"
+    # MoE expert parallelism (the LLM API's moe_expert_parallel_size); None: TensorRT-LLM chooses. PyTorch only.
+    ep_size: int | None = None
+    backend: Backend = "auto"
     trust_remote_code: bool = False
     # Extra `trtllm-bench build` options, passed as `--key value` after the subcommand.
     builder_options: dict[str, BuilderOption] = {}
@@ -98,10 +110,10 @@ class CatalogEntry(BaseModel):
             raise ValueError(f"{value!r} is not one of {', '.join(QUANTIZATION_CHOICES)}")
         return upper
 
-    @field_validator("tp_size", "pp_size", "max_batch_size", "max_seq_len", "max_num_tokens")
+    @field_validator("tp_size", "pp_size", "max_batch_size", "max_seq_len", "max_num_tokens", "ep_size")
     @classmethod
-    def _check_positive(cls, value: int) -> int:
-        if value < 1:
+    def _check_positive(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
             raise ValueError("must be at least 1")
         return value
 
@@ -121,10 +133,16 @@ class CatalogEntry(BaseModel):
     def _check_world(self) -> CatalogEntry:
         if self.tp_size * self.pp_size > MAX_WORLD_SIZE:
             raise ValueError(f"tp_size × pp_size must be at most {MAX_WORLD_SIZE}")
-        if self.backend == "tensorrt" and self.model.startswith(BUILTIN_MODEL_PREFIX):
+        if self.backend != "reference" and self.model.startswith(BUILTIN_MODEL_PREFIX):
             raise ValueError(f"built-in '{BUILTIN_MODEL_PREFIX}…' models need backend 'reference'")
         if self.backend == "reference" and self.world_size != 1:
             raise ValueError("backend 'reference' runs on one process: tp_size and pp_size must be 1")
+        if self.ep_size is not None and self.backend in ("tensorrt", "reference"):
+            raise ValueError(f"ep_size is a setting of the PyTorch backend, not of backend {self.backend!r}")
+        if self.builder_options and self.backend == "pytorch":
+            raise ValueError(
+                "builder_options are `trtllm-bench build` flags, and a pytorch entry is not built: remove them"
+            )
         return self
 
     @property
@@ -142,8 +160,30 @@ class CatalogEntry(BaseModel):
         return None
 
     def build_fields(self) -> dict[str, Any]:
-        """Every field that changes the built engine (the name included: it names the store entry)."""
-        return self.model_dump(mode="json", exclude={"serve"})
+        """Every field that changes the built engine (the name included: it names the store entry).
+
+        `ep_size` is left out while unset, so entries that never had it hash as they did before it existed.
+        """
+        fields = self.model_dump(mode="json", exclude={"serve"})
+        if fields["ep_size"] is None:
+            del fields["ep_size"]
+        return fields
+
+    def resolved(self, backend: ConcreteBackend) -> CatalogEntry:
+        """This entry on `backend` (what "auto" or `--backend` chose), validated again for that backend.
+
+        Raises:
+            CatalogError: the entry cannot run on `backend` (e.g. builder_options on pytorch), in one line.
+        """
+        if backend == self.backend:
+            return self
+        fields = {**self.model_dump(exclude={"name"}), "backend": backend}
+        try:
+            return CatalogEntry(name=self.name, **fields)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            message = error["msg"].removeprefix("Value error, ")
+            raise CatalogError(f"[engines.{self.name}] on backend {backend!r}: {message}") from None
 
 
 def name_problem(name: str) -> str | None:

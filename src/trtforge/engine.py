@@ -11,16 +11,29 @@ An engine directory has the layout `trtllm-bench build` leaves in `<workspace>/<
 
 A *reference* engine (the built-in `tiny`, served by the CPU reference backend) has the same files except that
 the rank files are replaced by a Hugging Face model directory `hf_model/` (config.json + model.safetensors).
+
+A *PyTorch* entry (TensorRT-LLM's LLM API, no engine build) has no engine config at its top; it is the checkpoint
+itself plus the arguments to load it with (docs/serving.md):
+
+    <entry>/
+        checkpoint/              the checkpoint's files (weights hard-linked from it when possible)
+        llm_api_options.yaml     the LLM API arguments (`trtllm-serve --extra_llm_api_options` takes it as is)
+        llmapi_entry.json        trtforge's facts about it: backend, TensorRT-LLM version, model shape, limits
+        tokenizer files, chat_template.jinja, xgrammar_tokenizer_info.json, trtforge.json   as above
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeGuard
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from trtforge.errors import InvalidEngineError
+from trtforge.untrusted import read_bounded
 
 ENGINE_CONFIG = "config.json"
 MANIFEST = "trtforge.json"
@@ -41,7 +54,13 @@ TOKENIZER_REQUIRED = ("tokenizer.json", "tokenizer.model", "vocab.json")
 # xgrammar's view of the tokenizer (vocabulary, type, stop ids), written at build for guided decoding.
 XGRAMMAR_TOKENIZER_INFO = "xgrammar_tokenizer_info.json"
 
-EngineBackend = Literal["tensorrt", "reference"]
+# The PyTorch entry's files (see the module docstring).
+CHECKPOINT_DIR = "checkpoint"
+LLM_API_OPTIONS = "llm_api_options.yaml"
+LLMAPI_ENTRY = "llmapi_entry.json"
+LLMAPI_ENTRY_LIMIT = 1 << 20
+
+EngineBackend = Literal["tensorrt", "reference", "pytorch"]
 
 
 def rank_file_name(rank: int) -> str:
@@ -128,6 +147,16 @@ class EngineInfo:
         return self.path / REFERENCE_MODEL_DIR
 
     @property
+    def checkpoint_dir(self) -> Path:
+        """A PyTorch entry's checkpoint (what `tensorrt_llm.LLM(model=...)` loads)."""
+        return self.path / CHECKPOINT_DIR
+
+    @property
+    def llm_api_options_path(self) -> Path:
+        """A PyTorch entry's LLM API arguments (YAML, TorchLlmArgs field names, no `model`)."""
+        return self.path / LLM_API_OPTIONS
+
+    @property
     def tokenizer_dir(self) -> Path:
         return self.path
 
@@ -148,9 +177,21 @@ def read_engine_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def is_engine_dir(path: Path) -> bool:
+    """Whether `path` looks like an engine directory of any backend (an engine config, or a PyTorch entry)."""
+    if os.path.lexists(path / LLMAPI_ENTRY):
+        return True
+    try:
+        return is_engine_config(json.loads((path / ENGINE_CONFIG).read_text()))
+    except (OSError, ValueError):
+        return False
+
+
 def read_engine(path: Path) -> EngineInfo:
-    """Read an engine directory, checking world size against its rank files (or reference model)."""
+    """Read an engine directory, checking world size against its rank files (or reference model, or checkpoint)."""
     path = Path(path)
+    if os.path.lexists(path / LLMAPI_ENTRY):
+        return _read_pytorch_entry(path)
     config = read_engine_config(path)
     pretrained = config["pretrained_config"]
     build = config["build_config"]
@@ -192,4 +233,72 @@ def read_engine(path: Path) -> EngineInfo:
         gather_generation_logits=bool(
             build.get("gather_generation_logits") or build.get("gather_all_token_logits")
         ),
+    )
+
+
+class LlmapiEntryFacts(BaseModel):
+    """`llmapi_entry.json`: what trtforge knows about a PyTorch entry without loading its checkpoint."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    backend: Literal["pytorch"] = "pytorch"
+    trtllm_version: str
+    architecture: str
+    dtype: str = "bfloat16"
+    quant_algo: str | None = None
+    kv_cache_quant_algo: str | None = None
+    tp_size: int = Field(default=1, ge=1)
+    pp_size: int = Field(default=1, ge=1)
+    max_batch_size: int = Field(ge=1)
+    max_seq_len: int = Field(ge=2)
+    max_num_tokens: int = Field(ge=1)
+    # The PyTorch sampler computes log probabilities itself: no build option is needed for them.
+    gather_generation_logits: bool = True
+
+
+def write_llmapi_entry(dest: Path, facts: LlmapiEntryFacts) -> Path:
+    """Write `llmapi_entry.json` into the PyTorch entry being prepared at `dest`."""
+    path = dest / LLMAPI_ENTRY
+    path.write_text(facts.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_llmapi_entry(path: Path) -> LlmapiEntryFacts:
+    """The facts of the PyTorch entry at `path` (its `llmapi_entry.json`, a bounded regular file)."""
+    file = path / LLMAPI_ENTRY
+    raw = read_bounded(file, LLMAPI_ENTRY_LIMIT, error=InvalidEngineError, what="entry facts", follow=False)
+    try:
+        return LlmapiEntryFacts.model_validate_json(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"]) or "entry"
+        raise InvalidEngineError(f"{file}: {where}: {error['msg']}") from None
+    except ValueError as exc:
+        raise InvalidEngineError(f"{file}: unreadable: {str(exc).splitlines()[0]}") from None
+
+
+def _read_pytorch_entry(path: Path) -> EngineInfo:
+    """A PyTorch entry: its facts file, its checkpoint's config and the LLM API arguments must all be there."""
+    facts = read_llmapi_entry(path)
+    for needed in (f"{CHECKPOINT_DIR}/config.json", LLM_API_OPTIONS):
+        if not (path / needed).is_file():
+            raise InvalidEngineError(f"{path}: missing {needed} (a PyTorch entry needs it)")
+    return EngineInfo(
+        path=path,
+        backend="pytorch",
+        architecture=facts.architecture,
+        tp_size=facts.tp_size,
+        pp_size=facts.pp_size,
+        max_batch_size=facts.max_batch_size,
+        max_seq_len=facts.max_seq_len,
+        # Chunked prefill stays off, so the LLM API refuses a prompt longer than max_num_tokens.
+        max_input_len=min(facts.max_seq_len - 1, facts.max_num_tokens),
+        max_num_tokens=facts.max_num_tokens,
+        max_beam_width=1,
+        quant_algo=facts.quant_algo,
+        kv_cache_quant_algo=facts.kv_cache_quant_algo,
+        trtllm_version=facts.trtllm_version,
+        dtype=facts.dtype,
+        logits_dtype="float32",
+        gather_generation_logits=facts.gather_generation_logits,
     )

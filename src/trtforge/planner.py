@@ -17,13 +17,21 @@ The model (docs/planner.md explains and justifies every number):
     KV pool / rank = kv_cache_free_gpu_mem_fraction × (GPU memory − engine − reserve)
     kv_tokens_capacity = KV pool ÷ KV bytes per token; max_concurrent_sequences = that ÷ max_seq_len
     fits ⇔ engine + reserve < GPU memory and max_concurrent_sequences ≥ max_batch_size
+
+The PyTorch backend (`backend="pytorch"`: the checkpoint loaded by TensorRT-LLM's LLM API, no engine) loads the
+same tensors, so weights and reserve are counted the same way, and the KV pool is
+`kv_cache_config.free_gpu_memory_fraction` × the memory left once weights and a max_num_tokens forward pass are
+in. CUDA graphs are captured after the KV pool is allocated, so they must fit in what the fraction leaves:
+
+    CUDA graphs / rank = captured batch sizes × 200 MB (the LLM API's "up to about 200 MB" each)
+    fits ⇔ as above, and CUDA graphs ≤ (1 − fraction) × (GPU memory − weights − reserve)
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from trtforge.checkpoint.model import CheckpointInfo, TensorRole
 from trtforge.constants import DEFAULT_KV_CACHE_FREE_GPU_MEM_FRACTION
@@ -34,6 +42,10 @@ RUNTIME_RESERVE_BYTES = 1 * GIB
 ACTIVATION_DTYPE_BYTES = 2  # BF16 activations
 LOGITS_DTYPE_BYTES = 4  # FP32 logits for the last token of each sequence
 TP_CHOICES = (1, 2, 4, 8)
+# The LLM API's CudaGraphConfig docstring: each captured graph "may use up to about 200 MB".
+CUDA_GRAPH_BYTES = 200 * 1000**2
+
+PlanBackend = Literal["tensorrt", "pytorch"]
 
 KV_DTYPE_BYTES = {"FP8": 1, "INT8": 1, "BF16": 2, "F16": 2, "FP16": 2, "F32": 4, "FP32": 4}
 
@@ -60,6 +72,9 @@ class PlanSettings:
     tp_size: int = 1
     kv_cache_free_gpu_mem_fraction: float = DEFAULT_KV_CACHE_FREE_GPU_MEM_FRACTION
     kv_cache_dtype: str | None = None  # None: what the checkpoint declares
+    backend: PlanBackend = "tensorrt"  # a TensorRT engine, or the checkpoint on the PyTorch backend
+    # PyTorch backend: the CUDA-graph batch sizes; None: trtforge's choice for max_batch_size (llmapi_options).
+    cuda_graph_batch_sizes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_seq_len", "max_num_tokens", "tp_size"):
@@ -67,6 +82,18 @@ class PlanSettings:
                 raise UsageError(f"{name} must be at least 1")
         if not 0 < self.kv_cache_free_gpu_mem_fraction <= 1:
             raise UsageError("kv_cache_free_gpu_mem_fraction must be in (0, 1]")
+        if self.backend not in ("tensorrt", "pytorch"):
+            raise UsageError(f"the planner knows backends tensorrt and pytorch, not {self.backend!r}")
+
+    def graph_batch_sizes(self) -> tuple[int, ...]:
+        """The batch sizes CUDA graphs are captured for (none for a TensorRT engine: its graphs are its own)."""
+        if self.backend != "pytorch":
+            return ()
+        if self.cuda_graph_batch_sizes is not None:
+            return self.cuda_graph_batch_sizes
+        from trtforge.builder.llmapi_options import cuda_graph_batch_sizes
+
+        return tuple(cuda_graph_batch_sizes(self.max_batch_size))
 
 
 @dataclass(frozen=True)
@@ -103,10 +130,19 @@ class MemoryPlan:
     recommendation: str | None
     alternatives: tuple[dict[str, Any], ...] = field(default=())
     trtllm_bench: dict[str, Any] = field(default_factory=dict)
+    cuda_graph_bytes: int = 0  # PyTorch backend: captured batch sizes × CUDA_GRAPH_BYTES
+    headroom_bytes: int | None = (
+        None  # PyTorch backend: what the KV fraction leaves for CUDA graphs and the rest
+    )
+
+    @property
+    def backend(self) -> PlanBackend:
+        return self.settings.backend
 
     def to_json(self) -> dict[str, Any]:
         return {
             "source": self.source,
+            "backend": self.backend,
             "gpu": self.gpu_name,
             "gpu_memory_bytes": self.gpu_memory_bytes,
             "max_batch_size": self.settings.max_batch_size,
@@ -128,6 +164,9 @@ class MemoryPlan:
             "recommendation": self.recommendation,
             "alternatives": list(self.alternatives),
             "trtllm_bench": self.trtllm_bench,
+            "cuda_graph_batch_sizes": list(self.settings.graph_batch_sizes()),
+            "cuda_graph_bytes": self.cuda_graph_bytes,
+            "headroom_bytes": self.headroom_bytes,
         }
 
 
@@ -204,7 +243,12 @@ def plan_memory(
         fits=core["fits"],
         recommendation=recommendation,
         alternatives=alternatives,
-        trtllm_bench=trtllm_bench_estimate(info, settings, gpu_memory_bytes=gpu_memory_bytes),
+        # trtllm-bench sizes engines; the PyTorch backend builds none, so its heuristic says nothing there.
+        trtllm_bench=trtllm_bench_estimate(info, settings, gpu_memory_bytes=gpu_memory_bytes)
+        if settings.backend == "tensorrt"
+        else {},
+        cuda_graph_bytes=core["graphs"],
+        headroom_bytes=core["headroom"],
     )
 
 
@@ -213,16 +257,20 @@ def _plan_core(info: CheckpointInfo, settings: PlanSettings, gpu_memory_bytes: i
     engine = sum(p.bytes_per_rank for p in parts)
     per_token = kv_bytes_per_token(info, tp_size=settings.tp_size, kv_cache_dtype=settings.kv_cache_dtype)
     reserve = reserve_bytes(info, settings)
+    graphs = len(settings.graph_batch_sizes()) * CUDA_GRAPH_BYTES
     result: dict[str, Any] = {
         "parts": parts,
         "engine": engine,
         "kv_per_token": per_token,
         "reserve": reserve,
+        "graphs": graphs,
+        "headroom": None,
         "kv_cache": None,
         "capacity": None,
         "sequences": None,
         "fits": None,
         "weights_fit": None,
+        "graphs_fit": None,
     }
     if gpu_memory_bytes is None:
         return result
@@ -230,12 +278,17 @@ def _plan_core(info: CheckpointInfo, settings: PlanSettings, gpu_memory_bytes: i
     kv_cache = max(0, int(free * settings.kv_cache_free_gpu_mem_fraction))
     capacity = kv_cache // per_token
     sequences = capacity // settings.max_seq_len
+    # The PyTorch backend captures its graphs once the KV pool is allocated: they live in what the fraction left.
+    headroom = max(0, free - kv_cache) if settings.backend == "pytorch" else None
+    graphs_fit = headroom is None or graphs <= headroom
     result.update(
+        headroom=headroom,
         kv_cache=kv_cache,
         capacity=capacity,
         sequences=sequences,
         weights_fit=free > 0,
-        fits=free > 0 and sequences >= settings.max_batch_size,
+        graphs_fit=graphs_fit,
+        fits=free > 0 and sequences >= settings.max_batch_size and graphs_fit,
     )
     return result
 
@@ -254,8 +307,9 @@ def _alternatives(
         return bool(_plan_core(info, candidate, gpu_memory_bytes)["fits"])
 
     if core["weights_fit"]:
-        if core["sequences"] >= 1:
-            found.append({"change": "max_batch_size", "max_batch_size": core["sequences"]})
+        batch = _largest_fitting_batch(info, settings, gpu_memory_bytes, core["sequences"])
+        if batch >= 1:
+            found.append({"change": "max_batch_size", "max_batch_size": batch})
         per_sequence = core["capacity"] // settings.max_batch_size
         seq_len = (per_sequence // 1024) * 1024 if per_sequence >= 1024 else per_sequence
         if seq_len >= 1 and fits(replace(settings, max_seq_len=seq_len)):
@@ -271,11 +325,31 @@ def _alternatives(
     return found
 
 
+def _largest_fitting_batch(
+    info: CheckpointInfo, settings: PlanSettings, gpu_memory_bytes: int, sequences: int
+) -> int:
+    """The largest max_batch_size up to `sequences` that fits (fewer CUDA graphs on the PyTorch backend too)."""
+    if settings.backend == "tensorrt":
+        return sequences
+    for batch in range(min(sequences, settings.max_batch_size - 1), 0, -1):
+        if _plan_core(info, replace(settings, max_batch_size=batch), gpu_memory_bytes)["fits"]:
+            return batch
+    return 0
+
+
 def _recommendation_text(
     core: dict[str, Any], alternatives: tuple[dict[str, Any], ...], settings: PlanSettings
 ) -> str:
     if not core["weights_fit"]:
-        head = "the engine and runtime reserve alone do not fit on this GPU"
+        what = "the engine" if settings.backend == "tensorrt" else "the weights"
+        head = f"{what} and runtime reserve alone do not fit on this GPU"
+    elif not core["graphs_fit"]:
+        head = (
+            f"{len(settings.graph_batch_sizes())} CUDA graphs ({core['graphs'] / 1e9:.1f} GB) do not fit in the "
+            f"{core['headroom'] / 1e9:.1f} GB that kv_cache_free_gpu_mem_fraction "
+            f"{settings.kv_cache_free_gpu_mem_fraction} leaves beside the KV cache (lower the fraction in "
+            "[engines.NAME.serve])"
+        )
     else:
         head = (
             f"KV cache holds {core['sequences']} sequence(s) of {settings.max_seq_len} tokens, "

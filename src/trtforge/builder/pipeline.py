@@ -1,8 +1,11 @@
 """From a catalogue entry to a published, linked store entry: `plan_build` → `run_build`; `ensure_engine`.
 
-plan_build(entry)   resolve every build input (model revision, builder version, GPU arch) → hash
+plan_build(entry)   resolve every build input (backend, model revision, builder version, GPU arch) → hash
 run_build(plan)     under the hash's lock: cached? else build into store/tmp/<hash>.<uuid8>.incomplete/,
                     check, copy tokenizer files, write the manifest, rename into place, link the name
+
+A `pytorch` entry is not built: "building" it prepares the store entry (`builder.llmapi_entry`) from the
+checkpoint and the LLM API arguments, and no builder process is started.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from trtforge.builder.backend_choice import choose_backend, requested_backend
 from trtforge.builder.checks import check_engine, checkpoint_quant_algo, copy_tokenizer_files
 from trtforge.builder.command import BuilderCommand, build_command
 from trtforge.builder.failures import FailureCause, builder_failure
 from trtforge.builder.hashcache import hash_checkpoint
+from trtforge.builder.llmapi_options import LlmApiOptions, llm_api_options
 from trtforge.builder.preflight import preflight_build
 from trtforge.builder.watchdog import BuildWatchdog, Outcome, WatchResult
-from trtforge.catalog import BUILTIN_MODEL_PREFIX, CatalogEntry, check_name, load_catalog
+from trtforge.catalog import BUILTIN_MODEL_PREFIX, CatalogEntry, ConcreteBackend, check_name, load_catalog
 from trtforge.constants import (
     DEFAULT_STALL_TIMEOUT_S,
     engine_link_dirs,
@@ -29,6 +34,7 @@ from trtforge.constants import (
     logs_dir,
     trtllm_version_override,
 )
+from trtforge.engine import CHECKPOINT_DIR
 from trtforge.errors import BuildFailedError, CheckpointError, GpuError, TrtforgeError
 from trtforge.manifest import BuildInputs, write_manifest
 from trtforge.processes import end_orphaned_session, start_time
@@ -39,6 +45,9 @@ from trtforge.trtllm import probe_trtllm_version, resolve_python
 from trtforge.untrusted import checkpoint_root, inside, read_json_object
 
 REFERENCE_ARCH = "cpu"
+# A PyTorch entry is compiled for no GPU (the LLM API picks kernels when it loads): the same entry serves on every
+# GPU that can run its quantization, so the arch it was checked for stays out of its hash.
+PORTABLE_ARCH = "any"
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -60,10 +69,19 @@ class BuildPlan:
     # Set when TensorRT-LLM is not installed and $TRTFORGE_TRTLLM_VERSION named the version to look for:
     # only a substituter can provide the engine, and this says why a local build cannot.
     builder_missing: str | None = None
+    llm_api: LlmApiOptions | None = None  # PyTorch entries: the LLM API arguments (in the hash)
+    requested_backend: str = "auto"  # what the entry or --backend asked for, before "auto" was resolved
 
     @property
     def cached_path(self) -> Path | None:
         return self.store.find(self.hash)
+
+    @property
+    def backend(self) -> ConcreteBackend:
+        """The backend the entry resolved to ("auto" never survives planning)."""
+        backend = self.entry.backend
+        assert backend != "auto"
+        return backend
 
 
 @dataclass(frozen=True)
@@ -74,10 +92,12 @@ class BuildResult:
     cached: bool
     link: Path | None
     substituted_from: str | None = None  # the binary cache it was pulled from instead of being built
+    backend: str = "tensorrt"
 
     def to_json(self) -> dict[str, object]:
         return {
             "name": self.name,
+            "backend": self.backend,
             "path": str(self.path),
             "hash": self.hash,
             "cached": self.cached,
@@ -95,6 +115,7 @@ Substituter = Callable[["BuildPlan"], "tuple[Path, str] | None"]
 def plan_build(
     entry: CatalogEntry,
     *,
+    backend: str | None = None,
     gpu_arch: str | None = None,
     trtllm_python: str | None = None,
     launcher: str = "auto",
@@ -105,24 +126,31 @@ def plan_build(
 ) -> BuildPlan:
     """Resolve the build inputs of `entry` and the store path they hash to (builds nothing).
 
+    Args:
+        backend: `--backend` (auto, tensorrt, pytorch, reference) over the entry's own `backend`.
+
     Raises:
+        TensorrtBackendGoneError: a TensorRT engine asked of TensorRT-LLM 1.3 or newer (names backend "pytorch").
         GpuError: a TensorRT build with no `--gpu-arch`, no `$TRTFORGE_GPU_ARCH` and no visible GPU.
         CheckpointError: the model revision cannot be resolved, or preflight refuses the checkpoint.
         BuildFailedError: TensorRT-LLM is not installed for the chosen interpreter.
     """
     store = store or EngineStore()
+    requested = requested_backend(entry, backend)
     python: str | None = None
     builder_missing: str | None = None
+    llm_api: LlmApiOptions | None = None
+    if requested == "reference":
+        entry = entry.resolved("reference")
     if entry.backend == "reference" and entry.model.startswith(BUILTIN_MODEL_PREFIX):
         version, revision, arch, model_dir = _reference_inputs()
     elif entry.backend == "reference":
         # Any Hugging Face causal LM, run by transformers: no TensorRT-LLM, no NVFP4 preflight.
         from trtforge.reference.hf_engine import HF_GENERATOR_VERSION
 
-        model_dir, revision = _resolve_model(entry, gpu_arch=None)
+        model_dir, revision = _resolve_model(entry, gpu_arch=None, preflight=False)
         version, arch = HF_GENERATOR_VERSION, REFERENCE_ARCH
     else:
-        arch = _target_arch(gpu_arch)
         python = resolve_python(trtllm_python)
         try:
             version = probe_trtllm_version(python)
@@ -131,8 +159,21 @@ def plan_build(
             if pinned is None:
                 raise
             version, builder_missing = pinned, str(exc)
-        model_dir, revision = _resolve_model(entry, gpu_arch=arch, force=force)
-    inputs = BuildInputs(entry.build_fields(), revision, version, arch)
+        # Refused here, before any checkpoint is hashed or downloaded: an engine TensorRT-LLM cannot build.
+        entry = choose_backend(entry, requested, version).entry
+        if entry.backend == "tensorrt":
+            arch = _target_arch(gpu_arch)
+            model_dir, revision = _resolve_model(entry, gpu_arch=arch, force=force)
+        else:
+            # Nothing runs on the GPU to prepare the entry: its arch is checked when one is named or visible.
+            builder_missing = None  # preparing needs no TensorRT-LLM, only the version it is prepared for
+            model_dir, revision = _resolve_model(entry, gpu_arch=_optional_arch(gpu_arch), force=force)
+            llm_api = llm_api_options(entry)
+            arch = PORTABLE_ARCH
+    spec = entry.build_fields()
+    if llm_api is not None:
+        spec["llm_api_options"] = llm_api.to_dict()
+    inputs = BuildInputs(spec, revision, version, arch)
     digest = inputs.digest()
     return BuildPlan(
         entry=entry,
@@ -147,6 +188,8 @@ def plan_build(
         timeout_s=timeout_s,
         stall_timeout_s=stall_timeout_s,
         builder_missing=builder_missing,
+        llm_api=llm_api,
+        requested_backend=requested,
     )
 
 
@@ -157,15 +200,23 @@ def _reference_inputs() -> tuple[str, str, str, Path | None]:
 
 
 def _target_arch(explicit: str | None) -> str:
+    arch = _optional_arch(explicit)
+    if arch is None:
+        raise GpuError(
+            "no GPU visible: pass --gpu-arch (e.g. sm100) or set TRTFORGE_GPU_ARCH to name the target"
+        )
+    return arch
+
+
+def _optional_arch(explicit: str | None) -> str | None:
+    """`--gpu-arch`, else `$TRTFORGE_GPU_ARCH`, else GPU 0's, checked for form; None when none is known."""
     arch = explicit or gpu_arch_override()
     if arch is None:
         from trtforge.gpu import detect_gpu_arch
 
         arch = detect_gpu_arch()
     if arch is None:
-        raise GpuError(
-            "no GPU visible: pass --gpu-arch (e.g. sm100) or set TRTFORGE_GPU_ARCH to name the target"
-        )
+        return None
     arch = arch.strip().lower()
     if not re.fullmatch(r"sm\d{2,3}[a-z]?", arch):
         raise GpuError(f"GPU arch {arch!r} is not of the form sm<major><minor>, e.g. sm100")
@@ -173,13 +224,14 @@ def _target_arch(explicit: str | None) -> str:
 
 
 def _resolve_model(
-    entry: CatalogEntry, *, gpu_arch: str | None, force: bool = False
+    entry: CatalogEntry, *, gpu_arch: str | None, force: bool = False, preflight: bool = True
 ) -> tuple[Path | None, str]:
     """(checkpoint directory if one is on disk, resolved revision), after preflight for `gpu_arch`.
 
     Every refusal (checkpoint, architecture, fit) comes before a local checkpoint is hashed: hashing reads every
     byte of it (the hash cache spares that only when the files are unchanged since the last build).
-    `gpu_arch=None`: no preflight (a reference model runs on the CPU, unquantized).
+    `preflight=False`: none (a reference model runs on the CPU, unquantized); `gpu_arch=None` with preflight:
+    the checkpoint and the plan are checked, the architecture only if NVML sees a GPU.
     """
     local = entry.local_model_dir
     if local is not None:
@@ -191,11 +243,11 @@ def _resolve_model(
         if config is None:
             raise CheckpointError(f"{local}: no config.json: not a Hugging Face checkpoint directory")
         read_json_object(config)
-        if gpu_arch is not None:
+        if preflight:
             preflight_build(entry, model_dir=local, gpu_arch=gpu_arch, force=force)
         return local, f"dir:{hash_checkpoint(local)}"
     sha = resolve_hub_revision(entry.model, entry.revision)
-    if gpu_arch is not None:
+    if preflight:
         # The snapshot holds only the small files: preflight reads the weights' headers from the hub, at `sha`.
         checked = entry.model_copy(update={"revision": sha})
         preflight_build(checked, model_dir=None, gpu_arch=gpu_arch, force=force)
@@ -287,9 +339,14 @@ def run_build(
         incomplete = store.new_incomplete(plan.hash)
         try:
             timings, command = _build_into(plan, incomplete, progress)
-            progress.phase("checking the engine")
-            check_engine(incomplete, plan.entry, checkpoint_quant=checkpoint_quant_algo(plan.model_dir))
-            if plan.entry.backend == "tensorrt":
+            pytorch = plan.entry.backend == "pytorch"
+            # A PyTorch entry's checkpoint is in it whole: its own files are what the checks read.
+            checkpoint = incomplete / CHECKPOINT_DIR if pytorch else plan.model_dir
+            progress.phase("checking the entry" if pytorch else "checking the engine")
+            check_engine(incomplete, plan.entry, checkpoint_quant=checkpoint_quant_algo(checkpoint))
+            if pytorch:
+                copy_tokenizer_files(incomplete, checkpoint)
+            elif plan.entry.backend == "tensorrt":
                 copy_tokenizer_files(
                     incomplete,
                     plan.model_dir,
@@ -302,7 +359,7 @@ def run_build(
                 incomplete,
                 name=plan.entry.name,
                 digest=plan.hash,
-                backend=plan.entry.backend,
+                backend=plan.backend,
                 inputs=plan.inputs,
                 timings=timings,
                 command=command,
@@ -368,7 +425,9 @@ def _finish(
     plan: BuildPlan, path: Path, *, cached: bool, link: bool, substituted_from: str | None = None
 ) -> BuildResult:
     link_path = link_engine(plan.entry.name, path, store=plan.store) if link else None
-    return BuildResult(plan.entry.name, path, plan.hash, cached, link_path, substituted_from)
+    return BuildResult(
+        plan.entry.name, path, plan.hash, cached, link_path, substituted_from, backend=plan.backend
+    )
 
 
 def _new_log_path(plan: BuildPlan) -> Path:
@@ -386,9 +445,11 @@ def _new_log_path(plan: BuildPlan) -> Path:
 def _build_into(plan: BuildPlan, dest: Path, progress: BuildProgress) -> tuple[dict[str, float], list[str]]:
     """Fill `dest` with the engine and its build.log; returns (timings, builder argv)."""
     log_path = _new_log_path(plan)
+    command: list[str] = []
     if plan.entry.backend == "reference":
         timings = _build_reference(plan, dest, log_path, progress)
-        command: list[str] = []
+    elif plan.entry.backend == "pytorch":
+        timings = _prepare_pytorch(plan, dest, log_path, progress)
     else:
         timings, command = _build_tensorrt(plan, dest, log_path, progress)
     shutil.copyfile(log_path, dest / BUILD_LOG)
@@ -427,7 +488,39 @@ def _build_reference(
     return {"build_s": time.monotonic() - started}
 
 
-def _hub_checkpoint(model: str, revision: str, say: Callable[[str], None]) -> Path:
+def _prepare_pytorch(
+    plan: BuildPlan, dest: Path, log_path: Path, progress: BuildProgress
+) -> dict[str, float]:
+    """A PyTorch entry: the checkpoint (hard-linked) and its LLM API arguments; no builder is started."""
+    from trtforge.builder.checkpoint_link import hub_patterns
+    from trtforge.builder.llmapi_entry import prepare_llmapi_entry
+
+    assert plan.llm_api is not None
+    started = time.monotonic()
+    entry = plan.entry
+    with open(log_path, "a") as log:
+
+        def say(line: str) -> None:
+            log.write(f"{line}\n")
+            log.flush()
+            progress.phase(line)
+
+        say(f"preparing the PyTorch backend entry {entry.name!r} for TensorRT-LLM {plan.version}")
+        checkpoint = entry.local_model_dir or _hub_checkpoint(
+            entry.model,
+            plan.inputs.model_revision,
+            say,
+            patterns=hub_patterns(trust_remote_code=entry.trust_remote_code),
+        )
+        prepare_llmapi_entry(
+            dest, checkpoint, entry=entry, options=plan.llm_api, trtllm_version=plan.version, say=say
+        )
+    return {"prepare_s": time.monotonic() - started}
+
+
+def _hub_checkpoint(
+    model: str, revision: str, say: Callable[[str], None], *, patterns: list[str] | None = None
+) -> Path:
     """The weights, configs and tokenizer of a hub model at `revision` (downloaded into the HF cache)."""
     from huggingface_hub import snapshot_download
 
@@ -435,7 +528,7 @@ def _hub_checkpoint(model: str, revision: str, say: Callable[[str], None]) -> Pa
 
     say(f"downloading {model}@{revision[:12]}")
     try:
-        return Path(snapshot_download(model, revision=revision, allow_patterns=HUB_PATTERNS))
+        return Path(snapshot_download(model, revision=revision, allow_patterns=patterns or HUB_PATTERNS))
     except Exception as exc:
         raise CheckpointError(f"{model}: cannot download the checkpoint: {exc}") from None
 
@@ -516,6 +609,7 @@ def ensure_engine(
     *,
     progress: BuildProgress | None = None,
     link: bool = True,
+    backend: str | None = None,
     gpu_arch: str | None = None,
     trtllm_python: str | None = None,
     launcher: str = "auto",
@@ -528,7 +622,7 @@ def ensure_engine(
     """The store entry for catalogue entry `name`: the cached one, else a substituter's, else a fresh build.
 
     Substituters are the catalogue's `[cache]` table (or `$TRTFORGE_SUBSTITUTERS`); `substitute=False` skips
-    them. Links the name.
+    them. `backend`: `--backend` over the entry's own (see `plan_build`). Links the name.
 
     Raises:
         CatalogError: `name` is not in the catalogue.
@@ -540,6 +634,7 @@ def ensure_engine(
     entry = load_catalog().get(name)
     plan = plan_build(
         entry,
+        backend=backend,
         gpu_arch=gpu_arch,
         trtllm_python=trtllm_python,
         launcher=launcher,

@@ -1,6 +1,7 @@
 """Refuse, in a second, a build that cannot work: checkpoint validation, GPU architecture, memory plan.
 
-`trtforge build` calls `preflight_build` before starting `trtllm-bench build`. Each refusal is one line
+`trtforge build` calls `preflight_build` before starting `trtllm-bench build` (a TensorRT engine) or before
+preparing a PyTorch entry (the same checks, the PyTorch backend's memory model and architecture list). Each refusal is one line
 (`CheckpointError`, `GpuError`, `PlanError`); `force=True` turns them into logged warnings.
 """
 
@@ -15,9 +16,10 @@ from typing import TYPE_CHECKING, Protocol
 from trtforge.checkpoint.locate import inspect_checkpoint
 from trtforge.checkpoint.model import CheckpointInfo
 from trtforge.checkpoint.validate import check_checkpoint
+from trtforge.constants import DEFAULT_KV_CACHE_FREE_GPU_MEM_FRACTION
 from trtforge.errors import CheckpointError, GpuError, PlanError, TrtforgeError
 from trtforge.gpu import GpuInfo, check_arch_supports, try_detect_gpus
-from trtforge.planner import MemoryPlan, PlanSettings, plan_memory, require_fit
+from trtforge.planner import MemoryPlan, PlanBackend, PlanSettings, plan_memory, require_fit
 
 if TYPE_CHECKING:
     from trtforge.catalog import CatalogEntry
@@ -87,14 +89,16 @@ def preflight_build(
         notes.append(text)
         log.info("preflight: %s", text)
 
-    if getattr(entry, "backend", "tensorrt") != "tensorrt":
+    if getattr(entry, "backend", "tensorrt") == "reference":
         note(f"{entry.name}: {entry.backend} backend, nothing to check")
         return PreflightReport(None, None, None, None, tuple(notes), tuple(warnings))
+    # An entry not yet resolved ("auto") is checked as an engine: the stricter architecture list.
+    backend = "pytorch" if entry.backend == "pytorch" else "tensorrt"
 
     info = _inspect(entry, model_dir, refuse)
     quantization = entry.quantization or (info.quant_algo if info else None)
     if info is not None:
-        problems = check_checkpoint(info, quantization=entry.quantization)
+        problems = check_checkpoint(info, quantization=entry.quantization, backend=backend)
         for problem in problems if force else problems[:1]:
             more = f" (+{len(problems) - 1} more)" if len(problems) > 1 and not force else ""
             refuse(CheckpointError(f"{info.source}: {problem}{more}"))
@@ -134,6 +138,25 @@ def _inspect(
         return None
 
 
+def plan_settings(entry: _EntryLike | CatalogEntry) -> PlanSettings:
+    """What the planner checks for `entry` on its (resolved) backend.
+
+    A PyTorch entry carries its KV share in its LLM API arguments (the serve table's, else the default), so the
+    plan uses the same one; an engine's is a serving choice made later, planned at the default.
+    """
+    backend: PlanBackend = "pytorch" if getattr(entry, "backend", "tensorrt") == "pytorch" else "tensorrt"
+    serve = getattr(entry, "serve", None)
+    fraction = getattr(serve, "kv_cache_free_gpu_mem_fraction", None) if backend == "pytorch" else None
+    return PlanSettings(
+        max_batch_size=entry.max_batch_size,
+        max_seq_len=entry.max_seq_len,
+        max_num_tokens=entry.max_num_tokens,
+        tp_size=entry.tp_size,
+        kv_cache_free_gpu_mem_fraction=fraction or DEFAULT_KV_CACHE_FREE_GPU_MEM_FRACTION,
+        backend=backend,
+    )
+
+
 def _plan(
     entry: _EntryLike | CatalogEntry,
     info: CheckpointInfo,
@@ -141,12 +164,7 @@ def _plan(
     gpu_memory_bytes: int | None,
     note: Callable[[str], None],
 ) -> MemoryPlan:
-    settings = PlanSettings(
-        max_batch_size=entry.max_batch_size,
-        max_seq_len=entry.max_seq_len,
-        max_num_tokens=entry.max_num_tokens,
-        tp_size=entry.tp_size,
-    )
+    settings = plan_settings(entry)
     if entry.pp_size > 1:
         note(f"pp_size {entry.pp_size}: the plan assumes all layers on each rank (pessimistic)")
     if gpu is None and gpu_memory_bytes is not None:

@@ -11,13 +11,12 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from filelock import FileLock, Timeout
 
 from trtforge.atomic import rename_into_place, temporary_sibling, unique_name, write_text_atomic
 from trtforge.constants import engine_link_dirs, store_dir
-from trtforge.engine import ENGINE_CONFIG, MANIFEST, is_engine_config, read_engine
+from trtforge.engine import ENGINE_CONFIG, MANIFEST, is_engine_dir, read_engine
 from trtforge.errors import InvalidEngineError, StoreError
 from trtforge.manifest import (
     ENTRY_INFIX,
@@ -49,15 +48,6 @@ def structure_problems(path: Path) -> list[str]:
     except InvalidEngineError as exc:
         return [str(exc)]
     return []
-
-
-def has_engine_config(path: Path) -> bool:
-    """Whether `path/config.json` reads as an engine config (an unreadable one does not)."""
-    try:
-        config: Any = json.loads((path / ENGINE_CONFIG).read_text())
-    except (OSError, ValueError):
-        return False
-    return is_engine_config(config)
 
 
 def tree_size(path: Path) -> int:
@@ -353,7 +343,7 @@ class EngineStore:
         try:
             manifest = read_manifest(path)
         except StoreError as exc:
-            if not has_engine_config(path):
+            if not is_engine_dir(path):
                 problems.append(f"{ENGINE_CONFIG}: missing or not an engine config")
             return VerifyReport(path, 0, (*problems, str(exc)), has_manifest=False)
         problems.extend(identity_problems(path, manifest))

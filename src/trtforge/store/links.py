@@ -10,9 +10,9 @@ from pathlib import Path
 from trtforge.atomic import temporary_sibling
 from trtforge.catalog import check_name
 from trtforge.constants import engine_link_dirs
-from trtforge.engine import ENGINE_CONFIG
+from trtforge.engine import is_engine_dir
 from trtforge.errors import EngineNotFoundError, StoreError, VerifyError
-from trtforge.store.entries import EngineStore, VerifyReport, has_engine_config
+from trtforge.store.entries import EngineStore, VerifyReport
 
 
 def link_engine(name: str, target: Path, *, store: EngineStore | None = None) -> Path:
@@ -62,7 +62,7 @@ def resolve_engine(name_or_path: str | Path) -> Path:
             link = directory / text
             if link.is_symlink() or link.exists():
                 target = Path(os.path.realpath(link))
-                if not (target / ENGINE_CONFIG).is_file():
+                if not is_engine_dir(target):
                     raise EngineNotFoundError(f"{link} points to {target}, which is not an engine directory")
                 return target
         searched = ", ".join(str(d) for d in engine_link_dirs())
@@ -71,8 +71,10 @@ def resolve_engine(name_or_path: str | Path) -> Path:
         )
     if not candidate.is_dir():
         raise EngineNotFoundError(f"{candidate}: no such directory")
-    if not has_engine_config(candidate):
-        raise EngineNotFoundError(f"{candidate}: not an engine directory (no engine config.json)")
+    if not is_engine_dir(candidate):
+        raise EngineNotFoundError(
+            f"{candidate}: not an engine directory (no engine config.json, no PyTorch entry facts)"
+        )
     return candidate.resolve()
 
 
