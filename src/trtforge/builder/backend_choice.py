@@ -14,7 +14,13 @@ from trtforge.catalog import BACKEND_CHOICES, CatalogEntry, ConcreteBackend
 from trtforge.errors import BuildFailedError, UsageError
 from trtforge.trtllm import has_tensorrt_backend
 
-__all__ = ["BackendChoice", "TensorrtBackendGoneError", "choose_backend", "requested_backend"]
+__all__ = [
+    "BackendChoice",
+    "TensorrtBackendGoneError",
+    "choose_backend",
+    "requested_backend",
+    "resolve_backend",
+]
 
 
 class TensorrtBackendGoneError(BuildFailedError):
@@ -65,13 +71,29 @@ def choose_backend(entry: CatalogEntry, requested: str, version: str | None) -> 
         TensorrtBackendGoneError: `tensorrt` asked of a TensorRT-LLM that has no TensorRT backend.
         CatalogError: the entry cannot run on the chosen backend (e.g. builder_options on pytorch).
     """
+    chosen = resolve_backend(requested, version, name=entry.name)
+    return BackendChoice(entry.resolved(chosen), requested, version)
+
+
+def resolve_backend(requested: str, version: str | None, *, name: str) -> ConcreteBackend:
+    """The backend `requested` ("auto" or a concrete one) is with TensorRT-LLM `version` (None: none installed).
+
+    Raises:
+        TensorrtBackendGoneError: `tensorrt` asked of a TensorRT-LLM that has no TensorRT backend (`name` is
+            the entry, for the message).
+        UsageError: `requested` is no backend.
+    """
     chosen: ConcreteBackend
     if requested == "auto":
         chosen = "pytorch" if version is not None and not has_tensorrt_backend(version) else "tensorrt"
-    elif requested in ("tensorrt", "pytorch", "reference"):
-        chosen = requested  # type: ignore[assignment]
+    elif requested == "tensorrt":
+        chosen = "tensorrt"
+    elif requested == "pytorch":
+        chosen = "pytorch"
+    elif requested == "reference":
+        chosen = "reference"
     else:
         raise UsageError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, not {requested!r}")
     if chosen == "tensorrt" and version is not None and not has_tensorrt_backend(version):
-        raise TensorrtBackendGoneError(entry.name, version)
-    return BackendChoice(entry.resolved(chosen), requested, version)
+        raise TensorrtBackendGoneError(name, version)
+    return chosen

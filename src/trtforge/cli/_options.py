@@ -19,3 +19,10 @@ TrtllmPython = Annotated[
     str | None, typer.Option(help="Python with TensorRT-LLM installed; $TRTFORGE_TRTLLM_PYTHON.")
 ]
 JsonFlag = Annotated[bool, typer.Option("--json")]
+BackendOption = Annotated[
+    str | None,
+    typer.Option(
+        help="auto, tensorrt, pytorch or reference, over the entry's own backend (auto: tensorrt where the "
+        "installed TensorRT-LLM has it, else pytorch)."
+    ),
+]

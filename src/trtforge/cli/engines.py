@@ -11,9 +11,9 @@ from rich.table import Table
 
 from trtforge.builder.command import LAUNCHERS
 from trtforge.builder.pipeline import end_orphaned_builders, ensure_engine
-from trtforge.catalog import add_entry, check_name
+from trtforge.catalog import BACKEND_CHOICES, add_entry, check_name
 from trtforge.cli._app import app, console, print_json
-from trtforge.cli._options import GpuArch, JsonFlag, TrtllmPython
+from trtforge.cli._options import BackendOption, GpuArch, JsonFlag, TrtllmPython
 from trtforge.cli._progress import build_progress, bytes_progress
 from trtforge.constants import DEFAULT_STALL_TIMEOUT_S
 from trtforge.errors import BuildFailedError, UsageError
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 def build(
     name: Annotated[str, typer.Argument(help="Catalogue entry to build (see engines.toml).")],
     json_output: Annotated[bool, typer.Option("--json", help="Print {name, path, hash, cached}.")] = False,
+    backend: BackendOption = None,
     gpu_arch: GpuArch = None,
     trtllm_python: TrtllmPython = None,
     launcher: Annotated[str, typer.Option(help=f"One of {', '.join(LAUNCHERS)}.")] = "auto",
@@ -52,7 +53,8 @@ def build(
 ) -> None:
     """Build an engine into the store (or find it there, or in a substituter) and link its name.
 
-    Prints the store path.
+    A `pytorch` entry is not compiled: its checkpoint and LLM API arguments become the store entry. Prints the
+    store path.
     """
     if launcher not in LAUNCHERS:
         raise UsageError(f"--launcher must be one of {', '.join(LAUNCHERS)}")
@@ -71,6 +73,7 @@ def build(
             result = ensure_engine(
                 name,
                 progress=progress,
+                backend=backend,
                 gpu_arch=gpu_arch,
                 trtllm_python=trtllm_python,
                 launcher=launcher,
@@ -121,7 +124,12 @@ def add(
     max_batch_size: Annotated[int | None, typer.Option()] = None,
     max_seq_len: Annotated[int | None, typer.Option()] = None,
     max_num_tokens: Annotated[int | None, typer.Option()] = None,
-    backend: Annotated[str | None, typer.Option(help="tensorrt (default) or reference.")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help=f"One of {', '.join(BACKEND_CHOICES)} (default auto: by the installed TensorRT-LLM)."
+        ),
+    ] = None,
     trust_remote_code: Annotated[
         bool | None, typer.Option("--trust-remote-code/--no-trust-remote-code")
     ] = None,
@@ -147,13 +155,14 @@ def add(
 
 @app.command()
 def engines(json_output: JsonFlag = False) -> None:
-    """List the engines in the store: name, path, size, quantization, built, linked."""
+    """List the engines in the store: name, backend, path, size, quantization, built, linked."""
     scan = EngineStore().scan()
     for warning in scan.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
     rows = [
         {
             "name": entry.name,
+            "backend": entry.manifest.backend if entry.manifest else None,
             "path": str(entry.path),
             "hash": entry.hash,
             "size_bytes": entry.size_bytes,
@@ -166,10 +175,11 @@ def engines(json_output: JsonFlag = False) -> None:
     if json_output:
         print_json(rows)
         return
-    table = Table("name", "path", "size", "quantization", "built", "linked")
+    table = Table("name", "backend", "path", "size", "quantization", "built", "linked")
     for entry in scan.entries:
         table.add_row(
             entry.name,
+            entry.manifest.backend if entry.manifest else "?",
             str(entry.path),
             _human_bytes(entry.size_bytes),
             entry.quantization or "-",

@@ -5,7 +5,7 @@ Human output (rich tables) goes to stderr; `--json` writes one document to stdou
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -15,9 +15,9 @@ from trtforge.checkpoint.locate import inspect_checkpoint
 from trtforge.checkpoint.model import CheckpointInfo
 from trtforge.checkpoint.validate import check_checkpoint
 from trtforge.cli._app import app, console, print_json
-from trtforge.cli._options import JsonFlag
+from trtforge.cli._options import BackendOption, JsonFlag, TrtllmPython
 from trtforge.constants import DEFAULT_KV_CACHE_FREE_GPU_MEM_FRACTION
-from trtforge.errors import CheckpointError, GpuError, PlanError
+from trtforge.errors import CheckpointError, GpuError, PlanError, UsageError
 from trtforge.gpu import (
     KNOWN_GPUS,
     check_arch_supports,
@@ -26,7 +26,10 @@ from trtforge.gpu import (
     parse_memory_size,
     try_detect_gpus,
 )
-from trtforge.planner import MemoryPlan, PlanSettings, plan_memory
+from trtforge.planner import MemoryPlan, PlanBackend, PlanSettings, plan_memory
+
+if TYPE_CHECKING:
+    from trtforge.catalog import CatalogEntry
 
 GB = 1000**3
 
@@ -113,26 +116,38 @@ def plan(
     ] = None,
     tp_size: Annotated[int | None, typer.Option(help="Default: the catalogue entry's, else 1.")] = None,
     kv_cache_free_gpu_mem_fraction: Annotated[
-        float, typer.Option(help="Share of the memory left after weights that the KV cache takes.")
-    ] = DEFAULT_KV_CACHE_FREE_GPU_MEM_FRACTION,
+        float | None,
+        typer.Option(
+            help="Share of the memory left after weights that the KV cache takes (default: a pytorch entry's "
+            f"serve table, else {DEFAULT_KV_CACHE_FREE_GPU_MEM_FRACTION})."
+        ),
+    ] = None,
     kv_cache_dtype: Annotated[
         str | None, typer.Option(help="Override the checkpoint's KV-cache dtype (FP8, BF16) to compare.")
     ] = None,
     revision: Annotated[str | None, typer.Option(help="Hub revision.")] = None,
+    backend: BackendOption = None,
+    trtllm_python: TrtllmPython = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the plan as JSON on stdout.")] = False,
 ) -> None:
     """Estimate engine size, KV cache capacity and whether max_batch_size × max_seq_len fits a GPU.
 
-    Exits 1 when it does not fit or the GPU cannot run the quantization (what `build` would refuse).
+    Plans the backend `build` would use: a TensorRT engine, or the checkpoint on the PyTorch backend (its CUDA
+    graphs included). Exits 1 when it does not fit or the GPU cannot run the quantization (what `build` would
+    refuse).
     """
     from trtforge.catalog import load_catalog
 
     catalog = load_catalog()
     entry = catalog.get(name_or_model) if name_or_model in catalog else None
+    chosen, requested, version = _plan_backend(entry, name_or_model, backend, trtllm_python)
     model = str(entry.local_model_dir or entry.model) if entry else name_or_model
     info = inspect_checkpoint(model, revision=revision or (entry.revision if entry else None))
 
     base = entry or PlanSettings()  # a flag given as 0 must reach PlanSettings' check, not fall back
+    if kv_cache_free_gpu_mem_fraction is None:
+        carried = entry.serve.kv_cache_free_gpu_mem_fraction if entry and chosen == "pytorch" else None
+        kv_cache_free_gpu_mem_fraction = carried or DEFAULT_KV_CACHE_FREE_GPU_MEM_FRACTION
     settings = PlanSettings(
         max_batch_size=base.max_batch_size if max_batch_size is None else max_batch_size,
         max_seq_len=base.max_seq_len if max_seq_len is None else max_seq_len,
@@ -140,16 +155,49 @@ def plan(
         tp_size=base.tp_size if tp_size is None else tp_size,
         kv_cache_free_gpu_mem_fraction=kv_cache_free_gpu_mem_fraction,
         kv_cache_dtype=kv_cache_dtype.upper() if kv_cache_dtype else None,
+        backend=chosen,
     )
     gpu_name, memory, arch = _target_gpu(gpu, gpu_memory)
     result = plan_memory(info, settings, gpu_memory_bytes=memory, gpu_name=gpu_name)
     arch_problem = _arch_problem(arch, info)
     if json_output:
-        print_json({**result.to_json(), "gpu_arch": arch, "arch_problem": arch_problem})
+        print_json(
+            {
+                **result.to_json(),
+                "requested_backend": requested,
+                "trtllm_version": version,
+                "gpu_arch": arch,
+                "arch_problem": arch_problem,
+            }
+        )
     else:
-        _print_plan(result, arch_problem)
+        _print_plan(result, arch_problem, requested=requested, version=version)
     if result.fits is False or arch_problem:
         raise typer.Exit(PlanError.exit_code)  # `build` would refuse it: scripts can test the exit status
+
+
+def _plan_backend(
+    entry: CatalogEntry | None, name: str, override: str | None, trtllm_python: str | None
+) -> tuple[PlanBackend, str, str | None]:
+    """(the GPU backend to plan, what was asked for, the TensorRT-LLM version "auto" was resolved against).
+
+    Raises:
+        UsageError: the reference backend (nothing on a GPU to plan) or an unknown backend.
+        TensorrtBackendGoneError: a TensorRT engine asked of TensorRT-LLM 1.3 or newer (`build` refuses it too).
+    """
+    from trtforge.builder.backend_choice import requested_backend, resolve_backend
+    from trtforge.trtllm import installed_trtllm_version
+
+    if override is not None or entry is None:
+        requested = requested_backend(entry, override) if entry else (override or "auto")
+    else:
+        requested = entry.backend
+    if requested == "reference":
+        raise UsageError("the reference backend runs on the CPU: there is no GPU memory to plan")
+    # Only "auto" and "tensorrt" depend on what is installed (pytorch plans the same everywhere).
+    version = installed_trtllm_version(trtllm_python) if requested != "pytorch" else None
+    chosen = resolve_backend(requested, version, name=entry.name if entry else name)
+    return ("pytorch" if chosen == "pytorch" else "tensorrt"), requested, version
 
 
 def _target_gpu(gpu: str | None, gpu_memory: str | None) -> tuple[str | None, int | None, str | None]:
@@ -178,9 +226,10 @@ def _arch_problem(arch: str | None, info: CheckpointInfo) -> str | None:
     return None
 
 
-def _print_plan(result: MemoryPlan, arch_problem: str | None) -> None:
+def _print_plan(result: MemoryPlan, arch_problem: str | None, *, requested: str, version: str | None) -> None:
     s = result.settings
-    parts = Table(title=f"engine per rank (tp_size {s.tp_size})")
+    pytorch = result.backend == "pytorch"
+    parts = Table(title=f"{'weights' if pytorch else 'engine'} per rank (tp_size {s.tp_size})")
     for column in ("part", "tensors", "params", "total", "per rank"):
         parts.add_column(column, justify="left" if column == "part" else "right")
     for part in result.parts:
@@ -193,7 +242,7 @@ def _print_plan(result: MemoryPlan, arch_problem: str | None) -> None:
             _gb(part.bytes_per_rank),
         )
     parts.add_row(
-        "[bold]engine estimate[/]",
+        "[bold]weights estimate[/]" if pytorch else "[bold]engine estimate[/]",
         "",
         f"{result.params_total / 1e9:,.2f} B",
         _gb(result.weights_bytes),
@@ -207,7 +256,11 @@ def _print_plan(result: MemoryPlan, arch_problem: str | None) -> None:
     gpu = result.gpu_name or (
         "declared memory" if result.gpu_memory_bytes else "unknown (no NVML; use --gpu)"
     )
+    chosen = f"{result.backend}" + (
+        f" (auto, TensorRT-LLM {version or 'not found'})" if requested == "auto" else ""
+    )
     rows = [
+        ("backend", chosen),
         ("GPU", f"{gpu} ({_gb(result.gpu_memory_bytes)})"),
         (
             "settings",
@@ -222,16 +275,27 @@ def _print_plan(result: MemoryPlan, arch_problem: str | None) -> None:
             "concurrent max_seq_len sequences",
             str(result.max_concurrent_sequences or 0) if result.max_concurrent_sequences is not None else "—",
         ),
-        (
-            "trtllm-bench heuristic",
-            f"engine {_gb(result.trtllm_bench['engine_bytes_estimate'])}"
-            + (
-                f", {result.trtllm_bench['max_concurrent_sequences']} sequences"
-                if "max_concurrent_sequences" in result.trtllm_bench
-                else ""
-            ),
-        ),
     ]
+    if pytorch:
+        rows.append(
+            (
+                "CUDA graphs",
+                f"{len(s.graph_batch_sizes())} batch sizes, up to {_gb(result.cuda_graph_bytes)} "
+                f"(room beside the KV cache: {_gb(result.headroom_bytes)})",
+            )
+        )
+    else:
+        rows.append(
+            (
+                "trtllm-bench heuristic",
+                f"engine {_gb(result.trtllm_bench['engine_bytes_estimate'])}"
+                + (
+                    f", {result.trtllm_bench['max_concurrent_sequences']} sequences"
+                    if "max_concurrent_sequences" in result.trtllm_bench
+                    else ""
+                ),
+            )
+        )
     for key, value in rows:
         table.add_row(key, escape(value))
     console.print(table)
