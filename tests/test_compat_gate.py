@@ -166,3 +166,86 @@ def test_engines_older_than_the_contract_are_refused(tmp_path: Path) -> None:
     assert (
         check_compatibility("new", newer, engine_target(newer), InstalledBackend("1.2.0rc1", here.gpus)) == []
     )
+
+
+def _pytorch_entry(tmp_path: Path, *, version: str = "1.3.0", tp_size: int = 1, quant: str | None = "NVFP4"):
+    """A PyTorch entry as `build` leaves it, as far as `read_engine` and the gate read it."""
+    path = tmp_path / f"entry-{version}-{tp_size}-{quant}"
+    (path / "checkpoint").mkdir(parents=True)
+    (path / "checkpoint" / "config.json").write_text("{}")
+    (path / "llm_api_options.yaml").write_text("max_batch_size: 4\n")
+    facts = {
+        "backend": "pytorch",
+        "trtllm_version": version,
+        "architecture": "Qwen3ForCausalLM",
+        "quant_algo": quant,
+        "tp_size": tp_size,
+        "max_batch_size": 4,
+        "max_seq_len": 2048,
+        "max_num_tokens": 2048,
+    }
+    (path / "llmapi_entry.json").write_text(json.dumps(facts))
+    return read_engine(path)
+
+
+def test_pytorch_entry_is_checked_against_the_installed_version(tmp_path: Path) -> None:
+    entry = _pytorch_entry(tmp_path)
+    assert entry.backend == "pytorch"
+    b200 = [_gpu(0, "NVIDIA B200", B200)]
+    warned: list[str] = []
+    assert gate("qwen", entry, installed=InstalledBackend("1.3.0", b200), warn=warned.append) == []
+    assert warned == []
+    # Another minor or patch release: served, with a warning (not a --force refusal).
+    assert gate("qwen", entry, installed=InstalledBackend("1.4.1", b200), warn=warned.append) == []
+    [warning] = warned
+    assert "prepared for TensorRT-LLM 1.3.0, the installed one is 1.4.1" in warning
+    # Another major, or none at all: refused in one line; --force lets it through as a warning.
+    with pytest.raises(IncompatibleEngineError, match="another major version") as caught:
+        gate("qwen", entry, installed=InstalledBackend("2.0.0", b200))
+    assert "\n" not in str(caught.value) and "`trtforge build qwen`" in str(caught.value)
+    assert len(gate("qwen", entry, installed=InstalledBackend("2.0.0", b200), force=True)) == 1
+    with pytest.raises(IncompatibleEngineError, match="no TensorRT-LLM is installed here"):
+        gate("qwen", entry, installed=InstalledBackend(None, b200))
+
+
+def test_pytorch_nvfp4_entry_needs_blackwell_and_enough_gpus(tmp_path: Path) -> None:
+    entry = _pytorch_entry(tmp_path, tp_size=2)
+    hopper = [_gpu(0, "NVIDIA H100", H100), _gpu(1, "NVIDIA H100", H100)]
+    [problem] = check_compatibility("qwen", entry, engine_target(entry), InstalledBackend("1.3.0", hopper))
+    assert "cannot run on GPU 0 NVIDIA H100" in problem and "NVFP4 needs compute capability ≥ 10.0" in problem
+    one = [_gpu(0, "NVIDIA B200", B200)]
+    [problem] = check_compatibility("qwen", entry, engine_target(entry), InstalledBackend("1.3.0", one))
+    assert "needs 2 GPU(s)" in problem
+    # Not compiled for an arch: any Blackwell part runs it, and an unquantized entry runs on Hopper.
+    mixed = [_gpu(0, "NVIDIA B200", B200), _gpu(1, "NVIDIA RTX 5090", (12, 0))]
+    assert check_compatibility("qwen", entry, engine_target(entry), InstalledBackend("1.3.0", mixed)) == []
+    bf16 = _pytorch_entry(tmp_path, quant=None)
+    assert check_compatibility("bf16", bf16, engine_target(bf16), InstalledBackend("1.3.0", hopper)) == []
+
+
+def test_engine_on_13_is_refused_in_one_line_naming_the_pytorch_backend(tmp_path: Path) -> None:
+    engine = _engine(tmp_path, version="1.2.0")
+    here = InstalledBackend("1.3.0", [_gpu(0, "NVIDIA H100", H100)])
+    [problem] = check_compatibility("qwen", engine, engine_target(engine), here)
+    assert 'set backend = "pytorch" in [engines.qwen]' in problem
+    assert "TensorRT-LLM 1.3.0 has no TensorRT backend" in problem
+    with pytest.raises(IncompatibleEngineError, match='backend = "pytorch"'):
+        gate("qwen", engine, installed=here)
+
+
+def test_serve_of_an_engine_on_the_13_stand_in_is_refused_before_triton(
+    isolated_home: Path, tmp_path: Path
+) -> None:
+    engine = _engine(tmp_path)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(STANDINS / "trtllm13"), str(STANDINS / "nvml")]),
+        "TRTFORGE_STANDIN_GPUS": "NVIDIA B200:10.0:183",
+        "COLUMNS": "300",
+    }
+    argv = [sys.executable, "-m", "trtforge", "serve", str(engine.path)]
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 3, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and 'backend = "pytorch"' in lines[0], result.stderr
+    assert not (isolated_home / "tmp" / "repositories").exists()

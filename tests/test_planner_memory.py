@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from checkpoints import write_nvfp4_checkpoint
+from trtforge.builder.llmapi_options import cuda_graph_batch_sizes
 from trtforge.catalog import CatalogEntry
 from trtforge.checkpoint.locate import inspect_checkpoint
 from trtforge.checkpoint.model import CheckpointInfo
@@ -17,6 +18,7 @@ from trtforge.cli import app
 from trtforge.errors import PlanError, UsageError
 from trtforge.gpu import KNOWN_GPUS
 from trtforge.planner import (
+    CUDA_GRAPH_BYTES,
     RUNTIME_RESERVE_BYTES,
     PlanSettings,
     engine_parts,
@@ -211,3 +213,55 @@ def test_plan_cli_zero_is_refused_not_replaced_by_the_default(qwen3_32b: Path, f
     result = CliRunner().invoke(app, ["plan", str(qwen3_32b), "--gpu", "B200", flag, "0", "--json"])
     assert isinstance(result.exception, UsageError), result.output
     assert "must be at least 1" in str(result.exception)
+
+
+def test_pytorch_backend_counts_cuda_graphs_in_what_the_kv_share_leaves(info: CheckpointInfo) -> None:
+    engine = _plan(info, "B200", max_batch_size=8, max_seq_len=16384)
+    plan = _plan(info, "B200", max_batch_size=8, max_seq_len=16384, backend="pytorch")
+    # Same tensors loaded, same reserve: the weights are the engine estimate, the KV pool the same share.
+    assert plan.engine_bytes_estimate == engine.engine_bytes_estimate
+    assert plan.reserve_bytes == engine.reserve_bytes
+    free = KNOWN_GPUS["B200"].memory_bytes - plan.engine_bytes_estimate - plan.reserve_bytes
+    assert plan.kv_cache_bytes == int(free * 0.9) == engine.kv_cache_bytes
+    # Graphs for decode batches 1..8, each up to 200 MB, captured after the KV pool: in the remaining 10 %.
+    assert plan.settings.graph_batch_sizes() == (1, 2, 3, 4, 5, 6, 7, 8)
+    assert plan.cuda_graph_bytes == 8 * CUDA_GRAPH_BYTES == 1_600_000_000
+    assert plan.headroom_bytes == free - plan.kv_cache_bytes
+    assert plan.fits is True and plan.trtllm_bench == {}
+    assert engine.cuda_graph_bytes == 0 and engine.headroom_bytes is None
+    data = plan.to_json()
+    assert (data["backend"], data["cuda_graph_bytes"]) == ("pytorch", 1_600_000_000)
+    assert data["cuda_graph_batch_sizes"] == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_pytorch_graphs_that_do_not_fit_beside_the_kv_cache_are_refused(info: CheckpointInfo) -> None:
+    # One sequence of 16k tokens fits in 99 % of what an RTX 5090 leaves, but a graph does not fit in the 1 %.
+    settings = {"max_batch_size": 1, "max_seq_len": 16384, "kv_cache_free_gpu_mem_fraction": 0.99}
+    assert _plan(info, "RTX5090", **settings).fits is True  # an engine has no such graphs
+    plan = _plan(info, "RTX5090", **settings, backend="pytorch")
+    assert plan.max_concurrent_sequences is not None and plan.max_concurrent_sequences >= 1
+    assert plan.headroom_bytes is not None and plan.headroom_bytes < CUDA_GRAPH_BYTES
+    assert plan.fits is False
+    assert "1 CUDA graphs (0.2 GB) do not fit" in (plan.recommendation or "")
+    with pytest.raises(PlanError, match="kv_cache_free_gpu_mem_fraction"):
+        require_fit(plan)
+
+
+def test_pytorch_batch_recommendation_counts_its_graphs(info: CheckpointInfo) -> None:
+    plan = _plan(info, "RTX5090", max_batch_size=8, max_seq_len=16384, backend="pytorch")
+    assert plan.fits is False
+    [batch] = [alt["max_batch_size"] for alt in plan.alternatives if alt["change"] == "max_batch_size"]
+    memory = KNOWN_GPUS["RTX5090"].memory_bytes
+    smaller = PlanSettings(max_batch_size=batch, max_seq_len=16384, backend="pytorch")
+    assert plan_memory(info, smaller, gpu_memory_bytes=memory).fits is True
+    assert len(smaller.graph_batch_sizes()) == batch
+
+
+def test_cuda_graph_batch_sizes_every_small_one_then_powers_of_two() -> None:
+    assert cuda_graph_batch_sizes(1) == [1]
+    assert cuda_graph_batch_sizes(8) == list(range(1, 9))
+    assert cuda_graph_batch_sizes(16) == list(range(1, 17))
+    assert cuda_graph_batch_sizes(100) == [*range(1, 17), 32, 64, 100]
+    assert cuda_graph_batch_sizes(128) == [*range(1, 17), 32, 64, 128]
+    with pytest.raises(UsageError, match="tensorrt and pytorch"):
+        PlanSettings(backend="reference")  # type: ignore[arg-type]
