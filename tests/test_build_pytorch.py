@@ -340,3 +340,31 @@ def test_expert_parallelism_reaches_the_arguments_only_when_set(on_13: Path, che
     with_ep = plan_build(load_catalog().get("small"))
     assert with_ep.llm_api is not None and with_ep.llm_api.to_dict()["moe_expert_parallel_size"] == 1
     assert with_ep.hash != plan.hash
+
+
+def test_push_and_substitution_carry_the_whole_entry(
+    on_13: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, checkpoint: Path
+) -> None:
+    from trtforge.cache.transfer import push_entry
+
+    url = f"file://{tmp_path / 'shared'}"
+    built = ensure_engine("small")
+    pushed = push_entry(built.path, url)
+    assert pushed.transferred_bytes == pushed.total_bytes > 0
+
+    # Another machine: no TensorRT-LLM, only the version it serves; the cache has the entry.
+    monkeypatch.setenv("TRTFORGE_HOME", str(tmp_path / "b" / "home"))
+    monkeypatch.setenv("TRTLLM_ENGINE_PATH", str(tmp_path / "b" / "links"))
+    monkeypatch.delenv("PYTHONPATH")
+    monkeypatch.setenv("TRTFORGE_TRTLLM_VERSION", "1.3.0")
+    monkeypatch.setenv("TRTFORGE_SUBSTITUTERS", url)
+    pulled = ensure_engine("small", allow_unsigned=True)
+    assert pulled.substituted_from == url and pulled.hash == built.hash
+    assert pulled.path.name == built.path.name and pulled.path != built.path
+    shard = sorted(checkpoint.glob("*.safetensors"))[0].name
+    assert (pulled.path / "checkpoint" / shard).read_bytes() == (
+        built.path / "checkpoint" / shard
+    ).read_bytes()
+    assert read_engine(pulled.path).backend == "pytorch"
+    verify_engine("small")
+    assert not on_13.exists()
