@@ -368,3 +368,23 @@ def test_push_and_substitution_carry_the_whole_entry(
     assert read_engine(pulled.path).backend == "pytorch"
     verify_engine("small")
     assert not on_13.exists()
+
+
+def test_engines_built_before_the_pytorch_backend_keep_their_hashes() -> None:
+    # An engine's hash is over these fields (and revision, version, arch) exactly as before "auto" and ep_size
+    # existed: auto is resolved before hashing, an unset ep_size is left out.
+    entry = CatalogEntry(name="q", model="org/Q", quantization="NVFP4").resolved("tensorrt")
+    assert entry.build_fields() == {
+        "name": "q",
+        "model": "org/Q",
+        "revision": None,
+        "quantization": "NVFP4",
+        "tp_size": 1,
+        "pp_size": 1,
+        "max_batch_size": 8,
+        "max_seq_len": 16384,
+        "max_num_tokens": 8192,
+        "backend": "tensorrt",
+        "trust_remote_code": False,
+        "builder_options": {},
+    }

@@ -107,3 +107,59 @@ def test_compose_builds_that_image_and_publishes_on_loopback() -> None:
     assert any(volume.endswith(":/var/lib/trtforge") for volume in service["volumes"])
     [device] = service["deploy"]["resources"]["reservations"]["devices"]
     assert device["capabilities"] == ["gpu"]
+
+
+PYTORCH = DEPLOY / "kubernetes" / "pytorch"
+LLMAPI_IMAGE = re.compile(r"^nvcr\.io/nvidia/tensorrt-llm/release:(?P<version>\d+\.\d+\.\d+(rc\d+)?)$")
+
+
+def _pytorch_manifests() -> list[dict[str, Any]]:
+    resources = []
+    for path in sorted(PYTORCH.glob("*.yaml")):
+        resources += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return resources
+
+
+@pytest.mark.parametrize(
+    "resource", _pytorch_manifests(), ids=lambda r: f"{r['kind']}/{r['metadata']['name']}"
+)
+def test_pytorch_manifest_validates_strictly(resource: dict[str, Any]) -> None:
+    kubernetes_validate.validate(resource, kubernetes_validate.utils.latest_version(), strict=True)
+
+
+def test_pytorch_deployment_uses_the_same_claim_and_service_with_the_llmapi_image() -> None:
+    [deployment] = [r for r in _pytorch_manifests() if r["kind"] == "Deployment"]
+    engine_pod = _by_kind("Deployment")["spec"]["template"]
+    pod = deployment["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    _check_up_args(container["args"])
+    assert container["image"] != engine_pod["spec"]["containers"][0]["image"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] >= 1
+    assert _by_kind("Service")["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    claim = _by_kind("PersistentVolumeClaim")["metadata"]["name"]
+    assert volumes[mounts["/var/lib/trtforge"]]["persistentVolumeClaim"]["claimName"] == claim
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["TRTFORGE_HOME"] == "/var/lib/trtforge"
+    # The HF cache on the store's volume: the entry's weights can be hard links into it.
+    assert env["HF_HOME"].startswith("/var/lib/trtforge/")
+
+
+def test_llmapi_dockerfile_is_on_a_trtllm_without_the_tensorrt_backend() -> None:
+    from trtforge.trtllm import has_tensorrt_backend
+
+    text = (DEPLOY / "Dockerfile.llmapi").read_text()
+    [default] = re.findall(r"^ARG TRTLLM_IMAGE=(\S+)$", text, flags=re.M)
+    match = LLMAPI_IMAGE.match(default)
+    assert match and not has_tensorrt_backend(match["version"])  # "auto" resolves to pytorch in it
+    assert re.search(r"^FROM \$\{TRTLLM_IMAGE\}$", text, flags=re.M)
+    assert re.search(r'^ENTRYPOINT \["trtforge"\]$', text, flags=re.M)
+    [cmd] = re.findall(r"^CMD (\[.*\])$", text, flags=re.M)
+    _check_up_args(yaml.safe_load(cmd))
+    assert "TRTFORGE_HOME=/var/lib/trtforge" in text
+    assert "TRITON_HOME" not in text  # no tritonserver in that image: the embedded one from nvidia-pytriton
+    for line in re.findall(r"^COPY (.+)$", text, flags=re.M):
+        *sources, _ = shlex.split(line)
+        for source in sources:
+            assert (DEPLOY.parent / source).exists(), source
