@@ -24,7 +24,8 @@ from trtforge.catalog import CatalogEntry, add_entry, load_catalog
 from trtforge.cli import app
 from trtforge.engine import read_engine
 from trtforge.errors import CatalogError, GpuError
-from trtforge.store import EngineStore, resolve_engine, verify_engine
+from trtforge.store.entries import EngineStore
+from trtforge.store.links import resolve_engine, verify_engine
 
 STANDINS = Path(__file__).parent / "standins"
 TRTLLM13 = STANDINS / "trtllm13"

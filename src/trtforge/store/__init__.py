@@ -4,7 +4,8 @@ Layout (root = `constants.store_dir()`):
 
     store/
         <hash>-trtllm-engine-<name>-<version>/     a published engine (never modified after publishing)
-            config.json, rank*.engine | hf_model/, tokenizer files, chat_template.jinja
+            config.json, rank*.engine | hf_model/ | checkpoint/ + llm_api_options.yaml (PyTorch),
+            tokenizer files, chat_template.jinja
             build.log                               the builder's output
             trtforge.json                           manifest: inputs, files (size + sha256), timings
         tmp/<hash>.<uuid8>.incomplete/              a build in progress (or the wreck of one)
