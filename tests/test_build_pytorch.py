@@ -18,7 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from checkpoints import write_nvfp4_checkpoint
-from trtforge.builder.backend_choice import TensorrtBackendGoneError, choose_backend
+from trtforge.builder.backend_choice import TensorrtBackendGoneError, choose_backend, entry_backend
 from trtforge.builder.pipeline import ensure_engine, plan_build
 from trtforge.catalog import CatalogEntry, add_entry, load_catalog
 from trtforge.cli import app
@@ -238,6 +238,10 @@ def test_without_a_gpu_the_entry_is_still_prepared(on_13: Path, monkeypatch: pyt
     monkeypatch.delenv("TRTFORGE_GPU_ARCH")
     plan = plan_build(load_catalog().get("small"))
     assert plan.backend == "pytorch" and plan.inputs.gpu_arch == "any"
+    # What serving asks before building: the same answer, without planning a build.
+    assert entry_backend(load_catalog().get("small")) == "pytorch"
+    monkeypatch.setenv("PYTHONPATH", str(STANDINS))
+    assert entry_backend(load_catalog().get("small")) == "tensorrt"
 
 
 def test_gc_removes_an_unlinked_entry_and_leaves_the_checkpoint(on_13: Path, checkpoint: Path) -> None:

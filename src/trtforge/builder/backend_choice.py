@@ -18,6 +18,7 @@ __all__ = [
     "BackendChoice",
     "TensorrtBackendGoneError",
     "choose_backend",
+    "entry_backend",
     "requested_backend",
     "resolve_backend",
 ]
@@ -73,6 +74,18 @@ def choose_backend(entry: CatalogEntry, requested: str, version: str | None) -> 
     """
     chosen = resolve_backend(requested, version, name=entry.name)
     return BackendChoice(entry.resolved(chosen), requested, version)
+
+
+def entry_backend(entry: CatalogEntry, *, trtllm_python: str | None = None) -> ConcreteBackend:
+    """The backend `entry` would be built for here, without building it ("auto" probes the installed version).
+
+    Raises:
+        TensorrtBackendGoneError: the entry asks for an engine of a TensorRT-LLM that has none.
+    """
+    from trtforge.trtllm import installed_trtllm_version
+
+    version = installed_trtllm_version(trtllm_python) if entry.backend in ("auto", "tensorrt") else None
+    return resolve_backend(entry.backend, version, name=entry.name)
 
 
 def resolve_backend(requested: str, version: str | None, *, name: str) -> ConcreteBackend:

@@ -361,8 +361,10 @@ def plan_serving(
     if proxy is not None and proxy.port in (ports.http, ports.grpc, ports.metrics):
         raise UsageError(f"--port {proxy.port} is also a Triton port; pick another")
     if len(names) > 1:  # before building anything: catalogue entries say their backend and ranks
+        from trtforge.builder.backend_choice import entry_backend
+
         for name, entry in entries.items():
-            _check_shareable(name, entry.backend, entry.world_size)
+            _check_shareable(name, entry_backend(entry), entry.world_size)  # "auto" resolved as a build would
     to_build = [name for name in entries if build and not dry_run]
     # What needs no build is located first: an unknown name is refused before the ports are looked at.
     located = {
