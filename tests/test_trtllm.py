@@ -40,3 +40,12 @@ def test_installed_version_is_the_stand_in_or_none(monkeypatch: pytest.MonkeyPat
     assert installed_trtllm_version() is None
     monkeypatch.setenv("TRTFORGE_TRTLLM_PYTHON", "/no/such/python")
     assert installed_trtllm_version() is None
+
+
+def test_the_13_stand_in_is_probed_without_importing_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its version.py computes the version (an override for tests): the probe runs that file alone, so it finds
+    # the computed version, which reading the file as text did not.
+    monkeypatch.setenv("PYTHONPATH", str(STANDINS / "trtllm13"))
+    assert installed_trtllm_version(sys.executable) == "1.3.0"
+    monkeypatch.setenv("TRTFORGE_STANDIN_TRTLLM_VERSION", "1.4.1")
+    assert installed_trtllm_version(sys.executable) == "1.4.1"

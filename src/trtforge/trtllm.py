@@ -20,16 +20,23 @@ from trtforge.errors import BuildFailedError, UsageError
 # Triton C++ `tensorrtllm` backend): 1.2.x still has both backends; the removal landed on main for 1.3.
 TENSORRT_BACKEND_REMOVED_IN = "1.3"
 
+# Without package metadata, `tensorrt_llm/version.py` is run on its own: importing the package would load torch
+# and CUDA for seconds, and reading the file as text would miss a version that is computed (the test stand-in's).
 _VERSION_PROBE = """
-import importlib.metadata, importlib.util, pathlib, re, sys
+import importlib.metadata, importlib.util, pathlib, sys
 try:
     print(importlib.metadata.version("tensorrt_llm"))
 except importlib.metadata.PackageNotFoundError:
     spec = importlib.util.find_spec("tensorrt_llm")
     if spec is None or spec.origin is None:
         sys.exit(3)
-    text = pathlib.Path(spec.origin).with_name("version.py").read_text()
-    print(re.search(r"__version__\\s*=\\s*['\\"]([^'\\"]+)", text).group(1))
+    path = pathlib.Path(spec.origin).with_name("version.py")
+    version = importlib.util.spec_from_file_location("_trtllm_version", path)
+    if version is None or version.loader is None:
+        sys.exit(3)
+    module = importlib.util.module_from_spec(version)
+    version.loader.exec_module(module)
+    print(module.__version__)
 """
 
 
