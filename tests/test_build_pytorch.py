@@ -393,3 +393,31 @@ def test_engines_built_before_the_pytorch_backend_keep_their_hashes() -> None:
         "trust_remote_code": False,
         "builder_options": {},
     }
+
+
+_LOAD_ENTRY = """
+import sys, yaml
+from pathlib import Path
+from tensorrt_llm import LLM, SamplingParams
+
+if __name__ == "__main__":
+    entry = Path(sys.argv[1])
+    options = yaml.safe_load((entry / "llm_api_options.yaml").read_text())
+    with LLM(model=str(entry / "checkpoint"), **options) as llm:
+        out = llm.generate_async([1, 2, 3], SamplingParams(max_tokens=3)).result()
+    print("tokens", len(out.outputs[0].token_ids))
+"""
+
+
+def test_the_entry_loads_in_the_llm_api_with_its_own_arguments(on_13: Path, tmp_path: Path) -> None:
+    # The 1.3 stand-in's LLM refuses unknown arguments as the real one does: the YAML is TorchLlmArgs as is.
+    dense = write_nvfp4_checkpoint(tmp_path / "dense", tiny=True, sparse=False)
+    add_entry("dense", model=str(dense), quantization="NVFP4", max_seq_len=256, max_num_tokens=256)
+    entry = ensure_engine("dense").path
+    script = tmp_path / "load.py"
+    script.write_text(_LOAD_ENTRY)
+    done = subprocess.run(
+        [sys.executable, str(script), str(entry)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "tokens 3"
