@@ -160,6 +160,8 @@ def make_plan(
         progress=build_progress,
         say=lambda line: console.print(escape(line)),
     )
+    for notice in plan.notices:
+        console.print(f"[bold yellow]warning:[/] {escape(notice)}", soft_wrap=True)
     for problem in plan.warnings:
         console.print(
             f"[bold yellow]warning:[/] {escape(problem)} (starting anyway: --force)", soft_wrap=True

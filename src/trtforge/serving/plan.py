@@ -195,6 +195,8 @@ class ServePlan:
         ready_timeout_s: how long one tritonserver start may take to be ready.
         restart: start a new tritonserver when it dies (False: `Stack.serve()` ends with an error instead).
         warnings: compatibility problems passed with `force`.
+        notices: what the gate warns of without refusing (a PyTorch entry prepared for another minor
+            TensorRT-LLM version).
     """
 
     engines: tuple[ServedEngine, ...]
@@ -205,6 +207,7 @@ class ServePlan:
     ready_timeout_s: float = 600.0
     restart: bool = True
     warnings: tuple[str, ...] = ()
+    notices: tuple[str, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -268,6 +271,7 @@ class ServePlan:
                 "max_body_bytes": self.proxy.max_body_bytes,
             },
             "warnings": list(self.warnings),
+            "notices": list(self.notices),
         }
 
 
@@ -382,7 +386,8 @@ def plan_serving(
     if len(infos) > 1:
         for name, info in infos.items():
             _check_shareable(name, info.backend, info.world_size)
-    warnings = [] if repository is not None else _gate(infos, options, force=force)
+    notices: list[str] = []
+    warnings = [] if repository is not None else _gate(infos, options, force=force, warn=notices.append)
     models = tuple(model_configs(infos, options))  # the contract and per-engine option checks
     served = _served_engines(infos, options)
     destination = Path(repository).expanduser().absolute() if repository else repository_path(infos)
@@ -403,6 +408,7 @@ def plan_serving(
         ready_timeout_s=ready_timeout_s,
         restart=restart,
         warnings=tuple(warnings),
+        notices=tuple(notices),
     )
 
 
@@ -503,13 +509,20 @@ def _build(
     return result.path
 
 
-def _gate(infos: Mapping[str, EngineInfo], options: Mapping[str, ServeOptions], *, force: bool) -> list[str]:
-    """The compatibility gate for every engine: refuse one that cannot load here (with `force`: warnings)."""
+def _gate(
+    infos: Mapping[str, EngineInfo],
+    options: Mapping[str, ServeOptions],
+    *,
+    force: bool,
+    warn: Callable[[str], None],
+) -> list[str]:
+    """The compatibility gate for every engine: refuse one that cannot load here (with `force`: warnings);
+    `warn` is told what the gate warns of without refusing."""
     from trtforge.triton.compat import gate
 
     warnings = []
     for name, info in infos.items():
-        warnings += gate(name, info, device_ids=options[name].device_ids(), force=force)
+        warnings += gate(name, info, device_ids=options[name].device_ids(), force=force, warn=warn)
     return warnings
 
 
