@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/build_reap.py
 	$(BIN)/python benchmarks/proxy.py
 	$(BIN)/python benchmarks/cancel_latency.py
+	$(BIN)/python benchmarks/llmapi_model.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
