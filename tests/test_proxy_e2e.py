@@ -389,6 +389,27 @@ def test_chat_logprobs_with_top_alternatives_streamed_and_not(sdk: openai.OpenAI
     assert all(abs(a.logprob - b.logprob) < 1e-5 for a, b in zip(streamed, content, strict=True))
 
 
+def test_streamed_top_logprobs_of_a_reply_ending_at_its_end_token(sdk: openai.OpenAI) -> None:
+    # The model's own end: the last response carries no token (the end token is not returned), so no logits row.
+    kwargs: dict[str, object] = {"temperature": 0, "max_tokens": 200, "logprobs": True, "top_logprobs": 2}
+    whole = sdk.chat.completions.create(model=MODEL, messages=HELLO, **kwargs)  # type: ignore[call-overload]
+    choice = whole.choices[0]
+    assert choice.finish_reason == "stop" and choice.logprobs is not None
+    content = choice.logprobs.content or []
+    assert content and all(len(t.top_logprobs) == 2 for t in content)
+    chunks = list(sdk.chat.completions.create(model=MODEL, messages=HELLO, stream=True, **kwargs))  # type: ignore[call-overload]
+    streamed = [
+        t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content or []
+    ]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == choice.message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        "stop"
+    ]
+    assert [(t.token, [a.token for a in t.top_logprobs]) for t in streamed] == [
+        (t.token, [a.token for a in t.top_logprobs]) for t in content
+    ]
+
+
 def test_completion_logprobs_streamed_and_not(sdk: openai.OpenAI) -> None:
     kwargs: dict[str, object] = {"temperature": 0, "max_tokens": 6, "logprobs": 2, "extra_body": FORCED}
     whole = sdk.completions.create(model=MODEL, prompt="The quick brown fox", **kwargs)  # type: ignore[call-overload]

@@ -197,11 +197,11 @@ class Scheduler:
             return
         token, log_prob = self.decoder.choose(seq, self.guides)
         spec = seq.spec
+        if spec.end_id is not None and token == spec.end_id:
+            self._finish(seq)  # the end token itself is not returned, nor its logits row
+            return
         if spec.return_generation_logits and seq.next_logits is not None:
             seq.logits.append(seq.next_logits.cpu().numpy().astype(np.float32))
-        if spec.end_id is not None and token == spec.end_id:
-            self._finish(seq)  # the end token itself is not returned
-            return
         seq.tokens.append(token)
         seq.log_probs.append(log_prob)
         # A complete grammar ends the generation (xgrammar then allows only its stop token).
@@ -240,7 +240,7 @@ class Scheduler:
         else:
             prompt = [] if seq.spec.exclude_input_in_output else seq.spec.input_ids
             tokens, log_probs = prompt + seq.tokens, [0.0] * len(prompt) + seq.log_probs
-            logits = seq.logits  # generation logits cover the generated tokens only
+            logits = seq.logits  # one row per generated token returned (not the prompt's)
         seq.sender.send(_response(seq, tokens, log_probs, logits), flags=FINAL)
 
     def _safe_error(self, sender: Any, message: str, *, invalid_request: bool = False) -> None:

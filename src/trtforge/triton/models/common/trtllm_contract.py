@@ -355,14 +355,22 @@ def build_response(spec: GenerationRequest, output: Output) -> Any:
         ),
     ]
     if spec.return_generation_logits:
-        rows = list(output.logits)
-        array = np.stack(rows) if rows else np.zeros((0, output.vocab_size), dtype=np.float32)
-        outputs.append(_output("generation_logits", array.astype(np.float32).reshape(1, 1, len(rows), -1)))
+        outputs.append(_output("generation_logits", _generation_logits(output)))
     if spec.return_num_input_tokens:
         outputs.append(_output("num_input_tokens", np.array([[len(spec.input_ids)]], dtype=np.int32)))
     if spec.return_num_output_tokens:
         outputs.append(_output("num_output_tokens", np.array([[output.num_output_tokens]], dtype=np.int32)))
     return pb_utils.InferenceResponse(output_tensors=outputs)
+
+
+def _generation_logits(output: Output) -> npt.NDArray[np.float32]:
+    """[1, 1, n, vocab]: one row per generated token of the response. A response without one (the last of a
+    stream that ended at the end token, or after a cancellation) still has the vocabulary's width, which numpy
+    cannot infer from zero rows."""
+    rows = [np.asarray(row, dtype=np.float32).reshape(-1) for row in output.logits]
+    width = rows[0].size if rows else output.vocab_size
+    array = np.stack(rows) if rows else np.zeros((0, width), dtype=np.float32)
+    return array.reshape(1, 1, len(rows), width)
 
 
 def empty_response() -> Any:

@@ -38,7 +38,6 @@ Prompt text is never logged.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import importlib
 import itertools
 import json
@@ -276,10 +275,7 @@ class Runner:
             generation.sent[index] = len(output.token_ids)
             pending.append((index, self._output(spec, output, tokens, entries)))
         for position, (index, out) in enumerate(pending):
-            # No tokens, no logits: the shared contract cannot shape an empty generation_logits tensor.
-            response = contract.build_response(
-                spec if out.tokens else dataclasses.replace(spec, return_generation_logits=False), out
-            )
+            response = contract.build_response(spec, out)
             if spec.num_return_sequences > 1:
                 index_tensor = pb_utils.Tensor("sequence_index", np.array([[index]], dtype=np.int32))
                 response = pb_utils.InferenceResponse(
