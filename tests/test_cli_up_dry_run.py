@@ -140,6 +140,39 @@ def test_dry_run_without_json_prints_the_plan_for_a_reader(
     _assert_nothing_started(isolated_home, marker, ports)
 
 
+@pytest.mark.parametrize("tp_size", [1, 2])
+def test_dry_run_of_a_pytorch_entry_plans_the_llm_api_model_in_one_tritonserver(
+    isolated_home: Path, tmp_path: Path, recording_triton: tuple[dict[str, str], Path], tp_size: int
+) -> None:
+    env, marker = recording_triton
+    entry = write_engine_dir(tmp_path / "entry", backend="pytorch", tp_size=tp_size)
+    _link("qwen", entry)
+    # TensorRT-LLM 1.3 (the stand-in) and two Blackwell GPUs: the gate passes the NVFP4 entry.
+    env["PYTHONPATH"] = os.pathsep.join([str(STANDINS / "trtllm13"), str(STANDINS / "nvml")])
+    env["TRTFORGE_STANDIN_GPUS"] = "NVIDIA B200:10.0:183,NVIDIA B200:10.0:183"
+    ports, args = _ports()
+    result = _up("qwen", "--dry-run", "--json", *args, env=env)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    [engine] = plan["engines"]
+    assert (engine["backend"], engine["world_size"], engine["triton_model"]) == (
+        "pytorch",
+        tp_size,
+        "tensorrt_llm",
+    )
+    assert engine["path"] == str(entry.resolve())
+    assert set(plan["repository"]["models"]) == ONE_ENGINE_MODELS
+    # The LLM API starts its own worker per rank: one tritonserver, never mpirun.
+    assert plan["triton"]["processes"] == 1
+    argv = plan["triton"]["argv"]
+    assert argv[0] == str(Path(env["TRITON_HOME"]) / "bin" / "tritonserver")
+    assert not any("mpirun" in part for part in argv)
+    assert plan["warnings"] == []
+    text = _up("qwen", "--dry-run", *args, env=env).stdout
+    assert "engine qwen: pytorch backend" in text
+    _assert_nothing_started(isolated_home, marker, ports)
+
+
 def test_dry_run_of_an_engine_not_built_yet_is_one_line_and_builds_nothing(isolated_home: Path) -> None:
     _, args = _ports()
     result = _up("tiny", "--dry-run", *args)

@@ -14,6 +14,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 import trtforge.reference
+import trtforge.triton
 from triton_helpers import load_bundled_model, write_engine_dir, write_tokenizer
 from trtforge.engine import read_engine
 from trtforge.errors import UsageError
@@ -120,6 +121,59 @@ def test_reference_engine_uses_the_python_backend_with_the_same_tensors(tmp_path
     assert list(ref_config.input) == list(trt_config.input)
     assert list(ref_config.output) == list(trt_config.output)
     assert ref_config.model_transaction_policy.decoupled is True
+
+
+def test_pytorch_entry_is_the_llm_api_model_with_the_same_tensors(tmp_path: Path) -> None:
+    trt = read_engine(write_engine_dir(tmp_path / "trt", backend="tensorrt", max_batch_size=6))
+    entry = read_engine(write_engine_dir(tmp_path / "entry", backend="pytorch", max_batch_size=6))
+    assert entry.backend == "pytorch"
+    repo = write_model_repository({"qwen": entry}, tmp_path / "repo")
+    config = _parse(repo / "tensorrt_llm" / "config.pbtxt")
+    trt_config = model_config_pb2.ModelConfig()
+    text_format.Parse(model_configs({"trt": trt})["tensorrt_llm"], trt_config)
+    assert config.backend == "python" and config.model_transaction_policy.decoupled is True
+    # The proxy sends every backend the same tensors.
+    assert list(config.input) == list(trt_config.input)
+    assert list(config.output) == list(trt_config.output)
+    assert [group.count for group in config.instance_group] == [1]  # one LLM, whatever its ranks
+    params = {key: value.string_value for key, value in config.parameters.items()}
+    assert params == {
+        "checkpoint_dir": str((tmp_path / "entry" / "checkpoint").absolute()),
+        "llm_api_options": str((tmp_path / "entry" / "llm_api_options.yaml").absolute()),
+        "exclude_input_in_output": "true",
+        "cancellation_check_period_ms": "100",
+    }
+    models = Path(trtforge.triton.__file__).parent / "models"
+    for name, source in {
+        "model.py": models / "tensorrt_llm_llmapi" / "model.py",
+        "llmapi_sampling.py": models / "tensorrt_llm_llmapi" / "llmapi_sampling.py",
+        "trtllm_contract.py": models / "common" / "trtllm_contract.py",
+    }.items():
+        assert (repo / "tensorrt_llm" / "1" / name).read_bytes() == source.read_bytes(), name
+    # The text models read the tokenizer at the entry's top, as for engines.
+    assert {*MODELS, "tensorrt_llm_bls"} <= {p.name for p in repo.iterdir()}
+    marker = json.loads((repo / MARKER).read_text())
+    assert marker["engines"]["qwen"]["backend"] == "pytorch"
+
+
+def test_pytorch_entries_refuse_the_engine_backends_knobs_and_share_a_triton_at_one_rank(
+    tmp_path: Path,
+) -> None:
+    entry = read_engine(write_engine_dir(tmp_path / "entry", backend="pytorch"))
+    for option in ({"enable_kv_cache_reuse": "true"}, {"gpu_device_ids": "0"}):
+        opts = merge_serve_options(None, option)
+        with pytest.raises(UsageError, match=f"serve option {next(iter(option))} does not apply to pytorch"):
+            model_configs({"qwen": entry}, {"qwen": opts})
+    # The KV share went into the entry's LLM API arguments at build: a serve table may keep it.
+    shared = merge_serve_options(None, {"kv_cache_free_gpu_mem_fraction": "0.5", "max_queue_size": "3"})
+    assert "free_gpu_mem" not in model_configs({"qwen": entry}, {"qwen": shared})["tensorrt_llm"]
+
+    reference = read_engine(write_engine_dir(tmp_path / "ref", backend="reference"))
+    assert set(model_configs({"qwen": entry, "ref": reference})) == {"tensorrt_llm-qwen", "tensorrt_llm-ref"}
+    tp2 = read_engine(write_engine_dir(tmp_path / "tp2", backend="pytorch", tp_size=2))
+    assert set(model_configs({"big": tp2})) >= {"tensorrt_llm"}  # alone: one model, its own workers
+    with pytest.raises(UsageError, match="engine 'big' has 2 ranks"):
+        model_configs({"big": tp2, "ref": reference})
 
 
 def test_ensemble_wires_every_step_and_covers_the_stock_interface(trt_engine, tmp_path: Path) -> None:

@@ -55,9 +55,12 @@ def write_engine_dir(
     dtype: str = "bfloat16",
     version: str = "test",
 ) -> Path:
-    """An engine directory `trtforge.engine.read_engine` accepts: a TensorRT one (fake rank files) or a
-    reference one (`hf_model/`), with a real tokenizer."""
+    """An engine directory `trtforge.engine.read_engine` accepts: a TensorRT one (fake rank files), a
+    reference one (`hf_model/`) or a PyTorch entry (its facts, a checkpoint config, LLM API arguments; no
+    weights), with a real tokenizer."""
     dest.mkdir(parents=True, exist_ok=True)
+    if backend == "pytorch":
+        return _write_pytorch_entry(dest, max_batch_size=max_batch_size, tp_size=tp_size, version=version)
     config = {
         "version": version,
         "pretrained_config": {
@@ -80,6 +83,26 @@ def write_engine_dir(
             (dest / f"rank{rank}.engine").write_bytes(b"not a real engine")
     else:
         (dest / "hf_model").mkdir(exist_ok=True)
+    write_tokenizer(dest)
+    return dest
+
+
+def _write_pytorch_entry(dest: Path, *, max_batch_size: int, tp_size: int, version: str) -> Path:
+    (dest / "checkpoint").mkdir(exist_ok=True)
+    (dest / "checkpoint" / "config.json").write_text(json.dumps({"architectures": ["Qwen3ForCausalLM"]}))
+    options = {"max_batch_size": max_batch_size, "max_seq_len": 256, "tensor_parallel_size": tp_size}
+    (dest / "llm_api_options.yaml").write_text("".join(f"{key}: {value}\n" for key, value in options.items()))
+    facts = {
+        "backend": "pytorch",
+        "trtllm_version": "1.3.0" if version == "test" else version,
+        "architecture": "Qwen3ForCausalLM",
+        "quant_algo": "NVFP4",
+        "tp_size": tp_size,
+        "max_batch_size": max_batch_size,
+        "max_seq_len": 256,
+        "max_num_tokens": 256,
+    }
+    (dest / "llmapi_entry.json").write_text(json.dumps(facts))
     write_tokenizer(dest)
     return dest
 

@@ -465,7 +465,7 @@ def _check_shareable(name: str, backend: str, ranks: int) -> None:
     from trtforge.triton.backends import serving_backend
 
     row = serving_backend(backend)
-    if ranks != 1 and row.ranks_under_mpirun:
+    if ranks != 1:  # its ranks take the GPUs from 0 up, whether under mpirun or the backend's own workers
         raise UsageError(
             f"engine {name!r} has {ranks} ranks and cannot share a Triton with other engines; serve it alone"
         )

@@ -1,17 +1,24 @@
 """How Triton serves each kind of store entry: one row per `EngineInfo.backend`.
 
 A row says what the repository's `tensorrt_llm`-contract model for an entry is made of (the Triton backend in
-its config, the python model file copied into `1/`, the parameters its config carries, whether the config is
-checked against the `tensorrtllm` backend's contract), how the entry's ranks run (one tritonserver per rank
-under mpirun, or one process whose backend starts its own workers), and whether the entry may share one
-tritonserver with other engines. The repository writer, the Triton command and the serving plan all read
-this table; a new backend (TensorRT-LLM's PyTorch backend over its LLM API) is one more row.
+its config, the python model file copied into `1/`, the parameters its config carries, whether those parameters
+are checked against the `tensorrtllm` backend's table; the tensors always are, since the proxy sends the same
+ones to every backend), how the entry's ranks run (one tritonserver per rank under mpirun, or one process whose
+backend starts its own workers), and whether the entry may share one tritonserver with other engines. The
+repository writer, the Triton command and the serving plan all read this table:
+
+    tensorrt    engines (`rank*.engine`): NVIDIA's C++ `tensorrtllm` backend, one tritonserver per rank
+    reference   the CPU reference model (`reference/backend_model.py`), the same parameters as `tensorrtllm`
+    pytorch     PyTorch entries (TensorRT-LLM >= 1.3, no engine): our python model over the LLM API
+                (`triton/models/tensorrt_llm_llmapi`), given `checkpoint_dir` and `llm_api_options`; TP/PP > 1
+                is the LLM API's own worker pool inside that one model instance, so never mpirun
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from trtforge.engine import XGRAMMAR_TOKENIZER_INFO, EngineInfo
@@ -34,20 +41,24 @@ class ServingBackend:
         model_files: the python model's files by their name in `<model>/1/` (`model.py` and the siblings it
             imports), or None: the Triton backend is native.
         parameters: the model config's backend parameters.
-        checks_contract: the generated config is checked against the `tensorrtllm` backend's contract
-            (`triton.contract`) before it is written.
+        checks_parameters: the parameters are the `tensorrtllm` backend's and are checked against its table
+            (`triton.contract`) before the config is written; False: the model reads parameters of its own.
+            Either way the config's tensors are checked against the contract.
         ranks_under_mpirun: an entry of N ranks runs as N tritonservers under mpirun (False: one tritonserver,
             whose backend starts its own workers).
-        shares_triton: a one-process entry may share a tritonserver with other engines.
+        shares_triton: a one-rank entry may share a tritonserver with other engines (an entry of several
+            ranks is served alone: its ranks take the GPUs from 0 up).
+        unread_options: serve options its model does not read; setting one is refused rather than ignored.
     """
 
     name: str
     triton_backend: str
     model_files: Callable[[], Mapping[str, Path]] | None
     parameters: Parameters
-    checks_contract: bool
+    checks_parameters: bool
     ranks_under_mpirun: bool
     shares_triton: bool
+    unread_options: frozenset[str] = frozenset()
 
     def processes(self, engine: EngineInfo) -> int:
         """How many tritonserver processes serve `engine` (its ranks under mpirun, else one)."""
@@ -108,13 +119,62 @@ def _reference_backend_files() -> dict[str, Path]:
     return files
 
 
+# The `tensorrtllm` parameters among the serve options, which the LLM API model does not read.
+# kv_cache_free_gpu_mem_fraction is not among them: a catalogue entry's serve table gives it to the LLM API's
+# arguments when the entry is prepared (builder.llmapi_options), so the same table serves either backend.
+_ENGINE_BACKEND_OPTIONS = frozenset(
+    {
+        "max_tokens_in_paged_kv_cache",
+        "kv_cache_host_memory_bytes",
+        "enable_kv_cache_reuse",
+        "enable_chunked_context",
+        "batch_scheduler_policy",
+        "multi_block_mode",
+        "cuda_graph_mode",
+        "normalize_log_probs",
+        "gpu_device_ids",
+        "decoding_mode",
+        "max_attention_window_size",
+        "stats_check_period_ms",
+        "iter_stats_max_iterations",
+        "request_stats_max_iterations",
+    }
+)
+
+
+def _llmapi_parameters(engine: EngineInfo, options: ServeOptions) -> dict[str, object | None]:
+    """What the LLM API model reads: the entry's checkpoint and LLM API arguments (absolute paths), and the two
+    serve options it honours. The engine backend's KV cache and scheduling knobs do not apply: the LLM API's
+    arguments were fixed in the entry's `llm_api_options.yaml` when it was prepared."""
+    return {
+        "checkpoint_dir": str(Path(engine.checkpoint_dir).absolute()),
+        "llm_api_options": str(Path(engine.llm_api_options_path).absolute()),
+        "exclude_input_in_output": options.exclude_input_in_output,
+        "cancellation_check_period_ms": options.cancellation_check_period_ms,
+    }
+
+
+def _llmapi_model_files() -> dict[str, Path]:
+    """The LLM API `tensorrt_llm` model (`model.py`), its sampling sibling and the shared contract."""
+    models = Path(str(resources.files("trtforge.triton") / "models"))
+    files = {
+        "model.py": models / "tensorrt_llm_llmapi" / "model.py",
+        "llmapi_sampling.py": models / "tensorrt_llm_llmapi" / "llmapi_sampling.py",
+        "trtllm_contract.py": models / "common" / "trtllm_contract.py",
+    }
+    for source in files.values():
+        if not source.is_file():
+            raise TritonError(f"the LLM API model file {source} is missing: cannot serve a PyTorch entry")
+    return files
+
+
 SERVING_BACKENDS: dict[str, ServingBackend] = {
     "tensorrt": ServingBackend(
         name="tensorrt",
         triton_backend="tensorrtllm",
         model_files=None,
         parameters=_trtllm_parameters,
-        checks_contract=True,
+        checks_parameters=True,
         ranks_under_mpirun=True,
         shares_triton=True,
     ),
@@ -124,9 +184,21 @@ SERVING_BACKENDS: dict[str, ServingBackend] = {
         triton_backend="python",
         model_files=_reference_backend_files,
         parameters=_trtllm_parameters,
-        checks_contract=True,
+        checks_parameters=True,
         ranks_under_mpirun=True,
         shares_triton=True,
+    ),
+    # TensorRT-LLM's PyTorch backend: one decoupled python model over `tensorrt_llm.LLM`, whose own executor
+    # starts a worker per rank (ended by `LLM.shutdown()`, or by tritonserver's owner with its process tree).
+    "pytorch": ServingBackend(
+        name="pytorch",
+        triton_backend="python",
+        model_files=_llmapi_model_files,
+        parameters=_llmapi_parameters,
+        checks_parameters=False,
+        ranks_under_mpirun=False,
+        shares_triton=True,
+        unread_options=_ENGINE_BACKEND_OPTIONS,
     ),
 }
 

@@ -38,6 +38,7 @@ __all__ = [
     "ParameterFact",
     "TensorFact",
     "check_tensorrt_llm_config",
+    "check_tensorrt_llm_tensors",
     "triton_dtype",
 ]
 
@@ -297,6 +298,19 @@ def check_tensorrt_llm_config(
     Returns:
         One line per problem; empty when the config meets the contract.
     """
+    problems = check_tensorrt_llm_tensors(config, engine_dtype=engine_dtype, logits_dtype=logits_dtype)
+    params = {key: value.string_value for key, value in config.parameters.items()}
+    return problems + check_parameters(params)
+
+
+def check_tensorrt_llm_tensors(
+    config: model_config_pb2.ModelConfig, *, engine_dtype: str, logits_dtype: str = "float32"
+) -> list[str]:
+    """What clients of the `tensorrt_llm` contract rely on in a config: its name, batching, decoupled policy
+    and tensors, not the backend parameters (a python model serving the contract reads parameters of its own).
+
+    Arguments and result as `check_tensorrt_llm_config`'s.
+    """
     resolved = {ENGINE_DTYPE: triton_dtype(engine_dtype), LOGITS_DTYPE: triton_dtype(logits_dtype)}
     problems: list[str] = []
     if config.name != "tensorrt_llm":
@@ -313,8 +327,6 @@ def check_tensorrt_llm_config(
         f"output {name!r} is not declared" for name in ("output_ids", "sequence_length")
         if name not in {tensor.name for tensor in config.output}
     ]  # fmt: skip
-    params = {key: value.string_value for key, value in config.parameters.items()}
-    problems += check_parameters(params)
     return problems
 
 

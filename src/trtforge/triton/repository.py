@@ -7,7 +7,9 @@ One engine (N = 1):
         tensorrt_llm/config.pbtxt   the row of `triton.backends` for the engine's backend says its Triton
         tensorrt_llm/1/model.py …     backend, parameters and python model files (reference engines:
                                       trtforge/reference/backend_model.py and its sibling files,
-                                      `reference_backend_files`; TensorRT engines: none)
+                                      `reference_backend_files`; PyTorch entries: the LLM API model,
+                                      triton/models/tensorrt_llm_llmapi, with `checkpoint_dir` and
+                                      `llm_api_options`; TensorRT engines: none)
         preprocessing/config.pbtxt, 1/model.py    text -> token ids (the engine's tokenizer)
         postprocessing/config.pbtxt, 1/model.py   token ids -> UTF-8 bytes
         ensemble/config.pbtxt       preprocessing -> tensorrt_llm -> postprocessing
@@ -18,7 +20,7 @@ Several engines sharing one tritonserver: one `tensorrt_llm`-contract model per 
 no ensemble, pre- or postprocessing.
 
 Every config is built as a `ModelConfig` protobuf message from tensor tables (the `tensorrt_llm` ones are the
-contract's, `triton.contract`) and rendered with `text_format`, so no `${...}` placeholder can survive and every
+contract's, `triton.contract`, for every backend: the proxy sends them all the same tensors) and rendered with `text_format`, so no `${...}` placeholder can survive and every
 file parses as Triton will parse it. The repository is staged beside `dest` and renamed into place
 (`atomic.staged_directory`), so a half-written repository never exists.
 """
@@ -48,6 +50,7 @@ from trtforge.triton.contract import (
     TRTLLM_OUTPUTS,
     TensorFact,
     check_tensorrt_llm_config,
+    check_tensorrt_llm_tensors,
     triton_dtype,
 )
 
@@ -365,7 +368,7 @@ def _options_by_name(
 def _check_shareable(name: str, engine: EngineInfo) -> None:
     """Several engines share one single-process tritonserver: each must run as one process and allow it."""
     row = serving_backend(engine.backend)
-    if row.processes(engine) != 1:
+    if engine.world_size != 1:
         raise UsageError(
             f"engine {name!r} has {engine.world_size} ranks: serve multi-GPU engines one per Triton"
         )
@@ -375,9 +378,10 @@ def _check_shareable(name: str, engine: EngineInfo) -> None:
 
 def _tensorrt_llm_text(engine: EngineInfo, options: ServeOptions, *, model: str) -> str:
     config = _tensorrt_llm_config(engine, options)
-    if serving_backend(engine.backend).checks_contract:
-        # The contract holds for the config as the one-engine layout names it; only the name may differ.
-        _check_contract(engine, render_config(config))
+    # The contract holds for the config as the one-engine layout names it; only the name may differ.
+    _check_contract(
+        engine, render_config(config), parameters=serving_backend(engine.backend).checks_parameters
+    )
     return render_config({**config, "name": model})
 
 
@@ -451,6 +455,12 @@ def _parameters(values: dict[str, object | None]) -> dict[str, dict[str, str]]:
 
 def _tensorrt_llm_config(engine: EngineInfo, options: ServeOptions) -> dict[str, Any]:
     row = serving_backend(engine.backend)
+    unread = sorted(key for key in row.unread_options if getattr(options, key) is not None)
+    if unread:
+        raise UsageError(
+            f"serve option {unread[0]} does not apply to {engine.backend} entries ({engine.path}): their LLM API "
+            f"arguments are the entry's llm_api_options.yaml, fixed when it is built"
+        )
     device_ids = options.device_ids()
     if device_ids is not None and len(device_ids) != engine.world_size:
         raise UsageError(
@@ -477,11 +487,13 @@ def _tensorrt_llm_config(engine: EngineInfo, options: ServeOptions) -> dict[str,
     }
 
 
-def _check_contract(engine: EngineInfo, text: str) -> None:
-    """Refuse to write a `tensorrt_llm` config the backend would not load as meant (a bug, not user input)."""
+def _check_contract(engine: EngineInfo, text: str, *, parameters: bool) -> None:
+    """Refuse to write a `tensorrt_llm` config the backend would not load as meant, or whose tensors are not the
+    ones the proxy sends (a bug, not user input); `parameters`: check them against the `tensorrtllm` table."""
     config = model_config_pb2.ModelConfig()
     text_format.Parse(text, config)
-    problems = check_tensorrt_llm_config(config, engine_dtype=engine.dtype, logits_dtype=engine.logits_dtype)
+    check = check_tensorrt_llm_config if parameters else check_tensorrt_llm_tensors
+    problems = check(config, engine_dtype=engine.dtype, logits_dtype=engine.logits_dtype)
     if problems:
         raise TritonError(f"generated tensorrt_llm config breaks the backend contract: {problems[0]}")
 
