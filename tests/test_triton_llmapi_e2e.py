@@ -1,6 +1,7 @@
-"""The LLM API `tensorrt_llm` model end to end: the real embedded tritonserver runs it over the TensorRT-LLM 1.3
-stand-in (found through PYTHONPATH only) with a real NVFP4 checkpoint; the proxy's own Triton client and the
-proxy with the official `openai` SDK drive it."""
+"""The LLM API `tensorrt_llm` model end to end: a PyTorch entry prepared by `build` from a real NVFP4 checkpoint,
+served by the real embedded tritonserver from the repository writer's repository, over the TensorRT-LLM 1.3
+stand-in (found through PYTHONPATH only); the proxy's own Triton client and the proxy with the official `openai`
+SDK drive it."""
 
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from llmapi_helpers import is_running, llm_api_workers
-from llmapi_repository import running_llmapi_triton, standin_environment
+from llmapi_helpers import is_running, llm_api_workers, serving_pytorch_entry
 from proxy_fixtures import FAILURE_BOUND_S, running_proxy, triton_log_count, wait_until
 from trtforge.engine import EngineInfo
 from trtforge.proxy.backend import GenerationRequest, TritonBackend
@@ -36,10 +36,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(tiny_nvfp4_checkpoint: Path, root: Path) -> Iterator[tuple[TritonServer, EngineInfo]]:
-    with pytest.MonkeyPatch.context() as patch:
-        standin_environment(patch, root / "worker.log")
-        with running_llmapi_triton(tiny_nvfp4_checkpoint, root) as running:
-            yield running
+    with serving_pytorch_entry(MODEL, tiny_nvfp4_checkpoint, root, quantization="NVFP4") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +64,11 @@ def _aborts(root: Path) -> list[str]:
 def test_the_model_runs_the_llm_api_in_a_worker_process_of_the_stub(
     served: tuple[TritonServer, EngineInfo], root: Path
 ) -> None:
-    triton, _ = served
+    triton, engine = served
+    assert engine.backend == "pytorch"
     assert triton_log_count(triton, "LLM API tensorrt_llm model ready: TensorRT-LLM 1.3.0") == 1
+    # The store entry's own checkpoint (hard links to the checkpoint's files), as the writer passed it.
+    assert triton_log_count(triton, f"checkpoint {engine.checkpoint_dir.absolute()}") == 1
     assert triton.pid is not None and len(llm_api_workers(triton.pid)) == 1
     assert any("rank 0 ready" in line for line in _worker_log(root))
 
