@@ -59,8 +59,12 @@ sys.path.insert(0, str(ROOT / "tests"))  # the LLM API stand-in and its reposito
 from proxy import DirectClient, free_port  # noqa: E402
 from proxy import write_repository as write_emitter_repository  # noqa: E402
 
-from llmapi_helpers import TRTLLM13_STANDIN, WORKER_MODULE  # noqa: E402
-from llmapi_repository import write_llmapi_repository  # noqa: E402
+from llmapi_helpers import (  # noqa: E402
+    TRTLLM13_STANDIN,
+    WORKER_MODULE,
+    prepare_pytorch_entry,
+    standin_environment,
+)
 from trtforge.engine import read_engine  # noqa: E402
 from trtforge.proxy.tokenizer import ProxyTokenizer  # noqa: E402
 from trtforge.reference.tiny import TINY_DEFAULTS, write_tiny_engine  # noqa: E402
@@ -157,25 +161,22 @@ def only_tensorrt_llm(repository: Path) -> Path:
 
 
 def repositories(work: Path, engine_dir: Path, streams: int, pace_ms: float) -> dict[str, Path]:
-    options = {
-        "max_batch_size": max(8, streams),
-        "max_num_tokens": 1024,
-        "max_seq_len": 1024,
-        "tensor_parallel_size": 1,
-        "pipeline_parallel_size": 1,
-        "kv_cache_config": {"free_gpu_memory_fraction": 0.9},
-        "guided_decoding_backend": "xgrammar",
-        "cuda_graph_config": {"batch_sizes": [1, 2, 4, 8]},
-    }
-    (work / "llmapi").mkdir()
-    llmapi, _ = write_llmapi_repository(
-        float_checkpoint(engine_dir, work / "checkpoint"), work / "llmapi", options
-    )
+    # The LLM API model serves a PyTorch entry prepared by `trtforge build` (catalogue entry, store), through the
+    # real repository writer, as `trtforge up` does.
+    with standin_environment(work / "prepare.log"):
+        engine = prepare_pytorch_entry(
+            "tiny-llmapi",
+            float_checkpoint(engine_dir, work / "checkpoint"),
+            max_batch_size=max(8, streams),
+            max_num_tokens=1024,
+            max_seq_len=1024,
+        )
+    llmapi = write_model_repository({"tiny-llmapi": engine}, work / "llmapi" / "repository")
     reference = write_model_repository({"tiny": read_engine(engine_dir)}, work / "reference" / "repository")
     emitter = write_emitter_repository(engine_dir, work / "emitter" / "repository", pace_s=0.0)
     paced = write_emitter_repository(engine_dir, work / "paced" / "repository", pace_s=pace_ms / 1000)
     return {
-        "llmapi": llmapi,
+        "llmapi": only_tensorrt_llm(llmapi),
         "reference": only_tensorrt_llm(reference),
         "emitter": only_tensorrt_llm(emitter),
         "emitter-paced": only_tensorrt_llm(paced),
