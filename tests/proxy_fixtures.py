@@ -13,12 +13,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import pytest
 import uvicorn
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from conftest import free_port
+from conftest import copy_engine_with, free_port
+from llmapi_helpers import serving_pytorch_entry
 from triton_helpers import loopback_triton
-from trtforge.engine import EngineInfo
+from trtforge.engine import EngineInfo, read_engine
 from trtforge.proxy import ProxySettings, make_server
 from trtforge.proxy.backend import TritonBackend
 from trtforge.triton.repository import write_model_repository
@@ -179,6 +181,41 @@ def running_triton(engine: EngineInfo, root: Path) -> Iterator[TritonServer]:
     """The embedded tritonserver serving `engine` from a repository written under `root` (its log there too)."""
     with loopback_triton(write_model_repository({"engine": engine}, root / "repository"), root) as server:
         yield server
+
+
+# The backends the OpenAI-SDK suites run on: the CPU reference model, and TensorRT-LLM's PyTorch backend (the LLM
+# API model over the 1.3 stand-in, which generates with the same tiny model).
+BACKENDS = ("reference", "pytorch")
+
+
+@contextlib.contextmanager
+def serving_tiny(
+    backend: str, request: pytest.FixtureRequest, root: Path, **limits: Any
+) -> Iterator[tuple[EngineInfo, TritonServer]]:
+    """The built-in tiny model served on `backend` by the embedded tritonserver, its files and log under `root`.
+
+    reference: a copy of the tiny engine with `limits` (`copy_engine_with`'s build settings). pytorch: a PyTorch
+    entry prepared by `build` from the tiny's float checkpoint, whose greedy replies are the reference engine's
+    (the NVFP4 one's differ slightly), with the same max_batch_size, max_seq_len and max_num_tokens; it always
+    returns generation logits.
+    """
+    tiny = request.getfixturevalue("tiny_engine")
+    if backend == "reference":
+        engine = read_engine(copy_engine_with(tiny, root / "engine", **limits))
+        with running_triton(engine, root) as server:
+            yield engine, server
+        return
+    built = read_engine(tiny)  # the tiny engine's own limits where `limits` does not say
+    fields = {
+        "max_batch_size": built.max_batch_size,
+        "max_seq_len": built.max_seq_len,
+        "max_num_tokens": built.max_num_tokens,
+        **{key: value for key, value in limits.items() if key != "gather_generation_logits"},
+    }
+    checkpoint = request.getfixturevalue("tiny_float_checkpoint")
+    name = f"tiny-{re.sub(r'[^a-z0-9]+', '-', root.name.lower())}"
+    with serving_pytorch_entry(name, checkpoint, root, **fields) as (server, engine):
+        yield engine, server
 
 
 @contextlib.contextmanager

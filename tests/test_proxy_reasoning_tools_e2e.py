@@ -1,5 +1,6 @@
 """Reasoning, tool calls and structured output end to end: the official `openai` SDK against the proxy over a
-real tritonserver serving the reference `tensorrt_llm` model with the tiny engine.
+real tritonserver serving the tiny model on each backend (`proxy_fixtures.BACKENDS`: the reference
+`tensorrt_llm` model, and a PyTorch entry through the LLM API model on the 1.3 stand-in).
 
 Tiny learned two behaviours by heart (see `trtforge.reference.tiny.BEHAVIOURS`): a thinking block before a
 greeting, and a `get_weather` call. Guided decoding holds even its untrained replies to a schema.
@@ -10,16 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import openai
 import pytest
 
-from conftest import copy_engine_with, free_port
-from proxy_fixtures import running_triton, serve_in_thread
-from trtforge.engine import EngineInfo, read_engine
+from conftest import free_port
+from proxy_fixtures import BACKENDS, serve_in_thread, serving_tiny
+from trtforge.engine import EngineInfo
 from trtforge.proxy import ProxySettings, make_server
 from trtforge.proxy.backend import GenerationRequest, TritonBackend
 from trtforge.proxy.errors import InvalidRequestError
@@ -79,17 +79,23 @@ FORECAST_SCHEMA: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> EngineInfo:
-    dest = tmp_path_factory.mktemp("tiny-features") / "engine"
-    return read_engine(copy_engine_with(tiny_engine, dest, max_batch_size=4))
+@pytest.fixture(scope="module", params=BACKENDS)
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[EngineInfo, TritonServer]]:
+    root = tmp_path_factory.mktemp(f"features-{request.param}")
+    with serving_tiny(request.param, request, root, max_batch_size=4) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-def triton(tiny: EngineInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    root = tmp_path_factory.mktemp("triton-features")
-    with running_triton(tiny, root) as server:
-        yield server
+def tiny(served: tuple[EngineInfo, TritonServer]) -> EngineInfo:
+    return served[0]
+
+
+@pytest.fixture(scope="module")
+def triton(served: tuple[EngineInfo, TritonServer]) -> TritonServer:
+    return served[1]
 
 
 @pytest.fixture(scope="module")
