@@ -1,4 +1,5 @@
-"""The proxy end to end: a real tritonserver serving the reference `tensorrt_llm` model with the tiny engine,
+"""The proxy end to end: a real tritonserver serving the tiny model on each backend (`proxy_fixtures.BACKENDS`:
+the reference `tensorrt_llm` model, a PyTorch entry through the LLM API model on the 1.3 stand-in),
 the proxy on a free port, driven by the official `openai` SDK (and curl for the raw SSE framing)."""
 
 from __future__ import annotations
@@ -13,15 +14,14 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from conftest import copy_engine_with, free_port
-from proxy_fixtures import FAILURE_BOUND_S, running_triton, serve_in_thread, wait_until
-from trtforge.engine import EngineInfo, read_engine
+from conftest import free_port
+from proxy_fixtures import BACKENDS, FAILURE_BOUND_S, serve_in_thread, serving_tiny, wait_until
+from trtforge.engine import EngineInfo
 from trtforge.proxy import ProxySettings, make_server
 from trtforge.proxy.tokenizer import ProxyTokenizer
 from trtforge.triton.server import TritonServer
@@ -33,25 +33,25 @@ MAX_SEQ_LEN = 1024
 HELLO = [{"role": "user", "content": "Hello! How are you?"}]
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> EngineInfo:
-    dest = tmp_path_factory.mktemp("tiny-proxy") / "engine"
-    copy_engine_with(
-        tiny_engine,
-        dest,
-        max_batch_size=4,
-        max_seq_len=MAX_SEQ_LEN,
-        max_num_tokens=MAX_SEQ_LEN,
-        gather_generation_logits=True,  # top log probabilities
-    )
-    return read_engine(dest)
+@pytest.fixture(scope="module", params=BACKENDS)
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[EngineInfo, TritonServer]]:
+    root = tmp_path_factory.mktemp(f"proxy-{request.param}")
+    limits = {"max_batch_size": 4, "max_seq_len": MAX_SEQ_LEN, "max_num_tokens": MAX_SEQ_LEN}
+    # gather_generation_logits: top log probabilities (a PyTorch entry always has them).
+    with serving_tiny(request.param, request, root, gather_generation_logits=True, **limits) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-def triton(tiny: EngineInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    root = tmp_path_factory.mktemp("triton")
-    with running_triton(tiny, root) as server:
-        yield server
+def tiny(served: tuple[EngineInfo, TritonServer]) -> EngineInfo:
+    return served[0]
+
+
+@pytest.fixture(scope="module")
+def triton(served: tuple[EngineInfo, TritonServer]) -> TritonServer:
+    return served[1]
 
 
 @pytest.fixture(scope="module")
