@@ -10,10 +10,11 @@ checkpoint and the LLM API arguments, and no builder process is started.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -470,13 +471,7 @@ def _build_reference(
         "max_seq_len": entry.max_seq_len,
         "max_num_tokens": entry.max_num_tokens,
     }
-    with open(log_path, "a") as log:
-
-        def say(line: str) -> None:
-            log.write(f"{line}\n")
-            log.flush()
-            progress.phase(line)
-
+    with _phase_log(log_path, progress) as say:
         say(f"writing the reference engine {entry.name!r}")
         if entry.model.startswith(BUILTIN_MODEL_PREFIX):
             write_tiny_engine(dest, **limits, progress=say)
@@ -498,13 +493,7 @@ def _prepare_pytorch(
     assert plan.llm_api is not None
     started = time.monotonic()
     entry = plan.entry
-    with open(log_path, "a") as log:
-
-        def say(line: str) -> None:
-            log.write(f"{line}\n")
-            log.flush()
-            progress.phase(line)
-
+    with _phase_log(log_path, progress) as say:
         say(f"preparing the PyTorch backend entry {entry.name!r} for TensorRT-LLM {plan.version}")
         checkpoint = entry.local_model_dir or _hub_checkpoint(
             entry.model,
@@ -679,3 +668,17 @@ __all__ = [
     "resolve_hub_revision",
     "run_build",
 ]
+
+
+@contextlib.contextmanager
+def _phase_log(log_path: Path, progress: BuildProgress) -> Iterator[Callable[[str], None]]:
+    """A `say(line)` for builds that run in this process: each line appended to the build log and shown as the
+    progress phase."""
+    with open(log_path, "a") as log:
+
+        def say(line: str) -> None:
+            log.write(f"{line}\n")
+            log.flush()
+            progress.phase(line)
+
+        yield say
