@@ -322,9 +322,11 @@ def test_engines_and_plan_show_the_backend(on_13: Path) -> None:
 def test_auto_resolution_by_version() -> None:
     entry = CatalogEntry(name="q", model="org/Q", quantization="NVFP4")
     assert entry.backend == "auto"
-    chosen = {version: choose_backend(entry, "auto", version).backend for version in ("1.0.0", "1.2.1", None)}
-    assert chosen == {"1.0.0": "tensorrt", "1.2.1": "tensorrt", None: "tensorrt"}
-    for version in ("1.3.0", "1.3.0rc5", "2.0.0"):
+    versions = ("1.0.0", "1.2.1", "1.3.0rc5", None)
+    chosen = {version: choose_backend(entry, "auto", version).backend for version in versions}
+    # 1.3.0rc5 predates the removal: it still builds engines.
+    assert chosen == {"1.0.0": "tensorrt", "1.2.1": "tensorrt", "1.3.0rc5": "tensorrt", None: "tensorrt"}
+    for version in ("1.3.0", "1.3.0rc23", "2.0.0"):
         assert choose_backend(entry, "auto", version).backend == "pytorch"
     assert choose_backend(entry, "pytorch", "1.0.0").backend == "pytorch"  # 1.x has the PyTorch backend too
     with pytest.raises(TensorrtBackendGoneError, match=r'set backend = "pytorch".*\[engines\.q\]'):

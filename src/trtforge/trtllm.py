@@ -16,9 +16,14 @@ from collections.abc import Mapping
 from trtforge.constants import trtllm_python_override
 from trtforge.errors import BuildFailedError, UsageError
 
-# The first TensorRT-LLM release without the TensorRT engine backend (`backend="tensorrt"`, `trtllm-build`, the
-# Triton C++ `tensorrtllm` backend): 1.2.x still has both backends; the removal landed on main for 1.3.
-TENSORRT_BACKEND_REMOVED_IN = "1.3"
+# The TensorRT engine backend (`backend="tensorrt"`, `trtllm-build`, `trtllm-bench build`, the Triton C++
+# `tensorrtllm` backend) is in every 1.2.x and in the 1.3 pre-releases cut before its removal reached main. The
+# facts (NVIDIA/TensorRT-LLM pull requests): main was bumped to 1.3.0rc21 on 2026-06-30 (#15742); the removal of
+# the Python modules (#15918, `TrtLlmArgs`, `BuildConfig`, `trtllm-bench build`) was opened on 2026-07-03 and still
+# in pre-merge CI on 2026-07-14 (#16350); main went from rc21 to 1.3.0rc23 on 2026-07-22 (#16758). So 1.3.0rc21
+# (and its .postN) is the last release known to have it. Whether an rc22 had it is not known: it counts as gone,
+# the safe side ("auto" picks the PyTorch backend, which every 1.3 pre-release has).
+FIRST_WITHOUT_TENSORRT_BACKEND = "1.3.0rc22"
 
 # Without package metadata, `tensorrt_llm/version.py` is run on its own: importing the package would load torch
 # and CUDA for seconds, and reading the file as text would miss a version that is computed (the test stand-in's).
@@ -93,16 +98,15 @@ def installed_trtllm_version(python: str | os.PathLike[str] | None = None) -> st
 
 
 def has_tensorrt_backend(version: str) -> bool:
-    """Whether TensorRT-LLM `version` still has the TensorRT engine backend (1.2.x and older do).
+    """Whether TensorRT-LLM `version` still has the TensorRT engine backend: 1.2.x and older, and the 1.3
+    pre-releases up to 1.3.0rc21 (see `FIRST_WITHOUT_TENSORRT_BACKEND`).
 
-    Pre-releases of 1.3 (`1.3.0rc1`) count as 1.3: the removal landed before the release. A version that does not
-    parse is not judged (True), as the compatibility gate does not judge one.
+    A version that does not parse is not judged (True), as the compatibility gate does not judge one.
     """
     from packaging.version import InvalidVersion, Version
 
     try:
-        release = Version(version).release
+        parsed = Version(version)
     except InvalidVersion:
         return True
-    removed = Version(TENSORRT_BACKEND_REMOVED_IN).release
-    return release[: len(removed)] < removed
+    return parsed < Version(FIRST_WITHOUT_TENSORRT_BACKEND)

@@ -21,6 +21,11 @@ MPIRUN_PREFIX = ("mpirun", "-np", "1", "--allow-run-as-root")
 # over loopback only, so no probing of other interfaces can block.
 SINGLE_PROCESS_ENV = {"TLLM_WORKER_USE_SINGLE_PROCESS": "1"}
 LOOPBACK_MPI_ENV = {"OMPI_MCA_btl_tcp_if_include": "lo", "OMPI_MCA_oob_tcp_if_include": "lo"}
+# The LLM API's engine build cache (`TLLM_LLMAPI_BUILD_CACHE=1`, `TLLM_LLMAPI_BUILD_CACHE_ROOT`, TensorRT-LLM
+# `llmapi/build_cache.py`): with it on, the engine is built into the cache instead of the workspace's
+# `tmp*-llm-workspace/tmp.engine`, the source the watchdog compares the saved engine against, and a cached engine
+# may be another build's. trtforge's store is the cache: these never reach the builder from the caller's shell.
+CLEARED_ENV_PREFIXES = ("TLLM_LLMAPI_BUILD_CACHE",)
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,8 @@ def resolve_launcher(launcher: str) -> tuple[str, ...]:
 
 
 def builder_env(entry: CatalogEntry, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
+    source = os.environ if base is None else base
+    env = {key: value for key, value in source.items() if not key.startswith(CLEARED_ENV_PREFIXES)}
     env["PYTHONUNBUFFERED"] = "1"  # the watchdog reads the log as it is written
     env.update(LOOPBACK_MPI_ENV)
     if entry.world_size == 1:

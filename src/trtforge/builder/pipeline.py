@@ -124,11 +124,14 @@ def plan_build(
     stall_timeout_s: float | None = DEFAULT_STALL_TIMEOUT_S,
     force: bool = False,
     store: EngineStore | None = None,
+    progress: BuildProgress | None = None,
 ) -> BuildPlan:
-    """Resolve the build inputs of `entry` and the store path they hash to (builds nothing).
+    """Resolve the build inputs of `entry` and the store path they hash to (builds nothing; a hub checkpoint for
+    an engine is downloaded at its commit, see `checkpoint.snapshot`).
 
     Args:
         backend: `--backend` (auto, tensorrt, pytorch, reference) over the entry's own `backend`.
+        progress: where a download says how it goes (default: nowhere).
 
     Raises:
         TensorrtBackendGoneError: a TensorRT engine asked of TensorRT-LLM 1.3 or newer (names backend "pytorch").
@@ -141,6 +144,7 @@ def plan_build(
     python: str | None = None
     builder_missing: str | None = None
     llm_api: LlmApiOptions | None = None
+    snapshot_content: str | None = None
     if requested == "reference":
         entry = entry.resolved("reference")
     if entry.backend == "reference" and entry.model.startswith(BUILTIN_MODEL_PREFIX):
@@ -165,6 +169,8 @@ def plan_build(
         if entry.backend == "tensorrt":
             arch = _target_arch(gpu_arch)
             model_dir, revision = _resolve_model(entry, gpu_arch=arch, force=force)
+            if entry.local_model_dir is None:
+                model_dir, snapshot_content = _hub_checkpoint_at(entry, revision, force, progress)
         else:
             # Nothing runs on the GPU to prepare the entry: its arch is checked when one is named or visible.
             builder_missing = None  # preparing needs no TensorRT-LLM, only the version it is prepared for
@@ -172,6 +178,8 @@ def plan_build(
             llm_api = llm_api_options(entry)
             arch = PORTABLE_ARCH
     spec = entry.build_fields()
+    if snapshot_content is not None:
+        spec["snapshot_content"] = snapshot_content  # what the builder reads, as a local checkpoint's hash
     if llm_api is not None:
         spec["llm_api_options"] = llm_api.to_dict()
     inputs = BuildInputs(spec, revision, version, arch)
@@ -253,6 +261,27 @@ def _resolve_model(
         checked = entry.model_copy(update={"revision": sha})
         preflight_build(checked, model_dir=None, gpu_arch=gpu_arch, force=force)
     return _hub_snapshot(entry.model, sha), sha
+
+
+def _hub_checkpoint_at(
+    entry: CatalogEntry, commit: str, force: bool, progress: BuildProgress | None
+) -> tuple[Path, str]:
+    """(snapshot directory, its content hash) of a hub checkpoint at `commit`, for `--model_path`:
+    `trtllm-bench build` ignores `--revision`, so the builder is given the files of the commit asked for."""
+    from trtforge.builder.checkpoint_link import hub_patterns
+    from trtforge.checkpoint.snapshot import download_snapshot
+
+    say = (progress or NullProgress()).phase
+    snapshot = download_snapshot(
+        entry.model,
+        commit,
+        patterns=hub_patterns(trust_remote_code=entry.trust_remote_code),
+        quantization=entry.quantization,
+        check=not force,  # --force lets preflight's refusals through; the same checks here would undo that
+        say=say,
+    )
+    say(f"hashing {entry.model}@{commit[:12]}")
+    return snapshot, f"dir:{hash_checkpoint(snapshot)}"
 
 
 def resolve_hub_revision(model: str, revision: str | None) -> str:
@@ -533,8 +562,8 @@ def _build_tensorrt(
             python=plan.python,
             launcher=plan.launcher,
             workspace=workspace,
-            model_path=plan.entry.local_model_dir,
-            revision=None if plan.entry.local_model_dir else plan.inputs.model_revision,
+            model_path=plan.model_dir,  # a hub model's snapshot at its commit (`_hub_checkpoint_at`)
+            revision=None,
         )
         result = _watch(plan, command, log_path, progress)
         timings = {"build_s": result.reaped_at - result.started_at}
@@ -630,6 +659,7 @@ def ensure_engine(
         timeout_s=timeout_s,
         stall_timeout_s=stall_timeout_s,
         force=force,
+        progress=progress,
     )
     substituter = _substituter(progress or NullProgress(), allow_unsigned) if substitute else None
     return run_build(plan, progress=progress, link=link, substitute=substituter)

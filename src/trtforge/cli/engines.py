@@ -210,6 +210,27 @@ def verify(name_or_path: Annotated[str, typer.Argument(help="Linked name or engi
     report = verify_engine(name_or_path)
     what = f"{report.checked_files} files" if report.has_manifest else "structure only (no manifest)"
     console.print(f"[green]ok[/] {escape(str(report.path))}: {what}", soft_wrap=True)
+    unservable = _unservable_here(name_or_path, report.path)
+    if unservable is not None:
+        # Its files are intact (push, pull and gc still apply): only serving it here is impossible.
+        console.print(f"[bold yellow]warning:[/] {escape(unservable)}", soft_wrap=True)
+
+
+def _unservable_here(name_or_path: str, path: Path) -> str | None:
+    """Why a verified engine cannot be served with the TensorRT-LLM installed here (none: it can, or not judged)."""
+    from trtforge.engine import read_engine
+    from trtforge.errors import TrtforgeError
+    from trtforge.triton.compat import engine_target, tensorrt_backend_gone
+    from trtforge.trtllm import installed_trtllm_version
+
+    try:
+        engine = read_engine(path)
+    except TrtforgeError:
+        return None
+    if engine.backend != "tensorrt":
+        return None
+    name = Path(name_or_path).name
+    return tensorrt_backend_gone(name, engine_target(engine), installed_trtllm_version())
 
 
 @app.command()

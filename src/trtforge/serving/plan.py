@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trtforge import constants
-from trtforge.catalog import load_catalog
+from trtforge.catalog import CatalogEntry, load_catalog
 from trtforge.engine import EngineInfo, read_engine
 from trtforge.errors import EngineNotFoundError, UsageError
 from trtforge.progress import BuildProgress, NullProgress
@@ -370,6 +370,8 @@ def plan_serving(
         for name, entry in entries.items():
             _check_shareable(name, entry_backend(entry), entry.world_size)  # "auto" resolved as a build would
     to_build = [name for name in entries if build and not dry_run]
+    if repository is None:  # (a repository for a tritonserver elsewhere is served by that one's TensorRT-LLM)
+        _refuse_engine_entries_without_backend(entries, to_build)
     # What needs no build is located first: an unknown name is refused before the ports are looked at.
     located = {
         name: given[name] if name in given else _locate(name, not_built_yet=dry_run and name in entries)
@@ -473,6 +475,16 @@ def _check_shareable(name: str, backend: str, ranks: int) -> None:
         raise UsageError(
             f"engine {name!r} ({backend} backend) cannot share a Triton with other engines; serve it alone"
         )
+
+
+def _refuse_engine_entries_without_backend(entries: Mapping[str, CatalogEntry], to_build: list[str]) -> None:
+    """An engine entry (backend "tensorrt") served unbuilt or as built, where the installed TensorRT-LLM has no
+    TensorRT backend: refused now in the words `build` uses (those to build are refused by the build itself)."""
+    from trtforge.builder.backend_choice import entry_backend
+
+    for name, entry in entries.items():
+        if name not in to_build and entry.backend == "tensorrt":
+            entry_backend(entry)
 
 
 def _locate(name: str, *, not_built_yet: bool) -> Path:

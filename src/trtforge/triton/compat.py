@@ -43,6 +43,7 @@ __all__ = [
     "check_compatibility",
     "compatibility_warnings",
     "gate",
+    "tensorrt_backend_gone",
 ]
 
 CONTAINER_HINT = "nvcr.io/nvidia/tritonserver:<yy.mm>-trtllm-python-py3"
@@ -109,14 +110,9 @@ def check_compatibility(
         return _pytorch_version_problems(name, target, installed) + _gpu_problems(
             name, engine, target, installed.gpus, device_ids
         )
-    if installed.trtllm_version is not None and not has_tensorrt_backend(installed.trtllm_version):
-        # Nothing else matters: no version of this engine can load on this TensorRT-LLM.
-        return [
-            f"engine {name!r} is a TensorRT engine, but the installed TensorRT-LLM {installed.trtllm_version} has "
-            f'no TensorRT backend (removed in 1.3): set backend = "pytorch" in [engines.{name}] and run '
-            f"`trtforge build {name}` to serve its checkpoint on the PyTorch backend, or serve the engine in the "
-            f"{CONTAINER_HINT} container that ships TensorRT-LLM {target.trtllm_version or 'its version'}"
-        ]
+    gone = tensorrt_backend_gone(name, target, installed.trtllm_version)
+    if gone is not None:
+        return [gone]  # nothing else matters: no version of this engine can load on this TensorRT-LLM
     rebuild = f"rebuild it here with `trtforge build {name}`"
     problems: list[str] = []
     if _older_than(target.trtllm_version, MIN_TRTLLM_VERSION):
@@ -137,6 +133,19 @@ def check_compatibility(
             f"container that ships TensorRT-LLM {target.trtllm_version}"
         )
     return problems + _gpu_problems(name, engine, target, installed.gpus, device_ids)
+
+
+def tensorrt_backend_gone(name: str, target: EngineTarget, installed_version: str | None) -> str | None:
+    """The one line saying engine `name` cannot load on TensorRT-LLM `installed_version` (no TensorRT backend
+    there, e.g. 1.3), naming the installed version and the way out; None where the backend exists."""
+    if installed_version is None or has_tensorrt_backend(installed_version):
+        return None
+    return (
+        f"engine {name!r} is a TensorRT engine, but the installed TensorRT-LLM {installed_version} has no TensorRT "
+        f'backend (removed in 1.3): set backend = "pytorch" in [engines.{name}] (or pass --backend pytorch) and '
+        f"run `trtforge build {name}` to serve its checkpoint on the PyTorch backend, or serve the engine in the "
+        f"{CONTAINER_HINT} container that ships TensorRT-LLM {target.trtllm_version or 'its version'}"
+    )
 
 
 def compatibility_warnings(name: str, engine: EngineInfo, installed: InstalledBackend) -> list[str]:

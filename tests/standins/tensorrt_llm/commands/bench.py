@@ -1,11 +1,19 @@
 """Stand-in for `python -m tensorrt_llm.commands.bench` (trtllm-bench): the `build` subcommand only.
 
-It follows the real command line: a click group whose global options (--model, --model_path,
---workspace, --revision, --log_level) come before `build`; unknown flags and flags after the wrong command are
-rejected; `--quantization` has the real choices; `--trust_remote_code` takes a value; the option groups
-(--dataset | --max_batch_size + --max_num_tokens | --target_input_len + --target_output_len) are enforced;
-without --dataset --max_seq_len is required; tp × pp > 8 is rejected. The checkpoint's `hf_quant_config.json`
-decides quant_algo, and a conflicting --quantization is an error (TensorRT-LLM 1.x).
+It follows the real command line (`tensorrt_llm/commands/bench.py`, `tensorrt_llm/bench/build/build.py`): a click
+group whose global options (--model, --model_path, --workspace, --revision, --log_level) come before `build`;
+unknown flags and flags after the wrong command are rejected; `--quantization` and `--log_level` have the real
+choices; `--trust_remote_code` takes a value; the sizes are `click.IntRange(min=1)` (0 and negatives are usage
+errors, exit 2), `--dataset` must exist, and each option group is all-or-none as click_option_group's
+`AllOptionGroup` enforces (--max_batch_size with --max_num_tokens, --target_input_len with --target_output_len);
+then `apply_build_mode_settings`'s ValueErrors: more than one build option, tp × pp > 8, no --max_seq_len without
+--dataset (no build option at all: BuildConfig's default max_batch_size 2048 / max_num_tokens 8192). The checkpoint's
+`hf_quant_config.json` decides quant_algo, and a conflicting --quantization is an error (TensorRT-LLM 1.x); only
+an explicit `--quantization NVFP4|FP8` forces an FP8 KV cache and FP8 context FMHA (and NVFP4 the nvfp4 GEMM
+plugin), as build.py does — otherwise the KV cache is what the checkpoint declares. `--revision` is accepted and
+ignored, as `build` ignores it (only throughput/latency read it). With `TLLM_LLMAPI_BUILD_CACHE=1` the engine is
+built in the LLM API's build cache (`TLLM_LLMAPI_BUILD_CACHE_ROOT`, default `/tmp/.cache/tensorrt_llm/llmapi/`)
+instead of the workspace, as `llmapi/build_cache.py` does.
 
 Like the LLM API it writes the engine into `<workspace>/tmpXXXX-llm-workspace/tmp.engine/` first (files grow in
 chunks), "loads" it, then copies it into `<workspace>/<model>/tp_{tp}_pp_{pp}/` with the tokenizer files.
@@ -43,7 +51,13 @@ import click
 from tensorrt_llm.version import __version__
 
 QUANT_CHOICES = ["W8A16", "W4A16", "W4A16_AWQ", "W4A8_AWQ", "W4A16_GPTQ", "FP8", "INT8", "NVFP4"]
+# `click.Choice(severity_map.keys())`, tensorrt_llm/logger.py (debug and trace joined the older five on main).
 LOG_LEVELS = ["internal_error", "error", "warning", "info", "verbose", "debug", "trace"]
+# BuildConfig's defaults, used when no build option is given (with a warning).
+DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_NUM_TOKENS = 2048, 8192
+# Only these force the KV cache to FP8 (build.py: `if quant_algo in [QuantAlgo.NVFP4, QuantAlgo.FP8]`).
+FP8_KV_QUANTS = ("NVFP4", "FP8")
+BUILD_CACHE_ROOT = "/tmp/.cache/tensorrt_llm/llmapi/"
 TOKENIZER_FILES = [
     "tokenizer.json",
     "tokenizer_config.json",
@@ -83,8 +97,8 @@ DISK_TEXT = "OSError: [Errno 28] No space left on device: '{path}'"
 LAST_LOG = [time.monotonic()]
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%m/%d/%Y-%H:%M:%S')}] [TRT-LLM] [I] {message}", flush=True)
+def log(message: str, severity: str = "I") -> None:
+    print(f"[{time.strftime('%m/%d/%Y-%H:%M:%S')}] [TRT-LLM] [{severity}] {message}", flush=True)
     LAST_LOG[0] = time.monotonic()
 
 
@@ -125,42 +139,47 @@ def main(ctx: click.Context, model: str, model_path: str | None, workspace: str,
     ctx.obj = {"model": model, "model_path": model_path, "workspace": Path(workspace), "revision": revision}
 
 
+POSITIVE = click.IntRange(min=1)
+
+
 @main.command("build")
 @click.option("--tp_size", "-tp", type=int, default=1)
 @click.option("--pp_size", "-pp", type=int, default=1)
 @click.option("--quantization", "-q", type=click.Choice(QUANT_CHOICES), default=None)
-@click.option("--dataset", type=click.Path(exists=True, dir_okay=False), default=None)
-@click.option("--max_batch_size", type=int, default=None)
-@click.option("--max_num_tokens", type=int, default=None)
-@click.option("--target_input_len", type=int, default=None)
-@click.option("--target_output_len", type=int, default=None)
-@click.option("--max_seq_len", type=int, default=None)
-@click.option("--trust_remote_code", type=bool, default=False)
+@click.option("--max_seq_len", type=POSITIVE, default=None)
 @click.option("--no_weights_loading", type=bool, default=False)
+@click.option("--trust_remote_code", type=bool, default=False)
+@click.option("--dataset", type=click.Path(exists=True, readable=True), default=None)
+@click.option("--max_batch_size", type=POSITIVE, default=None)
+@click.option("--max_num_tokens", type=POSITIVE, default=None)
+@click.option("--target_input_len", type=POSITIVE, default=None)
+@click.option("--target_output_len", type=POSITIVE, default=None)
 @click.pass_obj
-def build(obj: dict, tp_size: int, pp_size: int, quantization: str | None, dataset: str | None,
-          max_batch_size: int | None, max_num_tokens: int | None, target_input_len: int | None,
-          target_output_len: int | None, max_seq_len: int | None, trust_remote_code: bool,
-          no_weights_loading: bool) -> None:  # fmt: skip
-    """Build a TensorRT-LLM engine."""
-    groups = {
-        "--dataset": dataset is not None,
-        "--max_batch_size/--max_num_tokens": max_batch_size is not None or max_num_tokens is not None,
-        "--target_input_len/--target_output_len": target_input_len is not None
-        or target_output_len is not None,
-    }
-    if sum(groups.values()) > 1:
-        raise click.UsageError(f"Only one of {', '.join(groups)} can be specified.")
-    if sum(groups.values()) == 0:
-        raise click.UsageError(f"One of {', '.join(groups)} is required.")
-    if (max_batch_size is None) != (max_num_tokens is None):
-        raise click.UsageError("--max_batch_size and --max_num_tokens must be specified together.")
-    if (target_input_len is None) != (target_output_len is None):
-        raise click.UsageError("--target_input_len and --target_output_len must be specified together.")
-    if dataset is None and max_seq_len is None:
-        raise click.UsageError("--max_seq_len is required when --dataset is not specified.")
+def build(obj: dict, tp_size: int, pp_size: int, quantization: str | None, max_seq_len: int | None,
+          no_weights_loading: bool, trust_remote_code: bool, dataset: str | None, max_batch_size: int | None,
+          max_num_tokens: int | None, target_input_len: int | None,
+          target_output_len: int | None) -> None:  # fmt: skip
+    """Build engines for benchmarking."""
+    _all_or_none("Build Engine with IFB Scheduler Limits", max_batch_size=max_batch_size,
+                 max_num_tokens=max_num_tokens)  # fmt: skip
+    _all_or_none("[Experimental Feature] Build Engine with Tuning Heuristics Hints",
+                 target_input_len=target_input_len, target_output_len=target_output_len)  # fmt: skip
+    # apply_build_mode_settings: plain ValueErrors (a traceback, exit status 1), not usage errors.
+    chosen = sum(bool(option) for option in (dataset, max_batch_size, target_input_len))
+    if chosen > 1:
+        raise ValueError("Multiple engine build options detected, please choose only one engine build option. "
+                         "Exiting.")  # fmt: skip
+    if chosen == 0:
+        log("No engine build option is selected, use TRT-LLM default max_batch_size and max_num_tokens to build "
+            "the engine.", "W")  # fmt: skip
+        max_batch_size, max_num_tokens = DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_NUM_TOKENS
     if tp_size * pp_size > 8:
-        raise click.UsageError(f"tp_size * pp_size = {tp_size * pp_size} exceeds 8 GPUs per node.")
+        raise ValueError(f"Parallelism mapping of TP{tp_size}-PP{pp_size} is currently unsupported. Please try with "
+                         "a mapping with <=8 GPUs.")  # fmt: skip
+    if not dataset and not max_seq_len:
+        raise ValueError("Unspecified max_seq_len for engine build. Exiting.")
+    if dataset is not None:
+        raise click.ClickException("the stand-in does not reproduce --dataset statistics")
     if max_batch_size is None:
         max_batch_size, max_num_tokens = 2048, 8192  # the tuning heuristic's typical answer
     assert max_num_tokens is not None and max_seq_len is not None
@@ -183,6 +202,8 @@ def build(obj: dict, tp_size: int, pp_size: int, quantization: str | None, datas
         quant = {**quant, "quant_algo": quantization}
     elif quantization and not quant.get("quant_algo"):
         quant = {"quant_algo": quantization, "kv_cache_quant_algo": None}
+    if quantization in FP8_KV_QUANTS:
+        quant = {**quant, "kv_cache_quant_algo": "FP8"}  # forced, whatever the checkpoint declares
 
     log(f"Loading checkpoint from {checkpoint}")
     if MODE == "slow":
@@ -199,10 +220,21 @@ def build(obj: dict, tp_size: int, pp_size: int, quantization: str | None, datas
 
     world = tp_size * pp_size
     config = engine_config(hf_config, quant, tp_size, pp_size, max_batch_size, max_num_tokens, max_seq_len)
+    plugins = config["build_config"]["plugin_config"]
+    plugins["use_fp8_context_fmha"] = quantization in FP8_KV_QUANTS
+    if quantization == "NVFP4":
+        plugins["gemm_plugin"] = "nvfp4"
     workspace.mkdir(parents=True, exist_ok=True)
-    llm_workspace = Path(tempfile.mkdtemp(prefix="tmp", suffix="-llm-workspace", dir=workspace))
-    tmp_engine = llm_workspace / "tmp.engine"
-    tmp_engine.mkdir()
+    if os.environ.get("TLLM_LLMAPI_BUILD_CACHE") == "1":
+        # The LLM API's build cache: the engine is built under its root, the workspace never sees it.
+        root = Path(os.environ.get("TLLM_LLMAPI_BUILD_CACHE_ROOT", BUILD_CACHE_ROOT))
+        llm_workspace = root / "engines" / f"{model}-tp{tp_size}-pp{pp_size}"
+        tmp_engine = llm_workspace / "engine"
+        tmp_engine.mkdir(parents=True, exist_ok=True)
+    else:
+        llm_workspace = Path(tempfile.mkdtemp(prefix="tmp", suffix="-llm-workspace", dir=workspace))
+        tmp_engine = llm_workspace / "tmp.engine"
+        tmp_engine.mkdir()
     log(f"Building engine in {tmp_engine}")
     chunk_delay = CHUNK_DELAY_S * (10 if MODE == "slow" else 1)
     for rank in range(world):
@@ -256,7 +288,19 @@ def build(obj: dict, tp_size: int, pp_size: int, quantization: str | None, datas
         if child is not None:
             child.wait()
         hang_forever()
-    shutil.rmtree(llm_workspace)
+    if tmp_engine.name == "tmp.engine":  # a build cache keeps its engines
+        shutil.rmtree(llm_workspace)
+
+
+def _all_or_none(group: str, **options: object) -> None:
+    """click_option_group's AllOptionGroup: every option of the group, or none of them (a usage error)."""
+    given = [name for name, value in options.items() if value is not None]
+    if given and len(given) != len(options):
+        missing = "\n".join(f"  --{name}" for name in options if name not in given)
+        raise click.UsageError(
+            f'All options from "{group}" option group should be specified or none should be specified. '
+            f"Missing required options:\n{missing}"
+        )
 
 
 WORKER_SOURCE = """
@@ -329,10 +373,7 @@ def engine_config(hf: dict, quant: dict, tp: int, pp: int, batch: int, tokens: i
             "max_batch_size": batch,
             "max_beam_width": 1,
             "max_num_tokens": tokens,
-            "plugin_config": {
-                "gemm_plugin": "nvfp4" if algo == "NVFP4" else "auto",
-                "use_fp8_context_fmha": quant.get("kv_cache_quant_algo") == "FP8",
-            },
+            "plugin_config": {"gemm_plugin": "auto", "use_fp8_context_fmha": False},  # set by build()
         },
     }
 
