@@ -247,3 +247,45 @@ def test_verify_on_13_keeps_the_files_verdict_and_says_the_engine_cannot_be_serv
     assert on_13.returncode == 0, on_13.stderr
     [warning] = [line for line in on_13.stderr.splitlines() if line.startswith("warning:")]
     assert "TensorRT-LLM 1.3.0 has no TensorRT backend" in warning and 'backend = "pytorch"' in warning
+
+
+def test_a_hub_entry_is_downloaded_at_its_revision_from_the_hub(builder: Path, tmp_path: Path) -> None:
+    # A real HTTP server on a loopback port speaking the hub's API (tests/hub_mirror.py) behind HF_ENDPOINT:
+    # revision resolution, preflight's header reads (range requests) and snapshot_download all go through it.
+    from hub_mirror import HubMirror, MirrorRepo
+
+    repo = MirrorRepo()
+    for revision, commit in COMMITS.items():
+        files = write_nvfp4_checkpoint(
+            tmp_path / revision, tiny=True, config={"max_position_embeddings": 4096 * int(revision[1])}
+        )
+        repo.commits[commit] = MirrorRepo.files_of(files)
+        repo.refs[revision] = commit
+    repo.refs["main"] = COMMITS["v2"]
+    add_entry("hubby", model=REPO, revision="v1", quantization="NVFP4", **LIMITS)
+    add_entry("bad-rev", model=REPO, revision="v9", **LIMITS)
+    with HubMirror({REPO: repo}) as hub:
+        env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url}
+        for key in ("HF_HUB_CACHE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            env.pop(key, None)
+        argv = [sys.executable, "-m", "trtforge", "build"]
+        done = subprocess.run(
+            [*argv, "hubby", "--json"], capture_output=True, text=True, env=env, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        bad = subprocess.run(
+            [*argv, "bad-rev"], capture_output=True, text=True, env={**env, "COLUMNS": "300"}
+        )
+    path = Path(json.loads(done.stdout)["path"])
+    engine = json.loads((path / "config.json").read_text())
+    assert engine["pretrained_config"]["max_position_embeddings"] == 4096  # v1's, not main's (v2)
+    snapshot = tmp_path / "hf" / "hub" / "models--nvidia--Small-NVFP4" / "snapshots" / COMMITS["v1"]
+    argv_built = json.loads((path / "trtforge.json").read_text())["command"]
+    assert argv_built[argv_built.index("--model_path") + 1] == str(snapshot.resolve())
+    downloaded = {p for method, p in hub.requests if method == "GET" and "/resolve/" in p}
+    shards = {name for name in repo.commits[COMMITS["v1"]] if name.endswith(".safetensors")}
+    assert shards and {f"/{REPO}/resolve/{COMMITS['v1']}/{name}" for name in shards} <= downloaded
+    assert all((snapshot / name).read_bytes() == repo.commits[COMMITS["v1"]][name] for name in shards)
+    assert not any(COMMITS["v2"] in p for p in downloaded)  # nothing of the other revision was fetched
+    assert "downloading nvidia/Small-NVFP4@111111111111 from the hub" in done.stderr
+    assert _one_error_line(bad).endswith("nvidia/Small-NVFP4: revision 'v9' not found on the hub")

@@ -293,7 +293,7 @@ def resolve_hub_revision(model: str, revision: str | None) -> str:
     if revision and _SHA_RE.match(revision):
         return revision
     from huggingface_hub import HfApi, try_to_load_from_cache
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
         sha = HfApi().model_info(model, revision=revision).sha
@@ -301,6 +301,8 @@ def resolve_hub_revision(model: str, revision: str | None) -> str:
             return sha
     except GatedRepoError:
         raise CheckpointError(f"{model}: gated model; request access and log in (`hf auth login`)") from None
+    except RevisionNotFoundError:  # the repository exists, the revision does not
+        raise CheckpointError(f"{model}: revision {revision!r} not found on the hub") from None
     except RepositoryNotFoundError:
         raise CheckpointError(
             f"{model}: not found on the hub, or private and you are not logged in"
