@@ -152,6 +152,37 @@ def test_metrics_are_prometheus_text(client: httpx.Client) -> None:
     assert families["trtforge:num_requests_running"] == "gauge"
     assert families["trtforge:num_requests_waiting"] == "gauge"
     assert families["trtforge:prompt_tokens"] == "counter"
+    assert families["trtforge:requests"] == "counter"
+
+
+def _requests_total(client: httpx.Client) -> dict[tuple[str, str], float]:
+    """`trtforge:requests_total` by (model_name, api)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.labels["model_name"], s.labels["api"]): s.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        for s in family.samples
+        if s.name == "trtforge:requests_total"
+    }
+
+
+def test_requests_are_counted_per_api_once_the_model_is_known(client: httpx.Client) -> None:
+    before = _requests_total(client)
+    # Refused after the model is resolved (context too long; Triton unreachable): counted.
+    client.post("/v1/chat/completions", json=_chat(max_tokens=1000))
+    client.post("/v1/chat/completions", json=_chat())
+    client.post("/v1/completions", json={"model": MODEL, "prompt": "one two " * 40})
+    # Refused before: an unknown model (its name is the client's, not a bounded label), an invalid body.
+    client.post("/v1/chat/completions", json=_chat(model="nope"))
+    client.post("/v1/completions", json={"model": MODEL, "prompt": []})
+    after = _requests_total(client)
+
+    def grew(api: str) -> float:
+        return after.get((MODEL, api), 0.0) - before.get((MODEL, api), 0.0)
+
+    assert (grew("chat"), grew("completions")) == (2, 1)
+    assert {model for model, _ in after} == {MODEL}
 
 
 @pytest.fixture(scope="module")

@@ -333,6 +333,7 @@ def test_metrics_count_generations(sdk: openai.OpenAI, base_url: str) -> None:
     def grew(name: str, labels: tuple[tuple[str, str], ...] = label) -> float:
         return after[(name, labels)] - before.get((name, labels), 0.0)
 
+    assert grew("trtforge:requests_total", (("api", "chat"), *label)) == 1
     assert grew("trtforge:time_to_first_token_seconds_count") == 1
     assert grew("trtforge:e2e_request_latency_seconds_count") == 1
     assert grew("trtforge:inter_token_latency_seconds_count") == 4  # five streamed tokens, four gaps

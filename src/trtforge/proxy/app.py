@@ -238,6 +238,7 @@ async def _off_loop(
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     serving = _serving(request, body.model)
+    serving.metrics.count_request(body.model, "chat")
     prepared = await _off_loop(request, serving.prepare_chat, body, request_id=request.state.request_id)
     return await _respond(
         request, serving, prepared, whole=serving.chat, stream=serving.chat_stream if body.stream else None
@@ -247,6 +248,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request) -> Response:
     serving = _serving(request, body.model)
+    serving.metrics.count_request(body.model, "completions")
     prepared = await _off_loop(request, serving.prepare_completion, body, request_id=request.state.request_id)
     return await _respond(
         request,

@@ -2,6 +2,8 @@
 
 Each app has its own registry (several proxies may live in one process, as in tests). Per model:
 
+    trtforge:requests_total                   counter    requests for a served model, by api (chat,
+                                                         completions, responses, messages)
     trtforge:time_to_first_token_seconds      histogram  request sent to Triton → first token
     trtforge:inter_token_latency_seconds      histogram  gap between streamed tokens
     trtforge:e2e_request_latency_seconds      histogram  request sent to Triton → last token
@@ -13,6 +15,11 @@ Each app has its own registry (several proxies may live in one process, as in te
     trtforge:num_requests_running             gauge      generating (first token received)
     trtforge:num_requests_waiting             gauge      sent to Triton, no token yet (queued or prefilling)
 
+`requests_total` counts a request once its route has resolved the model: every request for a served model,
+including those then refused (context too long, Triton unavailable, ...). Requests refused before that (bad JSON,
+a missing field, an unknown model, a wrong API key) are not counted: their `model` is whatever the client sent,
+and an unbounded label set is what Prometheus warns against.
+
 Triton's own metrics (queue and compute times per model) stay on tritonserver's metrics port.
 """
 
@@ -20,12 +27,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST
+
+ProxyApi = Literal["chat", "completions", "responses", "messages"]
+"""The wire formats the proxy speaks: the `api` label of `trtforge:requests_total`."""
 
 _TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 _ITL_BUCKETS_S = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
@@ -40,6 +50,12 @@ class ProxyMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ["model_name"]
         r = self.registry
+        self.requests = Counter(
+            "trtforge:requests",
+            "Requests for a served model, by API (counted before they are checked).",
+            [*labels, "api"],
+            registry=r,
+        )
         self.ttft_s = Histogram(
             "trtforge:time_to_first_token_seconds",
             "Time to first token in seconds.",
@@ -96,6 +112,10 @@ class ProxyMetrics:
             labels,
             registry=r,
         )
+
+    def count_request(self, model: str, api: ProxyApi) -> None:
+        """One request for the served `model` through `api` (call once the route has resolved the model)."""
+        self.requests.labels(model, api).inc()
 
     def track(self, model: str, prompt_tokens: int) -> GenerationTimer:
         """Start timing one generation (call when it is sent to Triton)."""
