@@ -25,6 +25,11 @@ DEFAULT_PROXY_HOST = "127.0.0.1"
 DEFAULT_PROXY_PORT = 9000
 # The largest request body the proxy reads (`--max-body-bytes`); larger ones get a 413 before parsing.
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+# The proxy's store of Responses (`store: true`, `previous_response_id`): in memory, oldest evicted first
+# (`--responses-store-max`, `--responses-store-bytes`, `--responses-store-ttl`).
+DEFAULT_RESPONSES_STORE_MAX = 1024
+DEFAULT_RESPONSES_STORE_BYTES = 64 * 1024 * 1024
+DEFAULT_RESPONSES_STORE_TTL_S = 24 * 3600.0
 DEFAULT_TRITON_HTTP_PORT = 8000
 DEFAULT_TRITON_GRPC_PORT = 8001
 DEFAULT_TRITON_METRICS_PORT = 8002

@@ -4,6 +4,8 @@ GET  /v1/models             the served model (the engine name) with its context 
 GET  /v1/models/{id}        one model card, or a 404 envelope
 POST /v1/chat/completions   chat, streamed (SSE) or not
 POST /v1/completions        completions, streamed (SSE) or not
+POST /v1/responses          OpenAI Responses, streamed (SSE events) or not (see `proxy.responses`)
+GET/DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items   the stored responses
 GET  /health                200 when Triton and its model are ready, else 503
 GET  /metrics               Prometheus text format (see `proxy.metrics`)
 """
@@ -17,10 +19,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import uvicorn
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,13 +30,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from trtforge.constants import DEFAULT_PROXY_HOST, DEFAULT_PROXY_PORT
 from trtforge.errors import TrtforgeError
 from trtforge.proxy.backend import TritonBackend
-from trtforge.proxy.errors import ApiError, ModelNotFoundError, TritonUnavailableError, error_response
+from trtforge.proxy.errors import (
+    ApiError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    TritonUnavailableError,
+    error_response,
+)
 from trtforge.proxy.generation import TextDelta
 from trtforge.proxy.limits import BodyLimitMiddleware
 from trtforge.proxy.metrics import METRICS_MEDIA_TYPE, ProxyMetrics
 from trtforge.proxy.middleware import ProxyMiddleware
 from trtforge.proxy.prepare import Prepared
 from trtforge.proxy.protocol import ChatCompletionRequest, CompletionRequest, ModelList
+from trtforge.proxy.response_store import ResponseStore, ResponseStoreLimits, owner_of
+from trtforge.proxy.responses import ResponsesApi, Turn, credential_of
+from trtforge.proxy.responses_protocol import ResponsesRequest
 from trtforge.proxy.serving import OpenAIServing
 from trtforge.proxy.settings import ProxySettings
 from trtforge.proxy.sse import DONE_FRAME, SSE_MEDIA_TYPE, error_frame
@@ -92,8 +103,17 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None
 # ------------------------------------------------------------------------------------------------ shutdown
 
 
-async def _until_shutdown(frames: AsyncIterator[str], shutting_down: asyncio.Event) -> AsyncIterator[str]:
-    """Forward SSE frames; when the server shuts down, cancel the generation and end the stream properly.
+def _chat_farewell(exc: Exception) -> str:
+    return error_frame(exc) + DONE_FRAME
+
+
+async def _until_shutdown(
+    frames: AsyncIterator[str],
+    shutting_down: asyncio.Event,
+    farewell: Callable[[Exception], str] = _chat_farewell,
+) -> AsyncIterator[str]:
+    """Forward SSE frames; when the server shuts down, cancel the generation and end the stream properly
+    (`farewell`: the wire format's last frames for the error, by default an error frame and `[DONE]`).
 
     uvicorn otherwise lets a stream run for its whole graceful timeout, then cancels it: the client gets a cut
     stream without `[DONE]` and the terminal a traceback per stream.
@@ -131,8 +151,7 @@ async def _until_shutdown(frames: AsyncIterator[str], shutting_down: asyncio.Eve
             yield text
         logger.info("server shutting down; stream ended")
         await frames.aclose()  # type: ignore[attr-defined]
-        yield error_frame(TritonUnavailableError("the server is shutting down"))
-        yield DONE_FRAME
+        yield farewell(TritonUnavailableError("the server is shutting down"))
     finally:
         watcher.remove_done_callback(on_shutdown)
         watcher.cancel()
@@ -210,12 +229,13 @@ async def _respond(
     *,
     whole: Callable[[Prepared], Awaitable[Any]],
     stream: Callable[[Prepared, AsyncIterator[TextDelta]], AsyncIterator[str]] | None,
+    farewell: Callable[[Exception], str] = _chat_farewell,
 ) -> Response:
     if stream is not None:
         deltas = await _unless_disconnected(request, serving.start_stream(prepared))
         if deltas is None:
             return Response(status_code=499)
-        frames = _until_shutdown(stream(prepared, deltas), request.app.state.shutting_down)
+        frames = _until_shutdown(stream(prepared, deltas), request.app.state.shutting_down, farewell)
         return StreamingResponse(frames, media_type=SSE_MEDIA_TYPE, headers=_SSE_HEADERS)
     result = await _unless_disconnected(request, whole(prepared))
     if result is None:
@@ -231,8 +251,12 @@ async def _off_loop(
     A long template must not stall the event loop, where every running stream waits for its next token.
     One thread: the tokenizer is used by one caller at a time, and requests are prepared in arrival order.
     """
+    return await _off_loop_call(request, prepare, *args, **kwargs)
+
+
+async def _off_loop_call(request: Request, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     executor: ThreadPoolExecutor = request.app.state.tokenizing
-    return await asyncio.get_running_loop().run_in_executor(executor, partial(prepare, *args, **kwargs))
+    return await asyncio.get_running_loop().run_in_executor(executor, partial(work, *args, **kwargs))
 
 
 @router.post("/v1/chat/completions")
@@ -257,6 +281,65 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         whole=serving.completion,
         stream=serving.completion_stream if body.stream else None,
     )
+
+
+def _responses(request: Request) -> tuple[ResponsesApi, str]:
+    """The store's routes' state and the request's owner in it (its API key's digest)."""
+    return request.app.state.responses, owner_of(credential_of(request.headers))
+
+
+@router.post("/v1/responses")
+async def create_response(body: ResponsesRequest, request: Request) -> Response:
+    serving = _serving(request, body.model)
+    api, owner = _responses(request)
+    turn: Turn = api.turn(body, owner)
+    prepared = await _off_loop(
+        request, turn.prepare, serving.prepare_chat, request_id=request.state.request_id
+    )
+
+    async def count_tokens(text: str) -> int:
+        return len(await _off_loop_call(request, serving.tokenizer.encode_rendered, text))
+
+    async def whole(prepared: Prepared) -> Any:
+        return await turn.whole(prepared, await serving.start_stream(prepared), count_tokens)
+
+    def stream(prepared: Prepared, deltas: AsyncIterator[TextDelta]) -> AsyncIterator[str]:
+        return turn.stream(prepared, deltas, count_tokens)
+
+    return await _respond(
+        request,
+        serving,
+        prepared,
+        whole=whole,
+        stream=stream if body.stream else None,
+        farewell=turn.farewell,
+    )
+
+
+@router.get("/v1/responses/{response_id}")
+async def retrieve_response(response_id: str, request: Request, stream: bool = False) -> JSONResponse:
+    if stream:
+        raise InvalidRequestError("stream is not supported: responses run in the foreground", param="stream")
+    api, owner = _responses(request)
+    return JSONResponse(api.retrieve(owner, response_id))
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(response_id: str, request: Request) -> JSONResponse:
+    api, owner = _responses(request)
+    return JSONResponse(api.delete(owner, response_id))
+
+
+@router.get("/v1/responses/{response_id}/input_items")
+async def list_input_items(
+    response_id: str,
+    request: Request,
+    limit: int = Query(20, ge=1, le=100),
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+) -> JSONResponse:
+    api, owner = _responses(request)
+    return JSONResponse(api.input_items(owner, response_id, limit=limit, order=order, after=after))
 
 
 # ----------------------------------------------------------------------------------------------- assembly
@@ -303,6 +386,10 @@ def build_app(settings: Sequence[ProxySettings], *, api_key: str | None = None) 
     app = FastAPI(title="trtforge OpenAI proxy", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.shutting_down = asyncio.Event()  # set by the server that runs the app (`make_server`)
     app.state.metrics = proxy_metrics
+    # One store per process (with several workers, each has its own): see `proxy.response_store`.
+    app.state.responses = ResponsesApi(
+        ResponseStore(ResponseStoreLimits.widest([m.response_store for m in models]))
+    )
     # Inside the API-key check; one limit for the whole app: the largest any served model allows.
     app.add_middleware(BodyLimitMiddleware, max_bytes=max(m.max_body_bytes for m in models))
     app.add_middleware(ProxyMiddleware, api_key=api_key)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trtforge import constants
@@ -14,6 +14,7 @@ from trtforge.proxy.parsers import (
     check_tool_parser,
     default_parsers,
 )
+from trtforge.proxy.response_store import ResponseStoreLimits
 
 DEFAULT_TRITON_MODEL = "tensorrt_llm"
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
@@ -39,6 +40,8 @@ class ProxySettings:
         reasoning_parser: splits the model's thinking from its answer in chat replies (`none`: no split).
         tool_parser: finds the model's tool calls in chat replies (`none`: tools are not parsed).
         max_body_bytes: the largest request body accepted (larger ones get a 413 before they are parsed).
+        response_store: the bounds of the stored Responses (one store per proxy process: the widest bounds
+            of the models it serves).
     """
 
     model_name: str
@@ -53,6 +56,7 @@ class ProxySettings:
     reasoning_parser: str = "none"
     tool_parser: str = "none"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    response_store: ResponseStoreLimits = field(default_factory=ResponseStoreLimits)
 
     def __post_init__(self) -> None:
         try:
@@ -79,6 +83,7 @@ class ProxySettings:
         reasoning_parser: str | None = None,
         tool_parser: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        response_store: ResponseStoreLimits | None = None,
     ) -> ProxySettings:
         """Settings for serving `engine` (an `EngineInfo`, or an engine directory to read) as `name`.
 
@@ -98,4 +103,5 @@ class ProxySettings:
             reasoning_parser=reasoning_parser if reasoning_parser is not None else default_reasoning,
             tool_parser=tool_parser if tool_parser is not None else default_tools,
             max_body_bytes=max_body_bytes,
+            response_store=response_store or ResponseStoreLimits(),
         )
