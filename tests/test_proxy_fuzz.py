@@ -50,7 +50,12 @@ def error_envelope(ctx: Any, response: Any, case: Any) -> bool | None:
 def test_no_server_errors_and_every_error_in_the_envelope(proxy_url: str) -> None:
     schema = schemathesis.openapi.from_url(f"{proxy_url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} >= {"/v1/chat/completions", "/v1/completions", "/v1/models"}
+    assert {op.path for op in operations} >= {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/v1/responses",
+    }
     for operation in operations:
 
         @hypothesis.given(case=operation.as_strategy())

@@ -291,6 +291,7 @@ def _responses(request: Request) -> tuple[ResponsesApi, str]:
 @router.post("/v1/responses")
 async def create_response(body: ResponsesRequest, request: Request) -> Response:
     serving = _serving(request, body.model)
+    serving.metrics.count_request(body.model, "responses")
     api, owner = _responses(request)
     turn: Turn = api.turn(body, owner)
     prepared = await _off_loop(
