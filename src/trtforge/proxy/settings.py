@@ -39,6 +39,8 @@ class ProxySettings:
         reasoning_parser: splits the model's thinking from its answer in chat replies (`none`: no split).
         tool_parser: finds the model's tool calls in chat replies (`none`: tools are not parsed).
         max_body_bytes: the largest request body accepted (larger ones get a 413 before they are parsed).
+        coalesce: when several tokens of one stream are ready at once (the client or the proxy is behind),
+            send them as one chunk; False sends one chunk per Triton response (`--no-coalesce`).
     """
 
     model_name: str
@@ -53,6 +55,7 @@ class ProxySettings:
     reasoning_parser: str = "none"
     tool_parser: str = "none"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    coalesce: bool = True
 
     def __post_init__(self) -> None:
         try:
@@ -79,6 +82,7 @@ class ProxySettings:
         reasoning_parser: str | None = None,
         tool_parser: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        coalesce: bool = True,
     ) -> ProxySettings:
         """Settings for serving `engine` (an `EngineInfo`, or an engine directory to read) as `name`.
 
@@ -98,4 +102,5 @@ class ProxySettings:
             reasoning_parser=reasoning_parser if reasoning_parser is not None else default_reasoning,
             tool_parser=tool_parser if tool_parser is not None else default_tools,
             max_body_bytes=max_body_bytes,
+            coalesce=coalesce,
         )
