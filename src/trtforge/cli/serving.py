@@ -86,6 +86,13 @@ MaxBodyBytes = Annotated[
         help="The largest request body the proxy reads, in bytes; a larger one gets a 413 before it is read.",
     ),
 ]
+Coalesce = Annotated[
+    bool,
+    typer.Option(
+        help="Send the tokens of a stream that are ready together (the client or the proxy is behind) as one "
+        "chunk; --no-coalesce sends one chunk per token.",
+    ),
+]
 ServeOptionArg = Annotated[
     list[str] | None,
     typer.Option(
@@ -335,6 +342,7 @@ def proxy(
     api_key: ApiKey = None,
     workers: Workers = 1,
     max_body_bytes: MaxBodyBytes = str(constants.DEFAULT_MAX_BODY_BYTES),
+    coalesce: Coalesce = True,
 ) -> None:
     """Run the OpenAI-compatible proxy in front of an already running Triton."""
     from trtforge.proxy import ProxySettings, make_proxy, run_server
@@ -352,6 +360,7 @@ def proxy(
         reasoning_parser=options.reasoning_parser,
         tool_parser=options.tool_parser,
         max_body_bytes=body_limit,
+        coalesce=coalesce,
     )
     console.print(f"OpenAI-compatible API for [bold]{escape(name)}[/] on http://{host}:{port}/v1")
     try:
@@ -390,6 +399,7 @@ def up(
         bool, typer.Option(help="Start a new tritonserver when it dies (--no-restart: exit 1 instead).")
     ] = True,
     max_body_bytes: MaxBodyBytes = str(constants.DEFAULT_MAX_BODY_BYTES),
+    coalesce: Coalesce = True,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -415,7 +425,9 @@ def up(
         raise UsageError("--json prints the plan of --dry-run; add --dry-run")
     if not dry_run:
         _raise_open_file_limit()
-    listen = ProxyListen(host=host, port=port, api_key=api_key, workers=workers, max_body_bytes=body_limit)
+    listen = ProxyListen(
+        host=host, port=port, api_key=api_key, workers=workers, max_body_bytes=body_limit, coalesce=coalesce
+    )
     plan = make_plan(
         names,
         option_pairs=option,

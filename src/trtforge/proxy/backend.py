@@ -54,6 +54,7 @@ _FINAL_PARAM = "triton_final_response"
 _EMPTY_FINAL_PARAM = "triton_enable_empty_final_response"
 DEFAULT_DRAIN_TIMEOUT_S = 10.0
 _LITTLE_ENDIAN = sys.byteorder == "little"
+_NO_ERROR = Exception()  # `generate_ready`: the batch ended because the inbox is empty, not by an error
 
 
 @dataclass(frozen=True)
@@ -369,7 +370,25 @@ class TritonBackend:
             return False
 
     async def generate(self, gen: GenerationRequest) -> AsyncIterator[TokenChunk]:
-        """Yield the new tokens of each response until the final one.
+        """Yield the new tokens of each response until the final one (`generate_ready`, one chunk at a time).
+
+        Raises: as `generate_ready`.
+        """
+        batches = self.generate_ready(gen)
+        try:
+            async for batch in batches:
+                for chunk in batch:
+                    yield chunk
+        finally:
+            await batches.aclose()  # type: ignore[attr-defined]
+
+    async def generate_ready(self, gen: GenerationRequest) -> AsyncIterator[list[TokenChunk]]:
+        """Yield, each time, the new tokens of every response that has arrived (one chunk per response, in
+        order) until the final one.
+
+        When the consumer is slower than the stream (its client or the event loop is behind), several
+        responses wait in the inbox; taking them together lets the consumer send them as one frame. A
+        consumer that keeps up gets one response at a time, as it arrives.
 
         Closing the generator early (or cancelling the task that iterates it) stops the request inside the
         model and drains its stream in the background (see the module docstring).
@@ -384,17 +403,36 @@ class TritonBackend:
             request.id = f"{request.id}-{uuid.uuid4().hex[:8]}"
         self._live_ids.add(request.id)
         stream = _Stream(self.stub, request, self._timeout_s)
+        inbox = stream.inbox
         try:
-            while (message := await stream.inbox.get()) is not None:
-                if isinstance(message, grpc.aio.AioRpcError):
-                    raise _rpc_error(message, self)
-                if message.error_message:
-                    raise _response_error(message.error_message, self)
-                chunk = parse_chunk(message.infer_response, gen)
-                if chunk.ids:
-                    yield chunk
-                if is_final(message.infer_response):
-                    return
+            while (message := await inbox.get()) is not None:
+                batch: list[TokenChunk] = []
+                while True:
+                    if isinstance(message, grpc.aio.AioRpcError):
+                        error: Exception = _rpc_error(message, self)
+                        break
+                    if message.error_message:
+                        error = _response_error(message.error_message, self)
+                        break
+                    chunk = parse_chunk(message.infer_response, gen)
+                    if chunk.ids:
+                        batch.append(chunk)
+                    if is_final(message.infer_response):
+                        if batch:
+                            yield batch
+                        return
+                    if inbox.empty():
+                        error = _NO_ERROR
+                        break
+                    message = inbox.get_nowait()
+                    if message is None:
+                        error = TritonRequestError("Triton closed the stream before the final response")
+                        break
+                # The tokens that arrived before an error are the client's too (as one at a time would give).
+                if batch:
+                    yield batch
+                if error is not _NO_ERROR:
+                    raise error
             raise TritonRequestError("Triton closed the stream before the final response")
         finally:
             task = asyncio.ensure_future(self._drain(stream, time.monotonic(), stream.wants_stop()))

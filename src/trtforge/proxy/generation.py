@@ -87,6 +87,9 @@ class TextGenerator:
 
         Log probabilities ride on the delta that first shows text after their tokens arrived (stop strings
         hold text back), so the deltas' log probabilities joined are those of the whole choice.
+
+        With `settings.coalesce`, the responses that arrived together (the consumer was behind) make one
+        delta: their texts joined, their log probabilities in order, the token count after the last of them.
         """
         gen, index = generation.gen, generation.index
         detok = IncrementalDetokenizer(
@@ -99,31 +102,45 @@ class TextGenerator:
         started = time.monotonic()
         outcome = "aborted"  # until a finish reason is known: client gone, error, server shutdown
         timer = self.metrics.track(self.settings.model_name, len(gen.prompt_ids))
-        tokens = self.backend.generate(gen)
+        tokens = self.backend.generate_ready(gen)
+        coalesce = self.settings.coalesce
+        shown: list[str] = []  # the text of the responses taken together, sent as one delta
 
         def delta(text: str, finish: FinishReason | None = None) -> TextDelta:
             taken = tuple(pending)
             pending.clear()
+            if shown:
+                text = "".join(shown) + text
+                shown.clear()
             return TextDelta(text, count, finish, taken, index)
 
         try:
-            async for chunk in tokens:
-                ids = chunk.ids
-                timer.on_tokens(len(ids), streamed=gen.streaming)
-                count += len(ids)
-                if gen.end_id is not None and gen.end_id in ids:
-                    # The EOS token ends the text; it is generated (counted) but never shown.
-                    ids = ids[: ids.index(gen.end_id)]
-                    saw_eos = True
-                if chunk.log_probs is not None:
-                    pending.extend(_token_logprobs(ids, chunk, prepared.top_logprobs or 0))
-                check = stops.feed(detok.add(ids))
-                if check.stopped:
-                    outcome = "stop (stop string)"
-                    yield delta(check.text, "stop")
-                    return
-                if check.text:
-                    yield delta(check.text)
+            async for batch in tokens:
+                timer.on_tokens(sum(len(chunk.ids) for chunk in batch), streamed=gen.streaming)
+                # Each response is read on its own (EOS, stop strings and the token count are exactly those
+                # of one response at a time); only the deltas are joined.
+                for chunk in batch:
+                    ids = chunk.ids
+                    count += len(ids)
+                    if gen.end_id is not None and gen.end_id in ids:
+                        # The EOS token ends the text; it is generated (counted) but never shown.
+                        ids = ids[: ids.index(gen.end_id)]
+                        saw_eos = True
+                    if chunk.log_probs is not None:
+                        pending.extend(_token_logprobs(ids, chunk, prepared.top_logprobs or 0))
+                    check = stops.feed(detok.add(ids))
+                    if check.stopped:
+                        outcome = "stop (stop string)"
+                        yield delta(check.text, "stop")
+                        return
+                    if check.text:
+                        shown.append(check.text)
+                        if not coalesce:
+                            yield delta("")
+                    if saw_eos:
+                        break
+                if shown:
+                    yield delta("")
                 if saw_eos:
                     break
             check = stops.feed(detok.flush())

@@ -42,6 +42,8 @@ class ProxySettings:
         max_body_bytes: the largest request body accepted (larger ones get a 413 before they are parsed).
         response_store: the bounds of the stored Responses (one store per proxy process: the widest bounds
             of the models it serves).
+        coalesce: when several tokens of one stream are ready at once (the client or the proxy is behind),
+            send them as one chunk; False sends one chunk per Triton response (`--no-coalesce`).
     """
 
     model_name: str
@@ -57,6 +59,7 @@ class ProxySettings:
     tool_parser: str = "none"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     response_store: ResponseStoreLimits = field(default_factory=ResponseStoreLimits)
+    coalesce: bool = True
 
     def __post_init__(self) -> None:
         try:
@@ -84,6 +87,7 @@ class ProxySettings:
         tool_parser: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         response_store: ResponseStoreLimits | None = None,
+        coalesce: bool = True,
     ) -> ProxySettings:
         """Settings for serving `engine` (an `EngineInfo`, or an engine directory to read) as `name`.
 
@@ -104,4 +108,5 @@ class ProxySettings:
             tool_parser=tool_parser if tool_parser is not None else default_tools,
             max_body_bytes=max_body_bytes,
             response_store=response_store or ResponseStoreLimits(),
+            coalesce=coalesce,
         )

@@ -96,6 +96,7 @@ class ProxyListen:
         workers: proxy processes sharing the port.
         log_level: the proxy's log level.
         max_body_bytes: the largest request body it accepts (larger: 413 before parsing).
+        coalesce: tokens of one stream that are ready together go out as one chunk (False: one per token).
     """
 
     host: str = constants.DEFAULT_PROXY_HOST
@@ -104,6 +105,7 @@ class ProxyListen:
     workers: int = 1
     log_level: str = "warning"
     max_body_bytes: int = constants.DEFAULT_MAX_BODY_BYTES
+    coalesce: bool = True
 
     @property
     def url(self) -> str:
@@ -269,6 +271,7 @@ class ServePlan:
                 "workers": self.proxy.workers,
                 "api_key_required": self.proxy.api_key is not None,
                 "max_body_bytes": self.proxy.max_body_bytes,
+                "coalesce": self.proxy.coalesce,
             },
             "warnings": list(self.warnings),
             "notices": list(self.notices),
@@ -591,6 +594,7 @@ def _proxy_settings(
             reasoning_parser=engine.reasoning_parser,
             tool_parser=engine.tool_parser,
             max_body_bytes=proxy.max_body_bytes,
+            coalesce=proxy.coalesce,
         )
         for engine in served
     )
