@@ -190,7 +190,7 @@ def _print_plan(plan: ServePlan) -> None:
         shown = ", ".join(f"{key}={value}" for key, value in options.items()) or "defaults"
         lines += [
             f"engine {served.name}: {served.backend} backend, world size {served.engine.world_size}, "
-            f"context {served.context_length}",
+            f"context {served.context_length}, prompts up to {served.prompt_limit} tokens",
             f"  store path: {served.engine.path}",
             f"  triton model: {served.triton_model}; parsers: reasoning {served.reasoning_parser}, "
             f"tools {served.tool_parser}; options: {shown}",
@@ -352,6 +352,7 @@ def proxy(
         reasoning_parser=options.reasoning_parser,
         tool_parser=options.tool_parser,
         max_body_bytes=body_limit,
+        enable_chunked_context=options.enable_chunked_context,  # as `serve` runs it, so the limits agree
     )
     console.print(f"OpenAI-compatible API for [bold]{escape(name)}[/] on http://{host}:{port}/v1")
     try:
