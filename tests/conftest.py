@@ -62,7 +62,7 @@ def tiny_engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
-def copy_engine_with(source: Path, dest: Path, **build_config: int) -> Path:
+def copy_engine_with(source: Path, dest: Path, **build_config: int | bool) -> Path:
     """A copy of engine `source` at `dest` whose config.json build_config has `build_config` applied.
 
     Cheaper than writing another tiny engine when a test only needs other limits (max_seq_len, batch...),
@@ -75,8 +75,6 @@ def copy_engine_with(source: Path, dest: Path, **build_config: int) -> Path:
     config_path = dest / "config.json"
     config = json.loads(config_path.read_text())
     config["build_config"].update(build_config)
-    if "max_seq_len" in build_config and "max_input_len" not in build_config:
-        config["build_config"]["max_input_len"] = build_config["max_seq_len"] - 1
     config_path.write_text(json.dumps(config, indent=2))
     return dest
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -402,8 +401,9 @@ def test_bad_request_gets_an_error_and_the_server_keeps_serving(
 
 
 def test_prompt_longer_than_the_engine_takes_is_refused(server: TritonServer, tiny_engine: Path) -> None:
-    max_input_len = json.loads((tiny_engine / "config.json").read_text())["build_config"]["max_input_len"]
-    outcome = generate(
-        server.grpc_url, make_request([5] * (max_input_len + 1), output_len=4, request_id="long")
-    )
-    assert len(outcome.errors) == 1 and f"at most {max_input_len}" in outcome.errors[0]
+    # The runtime's rule, not build_config.max_input_len (1024, as trtllm-bench leaves it): chunked context is on
+    # by default, so the limit is max_seq_len - 1.
+    limit = read_engine(tiny_engine).prompt_limit()
+    assert limit == 1023
+    outcome = generate(server.grpc_url, make_request([5] * (limit + 1), output_len=4, request_id="long"))
+    assert len(outcome.errors) == 1 and f"at most {limit}" in outcome.errors[0]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from trtforge.engine import read_engine
+from trtforge.engine import BENCH_PLUGIN_CONFIG, read_engine
 from trtforge.errors import UsageError
 from trtforge.reference.tiny import (
     BEHAVIOURS,
@@ -79,13 +79,20 @@ def test_layout_reads_as_a_reference_engine(tiny_engine: Path) -> None:
     assert pretrained["vocab_size"] == hf["vocab_size"]
     assert pretrained["head_size"] == hf["head_dim"] == 16
     build = json.loads((tiny_engine / "config.json").read_text())["build_config"]
+    # What trtllm-bench writes for these sizes: BuildConfig's max_input_len, its attention plugins.
     assert build == {
-        "max_input_len": 1023,
+        "max_input_len": 1024,
         "max_seq_len": 1024,
         "max_batch_size": 8,
         "max_beam_width": 1,
         "max_num_tokens": 1024,
+        "gather_context_logits": False,
+        "gather_generation_logits": False,
+        "plugin_config": BENCH_PLUGIN_CONFIG,
     }
+    # Served with chunked context (trtforge's default), a prompt may fill the context but for one token.
+    assert info.chunked_context(None) and info.prompt_limit() == 1023
+    assert info.prompt_limit(enable_chunked_context=False) == 1023  # min(1023, max_num_tokens 1024)
 
 
 def test_tokenizer_round_trips_any_utf8(tokenizer: Any) -> None:

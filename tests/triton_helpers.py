@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerFast
 
 import trtforge.triton
 from conftest import free_port
+from trtforge.engine import BENCH_PLUGIN_CONFIG
 from trtforge.triton.distribution import find_tritonserver
 from trtforge.triton.server import TritonServer
 
@@ -54,10 +55,12 @@ def write_engine_dir(
     tp_size: int = 1,
     dtype: str = "bfloat16",
     version: str = "test",
+    plugin_config: dict[str, object] | None = None,
 ) -> Path:
     """An engine directory `trtforge.engine.read_engine` accepts: a TensorRT one (fake rank files), a
     reference one (`hf_model/`) or a PyTorch entry (its facts, a checkpoint config, LLM API arguments; no
-    weights), with a real tokenizer."""
+    weights), with a real tokenizer. Its build_config is what `trtllm-bench build` writes (max_input_len 1024,
+    its plugin_config, or `plugin_config` given)."""
     dest.mkdir(parents=True, exist_ok=True)
     if backend == "pytorch":
         return _write_pytorch_entry(dest, max_batch_size=max_batch_size, tp_size=tp_size, version=version)
@@ -72,9 +75,10 @@ def write_engine_dir(
         "build_config": {
             "max_batch_size": max_batch_size,
             "max_seq_len": 256,
-            "max_input_len": 128,
-            "max_num_tokens": 256,
+            "max_input_len": 1024,
+            "max_num_tokens": 128,
             "max_beam_width": max_beam_width,
+            "plugin_config": dict(BENCH_PLUGIN_CONFIG) if plugin_config is None else plugin_config,
         },
     }
     (dest / "config.json").write_text(json.dumps(config))

@@ -10,6 +10,7 @@ Built-in entries are merged with the user's TOML file (`$TRTFORGE_CATALOG`, else
     max_seq_len = 16384
     max_num_tokens = 8192
     backend = "auto"                    # or "tensorrt" (an engine), "pytorch" (the LLM API), "reference" (CPU)
+    gather_generation_logits = true     # optional: engines return generation logits (top log probabilities)
 
     [engines.my-model.serve]            # optional: how Triton serves it (docs/serving.md)
     kv_cache_free_gpu_mem_fraction = 0.85
@@ -65,6 +66,7 @@ _MANAGED_FLAGS = frozenset(
     {
         "model", "model_path", "workspace", "revision", "quantization", "tp_size", "pp_size",
         "max_batch_size", "max_num_tokens", "max_seq_len", "trust_remote_code",
+        "gather_generation_logits",
     }
 )  # fmt: skip
 
@@ -87,6 +89,10 @@ class CatalogEntry(BaseModel):
     ep_size: int | None = None
     backend: Backend = "auto"
     trust_remote_code: bool = False
+    # Engines (tensorrt, reference) keep each step's logits, which top log probabilities need; `trtllm-bench
+    # build` has no flag for it, so trtforge sets it in the engine's config.json (docs/serving.md). PyTorch
+    # entries compute log probabilities without it and ignore it.
+    gather_generation_logits: bool = False
     # Extra `trtllm-bench build` options, passed as `--key value` after the subcommand.
     builder_options: dict[str, BuilderOption] = {}
     # How Triton serves the engine (`[engines.NAME.serve]`); not a build input.
@@ -162,11 +168,14 @@ class CatalogEntry(BaseModel):
     def build_fields(self) -> dict[str, Any]:
         """Every field that changes the built engine (the name included: it names the store entry).
 
-        `ep_size` is left out while unset, so entries that never had it hash as they did before it existed.
+        `ep_size` and `gather_generation_logits` are left out while unset, so entries that never had them hash
+        as they did before they existed.
         """
         fields = self.model_dump(mode="json", exclude={"serve"})
         if fields["ep_size"] is None:
             del fields["ep_size"]
+        if not fields["gather_generation_logits"]:
+            del fields["gather_generation_logits"]
         return fields
 
     def resolved(self, backend: ConcreteBackend) -> CatalogEntry:
@@ -250,6 +259,8 @@ def builtin_entries() -> dict[str, dict[str, Any]]:
             "max_batch_size": int(tiny["max_batch_size"]),
             "max_seq_len": int(tiny["max_seq_len"]),
             "max_num_tokens": int(tiny["max_num_tokens"]),
+            # `make demo` shows the whole sampling surface, top_logprobs included.
+            "gather_generation_logits": True,
         },
     }
 

@@ -33,6 +33,12 @@ from typing import Any, Literal, TypeGuard
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trtforge.errors import InvalidEngineError
+from trtforge.prompt_limit import (
+    BUILD_CONFIG_MAX_INPUT_LEN,
+    RuntimeLimits,
+    engine_runtime_limits,
+    llm_api_prompt_limit,
+)
 from trtforge.untrusted import read_bounded
 
 ENGINE_CONFIG = "config.json"
@@ -62,6 +68,19 @@ LLMAPI_ENTRY_LIMIT = 1 << 20
 
 EngineBackend = Literal["tensorrt", "reference", "pytorch"]
 
+# The `plugin_config` fields the C++ runtime requires and the values `trtllm-bench build` gives them (context
+# FMHA, packed input, a paged KV cache, paged context FMHA): what its prompt limit depends on.
+BENCH_PLUGIN_CONFIG: dict[str, Any] = {
+    "gpt_attention_plugin": "auto",
+    "remove_input_padding": True,
+    "paged_kv_cache": True,
+    "tokens_per_block": 32,
+    "context_fmha": True,
+    "use_paged_context_fmha": True,
+    "multiple_profiles": True,
+    "lora_plugin": None,
+}
+
 
 def rank_file_name(rank: int) -> str:
     return f"rank{rank}.engine"
@@ -89,20 +108,24 @@ def write_reference_engine_config(
 ) -> None:
     """Write `config.json` of a reference engine: one rank, float32, unquantized, the entry's build limits.
 
+    Its build_config is what `trtllm-bench build` writes for the same sizes (`max_input_len` left at
+    BuildConfig's default, the attention plugins trtllm-bench enables), so its prompt limit is a real engine's.
+
     Args:
         version: the generator's version (it feeds the store's content hash).
         shape: the model's `pretrained_config` dimensions (vocab_size, hidden_size, ...), in output order.
         gather_generation_logits: whether the engine returns generation logits (top log probabilities).
     """
     build_config: dict[str, Any] = {
-        "max_input_len": max_seq_len - 1,
+        "max_input_len": min(BUILD_CONFIG_MAX_INPUT_LEN, max_seq_len),
         "max_seq_len": max_seq_len,
         "max_batch_size": max_batch_size,
         "max_beam_width": 1,
         "max_num_tokens": max_num_tokens,
+        "gather_context_logits": False,
+        "gather_generation_logits": gather_generation_logits,
+        "plugin_config": dict(BENCH_PLUGIN_CONFIG),
     }
-    if gather_generation_logits:
-        build_config["gather_generation_logits"] = True
     engine_config = {
         "version": version,
         "pretrained_config": {
@@ -137,10 +160,43 @@ class EngineInfo:
     dtype: str = "float16"  # pretrained_config.dtype: the activations' type, e.g. "bfloat16"
     logits_dtype: str = "float32"  # pretrained_config.logits_dtype: context/generation logits' type
     gather_generation_logits: bool = False  # the engine can return `generation_logits`
+    # plugin_config's attention settings, which decide the runtime's prompt limit (`trtforge.prompt_limit`).
+    context_fmha: bool = False
+    packed_input: bool = False
+    paged_kv_cache: bool = False
+    paged_context_fmha: bool = False
 
     @property
     def world_size(self) -> int:
         return self.tp_size * self.pp_size
+
+    @property
+    def runtime_limits(self) -> RuntimeLimits:
+        return RuntimeLimits(
+            max_seq_len=self.max_seq_len,
+            max_num_tokens=self.max_num_tokens,
+            max_input_len=self.max_input_len,
+            context_fmha=self.context_fmha,
+            packed_input=self.packed_input,
+            paged_kv_cache=self.paged_kv_cache,
+            paged_context_fmha=self.paged_context_fmha,
+        )
+
+    def chunked_context(self, requested: bool | None) -> bool:
+        """Whether the engine is served with chunked context.
+
+        `requested` is the serve option `enable_chunked_context`; unset (None), trtforge turns it on wherever
+        the engine supports it, so a 16k context takes 16k prompts. PyTorch entries never have it: they are
+        prepared without the LLM API's chunked prefill.
+        """
+        if self.backend == "pytorch":
+            return False
+        return self.runtime_limits.chunked_context_possible if requested is None else requested
+
+    def prompt_limit(self, enable_chunked_context: bool | None = None) -> int:
+        """The longest prompt the runtime accepts when served with `enable_chunked_context` (see
+        `chunked_context`): the one number the proxy, `/v1/models`, `plan` and `inspect` report."""
+        return self.runtime_limits.prompt_limit(chunked_context=self.chunked_context(enable_chunked_context))
 
     @property
     def reference_model_dir(self) -> Path:
@@ -212,7 +268,7 @@ def read_engine(path: Path) -> EngineInfo:
         if missing:
             raise InvalidEngineError(f"{path}: missing {', '.join(missing)} (world_size {world})")
 
-    max_seq_len = int(build.get("max_seq_len") or pretrained.get("max_position_embeddings") or 0)
+    limits = engine_runtime_limits(config)
     return EngineInfo(
         path=path,
         backend=backend,
@@ -220,9 +276,9 @@ def read_engine(path: Path) -> EngineInfo:
         tp_size=tp,
         pp_size=pp,
         max_batch_size=int(build.get("max_batch_size", 1)),
-        max_seq_len=max_seq_len,
-        max_input_len=int(build.get("max_input_len") or max_seq_len),
-        max_num_tokens=int(build.get("max_num_tokens") or max_seq_len),
+        max_seq_len=limits.max_seq_len,
+        max_input_len=limits.max_input_len,
+        max_num_tokens=limits.max_num_tokens,
         max_beam_width=int(build.get("max_beam_width", 1)),
         quant_algo=quant.get("quant_algo"),
         kv_cache_quant_algo=quant.get("kv_cache_quant_algo"),
@@ -233,7 +289,23 @@ def read_engine(path: Path) -> EngineInfo:
         gather_generation_logits=bool(
             build.get("gather_generation_logits") or build.get("gather_all_token_logits")
         ),
+        context_fmha=limits.context_fmha,
+        packed_input=limits.packed_input,
+        paged_kv_cache=limits.paged_kv_cache,
+        paged_context_fmha=limits.paged_context_fmha,
     )
+
+
+def enable_generation_logits(path: Path) -> None:
+    """Set `build_config.gather_generation_logits` in the engine config at `path` (a fresh build's).
+
+    `trtllm-bench build` has no option for it, and the C++ runtime reads it from config.json when it loads the
+    engine, as a switch of its own (it keeps each step's logits for `generation_logits`); the Triton
+    `tensorrtllm` backend has no executor parameter that could turn it on instead (docs/serving.md).
+    """
+    config = read_engine_config(path)
+    config["build_config"]["gather_generation_logits"] = True
+    (path / ENGINE_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 class LlmapiEntryFacts(BaseModel):
@@ -291,8 +363,11 @@ def _read_pytorch_entry(path: Path) -> EngineInfo:
         pp_size=facts.pp_size,
         max_batch_size=facts.max_batch_size,
         max_seq_len=facts.max_seq_len,
-        # Chunked prefill stays off, so the LLM API refuses a prompt longer than max_num_tokens.
-        max_input_len=min(facts.max_seq_len - 1, facts.max_num_tokens),
+        # The LLM API never checks max_input_len: without chunked prefill it refuses a prompt longer than
+        # max_num_tokens, which is `prompt_limit` with packed input (trtforge.prompt_limit).
+        max_input_len=llm_api_prompt_limit(
+            max_seq_len=facts.max_seq_len, max_num_tokens=facts.max_num_tokens
+        ),
         max_num_tokens=facts.max_num_tokens,
         max_beam_width=1,
         quant_algo=facts.quant_algo,
@@ -301,4 +376,6 @@ def _read_pytorch_entry(path: Path) -> EngineInfo:
         dtype=facts.dtype,
         logits_dtype="float32",
         gather_generation_logits=facts.gather_generation_logits,
+        context_fmha=True,
+        packed_input=True,
     )

@@ -33,6 +33,7 @@ class ServeOptions(BaseModel):
     max_tokens_in_paged_kv_cache: int | None = Field(default=None, ge=1)
     kv_cache_host_memory_bytes: int | None = Field(default=None, ge=0)
     enable_kv_cache_reuse: bool | None = None
+    # None: on wherever the engine can take it (`EngineInfo.chunked_context`), so prompts may fill the context.
     enable_chunked_context: bool | None = None
     batch_scheduler_policy: SchedulerPolicy | None = None
     multi_block_mode: bool | None = None

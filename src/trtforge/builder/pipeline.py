@@ -35,7 +35,7 @@ from trtforge.constants import (
     logs_dir,
     trtllm_version_override,
 )
-from trtforge.engine import CHECKPOINT_DIR
+from trtforge.engine import CHECKPOINT_DIR, enable_generation_logits
 from trtforge.errors import BuildFailedError, CheckpointError, GpuError, TrtforgeError
 from trtforge.manifest import BuildInputs, write_manifest
 from trtforge.processes import end_orphaned_session, start_time
@@ -502,15 +502,16 @@ def _build_reference(
         "max_seq_len": entry.max_seq_len,
         "max_num_tokens": entry.max_num_tokens,
     }
+    logits = entry.gather_generation_logits
     with _phase_log(log_path, progress) as say:
         say(f"writing the reference engine {entry.name!r}")
         if entry.model.startswith(BUILTIN_MODEL_PREFIX):
-            write_tiny_engine(dest, **limits, progress=say)
+            write_tiny_engine(dest, **limits, gather_generation_logits=logits, progress=say)
         else:
             checkpoint = entry.local_model_dir or _hub_checkpoint(
                 entry.model, plan.inputs.model_revision, say
             )
-            write_checkpoint_engine(dest, checkpoint, **limits, progress=say)
+            write_checkpoint_engine(dest, checkpoint, **limits, gather_generation_logits=logits, progress=say)
     return {"build_s": time.monotonic() - started}
 
 
@@ -575,6 +576,8 @@ def _build_tensorrt(
         # Same filesystem: moving the engine out of the workspace is a rename, not a second 20 GB copy.
         for item in command.engine_dir.iterdir():
             shutil.move(str(item), dest / item.name)
+        if plan.entry.gather_generation_logits:  # no trtllm-bench flag: the runtime reads it from config.json
+            enable_generation_logits(dest)
         return timings, list(command.argv)
     finally:
         shutil.rmtree(workspace, ignore_errors=True)  # tmp*-llm-workspace leftovers go with it

@@ -5,6 +5,7 @@ Human output (rich tables) goes to stderr; `--json` writes one document to stdou
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -17,7 +18,7 @@ from trtforge.checkpoint.validate import check_checkpoint
 from trtforge.cli._app import app, console, print_json
 from trtforge.cli._options import BackendOption, JsonFlag, TrtllmPython
 from trtforge.constants import DEFAULT_KV_CACHE_FREE_GPU_MEM_FRACTION
-from trtforge.errors import CheckpointError, GpuError, PlanError, UsageError
+from trtforge.errors import CatalogError, CheckpointError, GpuError, PlanError, UsageError
 from trtforge.gpu import (
     KNOWN_GPUS,
     check_arch_supports,
@@ -40,13 +41,26 @@ def _gb(size: int | None) -> str:
 
 @app.command()
 def inspect(
-    model: Annotated[str, typer.Argument(help="Checkpoint directory or Hugging Face hub id (org/name).")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="Checkpoint directory, Hugging Face hub id (org/name), or a built engine (name or dir)."
+        ),
+    ],
     revision: Annotated[str | None, typer.Option(help="Hub revision (branch, tag or commit).")] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the inspection as JSON on stdout.")
     ] = False,
 ) -> None:
-    """Describe a checkpoint from its configs and safetensors headers (no weights loaded); exit 1 on problems."""
+    """Describe a checkpoint from its configs and safetensors headers (no weights loaded); exit 1 on problems.
+
+    A built engine (its link name or its directory) is described from its config instead: backend, limits and
+    the prompt limit it is served with.
+    """
+    engine_dir = _engine_dir(model)
+    if engine_dir is not None:
+        _inspect_engine(model, engine_dir, json_output=json_output)
+        return
     info = inspect_checkpoint(model, revision=revision)
     problems = check_checkpoint(info)
     if json_output:
@@ -55,6 +69,65 @@ def inspect(
         _print_inspection(info, problems)
     if problems:
         raise typer.Exit(CheckpointError.exit_code)
+
+
+def _engine_dir(model: str) -> Path | None:
+    """The engine directory `model` names (an engine directory, or a link name of a built engine), or None."""
+    from trtforge.engine import is_engine_dir
+    from trtforge.errors import EngineNotFoundError
+    from trtforge.store.links import resolve_engine
+
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path if is_engine_dir(path) else None
+    if "/" in model or model.startswith("."):
+        return None  # a hub id (org/name) or a path that is not there
+    try:
+        return resolve_engine(model)
+    except (EngineNotFoundError, CatalogError):
+        return None
+
+
+def _inspect_engine(name: str, path: Path, *, json_output: bool) -> None:
+    """An engine's facts; the prompt limit under its catalogue entry's serve table (the default without one)."""
+    from trtforge.catalog import load_catalog
+    from trtforge.engine import read_engine
+
+    engine = read_engine(path)
+    catalog = load_catalog()
+    requested = catalog.get(name).serve.enable_chunked_context if name in catalog else None
+    chunked = engine.chunked_context(requested)
+    facts = {
+        "path": str(engine.path),
+        "backend": engine.backend,
+        "architecture": engine.architecture,
+        "trtllm_version": engine.trtllm_version,
+        "tp_size": engine.tp_size,
+        "pp_size": engine.pp_size,
+        "quant_algo": engine.quant_algo,
+        "kv_cache_quant_algo": engine.kv_cache_quant_algo,
+        "max_batch_size": engine.max_batch_size,
+        "max_seq_len": engine.max_seq_len,
+        "max_num_tokens": engine.max_num_tokens,
+        "max_input_len": engine.max_input_len,
+        "gather_generation_logits": engine.gather_generation_logits,
+        "chunked_context": chunked,
+        "prompt_limit": engine.prompt_limit(requested),
+        "prompt_limit_rule": engine.runtime_limits.prompt_limit_rule(chunked_context=chunked),
+    }
+    if json_output:
+        print_json(facts)
+        return
+    summary = Table(title=escape(str(engine.path)), show_header=False, box=None)
+    summary.add_column(style="bold")
+    summary.add_column()
+    for key, value in facts.items():
+        if key not in ("path", "prompt_limit", "prompt_limit_rule"):
+            summary.add_row(key, escape(str(value)))
+    console.print(summary)
+    console.print(
+        f"prompt limit: {engine.prompt_limit(requested):,} tokens ({escape(str(facts['prompt_limit_rule']))})"
+    )
 
 
 def _print_inspection(info: CheckpointInfo, problems: list[str]) -> None:
@@ -160,6 +233,7 @@ def plan(
     gpu_name, memory, arch = _target_gpu(gpu, gpu_memory)
     result = plan_memory(info, settings, gpu_memory_bytes=memory, gpu_name=gpu_name)
     arch_problem = _arch_problem(arch, info)
+    limit, rule = _planned_prompt_limit(settings, entry.serve.enable_chunked_context if entry else None)
     if json_output:
         print_json(
             {
@@ -168,10 +242,13 @@ def plan(
                 "trtllm_version": version,
                 "gpu_arch": arch,
                 "arch_problem": arch_problem,
+                "prompt_limit": limit,
+                "prompt_limit_rule": rule,
             }
         )
     else:
         _print_plan(result, arch_problem, requested=requested, version=version)
+        console.print(f"prompt limit: {limit:,} tokens ({escape(rule)})")
     if result.fits is False or arch_problem:
         raise typer.Exit(PlanError.exit_code)  # `build` would refuse it: scripts can test the exit status
 
@@ -198,6 +275,23 @@ def _plan_backend(
     version = installed_trtllm_version(trtllm_python) if requested != "pytorch" else None
     chosen = resolve_backend(requested, version, name=entry.name if entry else name)
     return ("pytorch" if chosen == "pytorch" else "tensorrt"), requested, version
+
+
+def _planned_prompt_limit(settings: PlanSettings, enable_chunked_context: bool | None) -> tuple[int, str]:
+    """The prompt limit the planned entry will be served with, and the line of the runtime's rule that gives it.
+
+    A TensorRT engine is one `trtllm-bench build` makes (context FMHA, packed input, paged context FMHA), served
+    with chunked context unless the entry's serve table turns it off; a PyTorch entry is the LLM API's,
+    prepared without chunked prefill (`trtforge.prompt_limit`).
+    """
+    from trtforge.prompt_limit import bench_engine_limits, llm_api_prompt_limit
+
+    limits = bench_engine_limits(max_seq_len=settings.max_seq_len, max_num_tokens=settings.max_num_tokens)
+    if settings.backend == "pytorch":
+        limit = llm_api_prompt_limit(max_seq_len=settings.max_seq_len, max_num_tokens=settings.max_num_tokens)
+        return limit, "min(max_seq_len - 1, max_num_tokens): the LLM API without chunked prefill"
+    chunked = limits.chunked_context_possible if enable_chunked_context is None else enable_chunked_context
+    return limits.prompt_limit(chunked_context=chunked), limits.prompt_limit_rule(chunked_context=chunked)
 
 
 def _target_gpu(gpu: str | None, gpu_memory: str | None) -> tuple[str | None, int | None, str | None]:

@@ -197,7 +197,7 @@ def _print_plan(plan: ServePlan) -> None:
         shown = ", ".join(f"{key}={value}" for key, value in options.items()) or "defaults"
         lines += [
             f"engine {served.name}: {served.backend} backend, world size {served.engine.world_size}, "
-            f"context {served.context_length}",
+            f"context {served.context_length}, prompts up to {served.prompt_limit} tokens",
             f"  store path: {served.engine.path}",
             f"  triton model: {served.triton_model}; parsers: reasoning {served.reasoning_parser}, "
             f"tools {served.tool_parser}; options: {shown}",
@@ -361,6 +361,7 @@ def proxy(
         tool_parser=options.tool_parser,
         max_body_bytes=body_limit,
         coalesce=coalesce,
+        enable_chunked_context=options.enable_chunked_context,  # as `serve` runs it, so the limits agree
     )
     console.print(f"OpenAI-compatible API for [bold]{escape(name)}[/] on http://{host}:{port}/v1")
     try:

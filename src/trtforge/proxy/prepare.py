@@ -197,8 +197,9 @@ class Preparer:
         if top and not self.settings.generation_logits:
             param = "top_logprobs" if isinstance(request, ChatCompletionRequest) else "logprobs"
             raise InvalidRequestError(
-                f"{param} {top} needs the engine's generation logits: build it with gather_generation_logits "
-                "(trtllm-build --gather_generation_logits); log probabilities of the chosen tokens alone "
+                f"{param} {top} needs the engine's generation logits: set gather_generation_logits = true in "
+                f"its catalogue entry ([engines.{self.settings.model_name}]) and build it again; log "
+                "probabilities of the chosen tokens alone "
                 f"({'logprobs: true, top_logprobs: 0' if param == 'top_logprobs' else 'logprobs: 0'}) work "
                 "on any engine",
                 param=param,

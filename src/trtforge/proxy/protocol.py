@@ -405,7 +405,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "trtforge"
-    max_model_len: int | None = None
+    max_model_len: int | None = None  # the context: prompt plus completion (vLLM's name)
+    max_input_len: int | None = None  # the longest prompt the engine takes as served (trtforge's)
 
 
 class ModelList(BaseModel):

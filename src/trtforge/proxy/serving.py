@@ -56,7 +56,10 @@ class OpenAIServing:
 
     def model_card(self) -> ModelCard:
         return ModelCard(
-            id=self.settings.model_name, created=self._created, max_model_len=self.settings.max_seq_len
+            id=self.settings.model_name,
+            created=self._created,
+            max_model_len=self.settings.max_seq_len,
+            max_input_len=self.settings.max_input_len,
         )
 
     def prepare_chat(self, request: ChatCompletionRequest, *, request_id: str | None = None) -> Prepared:

@@ -32,7 +32,7 @@ class ProxySettings:
         triton_grpc_url: `host:port` of Triton's gRPC endpoint.
         triton_model: the decoupled TensorRT-LLM model inside Triton.
         max_seq_len: prompt + generated tokens the engine can hold.
-        max_input_len: the longest prompt the engine accepts.
+        max_input_len: the longest prompt the engine accepts as served (`EngineInfo.prompt_limit`).
         generation_logits: the engine returns generation logits (built with `gather_generation_logits`),
             so requests may ask for top log probabilities.
         request_timeout_s: the deadline of one generation on Triton.
@@ -88,10 +88,12 @@ class ProxySettings:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         response_store: ResponseStoreLimits | None = None,
         coalesce: bool = True,
+        enable_chunked_context: bool | None = None,
     ) -> ProxySettings:
         """Settings for serving `engine` (an `EngineInfo`, or an engine directory to read) as `name`.
 
-        Parsers left as None are the defaults for the engine's architecture.
+        Parsers left as None are the defaults for the engine's architecture. `enable_chunked_context` is the
+        serve option Triton runs the engine with (None: trtforge's default); it decides the prompt limit.
         """
         info = engine if isinstance(engine, EngineInfo) else read_engine(Path(engine))
         default_reasoning, default_tools = default_parsers(info.architecture)
@@ -100,7 +102,7 @@ class ProxySettings:
             engine_dir=info.tokenizer_dir,
             triton_grpc_url=grpc_url,
             max_seq_len=info.max_seq_len,
-            max_input_len=min(info.max_input_len, info.max_seq_len - 1),
+            max_input_len=info.prompt_limit(enable_chunked_context),
             generation_logits=info.gather_generation_logits,
             triton_model=triton_model,
             request_timeout_s=request_timeout_s,

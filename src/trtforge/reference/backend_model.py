@@ -9,6 +9,8 @@ siblings and the standard library:
 - `refbackend_scheduler`: the worker thread, in-flight batching, streaming, stops and cancellation.
 - `refbackend_decoder`: the transformers model and the token choice (greedy, sampling, penalties).
 - `refbackend_guides`: guided decoding with xgrammar.
+- `prompt_limit` (`trtforge/prompt_limit.py`): the longest prompt, by the TensorRT-LLM runtime's rule, with the
+  `enable_chunked_context` parameter as the real backend reads it.
 
 This file is the Triton model: it reads the config's parameters and the engine's limits, loads the model and
 hands every request to the scheduler. `return_generation_logits` needs an engine whose build_config has
@@ -27,27 +29,40 @@ import triton_python_backend_utils as pb_utils
 
 # Type-checked against the package's copies; inside Triton they are sibling files (see trtllm_contract).
 if TYPE_CHECKING:
+    from trtforge.prompt_limit import CHUNKED_CONTEXT_NEEDS, engine_runtime_limits
     from trtforge.reference.refbackend_decoder import Decoder
     from trtforge.reference.refbackend_guides import Guides
     from trtforge.reference.refbackend_scheduler import Scheduler
     from trtforge.triton.models.common.trtllm_contract import ModelLimits, parse_parameters
 else:
+    from prompt_limit import CHUNKED_CONTEXT_NEEDS, engine_runtime_limits
     from refbackend_decoder import Decoder
     from refbackend_guides import Guides
     from refbackend_scheduler import Scheduler
     from trtllm_contract import ModelLimits, parse_parameters
 
 
-def _engine_limits(engine_dir: Path, hf_max_positions: int) -> tuple[int, int, bool]:
-    """max_seq_len, max_input_len and whether generation logits are gathered, from config.json build_config."""
+def _engine_limits(
+    engine_dir: Path, hf_max_positions: int, *, chunked_context: bool
+) -> tuple[int, int, bool]:
+    """max_seq_len, the longest prompt and whether generation logits are gathered, from config.json, as the
+    TensorRT-LLM runtime decides them (`prompt_limit`), chunked context on or off.
+
+    Raises:
+        TritonModelException: chunked context on an engine that cannot take it (the runtime refuses it too).
+    """
     try:
-        build = json.loads((engine_dir / "config.json").read_text()).get("build_config", {})
+        config = json.loads((engine_dir / "config.json").read_text())
     except (OSError, ValueError):
-        build = {}
-    max_seq_len = int(build.get("max_seq_len") or hf_max_positions)
-    max_input_len = int(build.get("max_input_len") or max_seq_len - 1)
+        config = {}
+    build = config.get("build_config") or {}
+    if not build.get("max_seq_len"):
+        build = {**build, "max_seq_len": hf_max_positions}
+    runtime = engine_runtime_limits({**config, "build_config": build})
+    if chunked_context and not runtime.chunked_context_possible:
+        raise pb_utils.TritonModelException(f"enable_chunked_context is set, but {CHUNKED_CONTEXT_NEEDS}")
     gather = bool(build.get("gather_generation_logits") or build.get("gather_all_token_logits"))
-    return max_seq_len, min(max_input_len, max_seq_len - 1), gather
+    return runtime.max_seq_len, runtime.prompt_limit(chunked_context=chunked_context), gather
 
 
 class TritonPythonModel:
@@ -70,7 +85,9 @@ class TritonPythonModel:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         decoder = Decoder(model_dir, device)
         max_seq_len, max_input_len, gather = _engine_limits(
-            engine_dir, decoder.model.config.max_position_embeddings
+            engine_dir,
+            decoder.model.config.max_position_embeddings,
+            chunked_context=params.enable_chunked_context,
         )
         guides = Guides(
             Path(params.tokenizer_dir) if params.tokenizer_dir else engine_dir, decoder.vocab_size

@@ -34,7 +34,8 @@ from trtforge.errors import CheckpointError, UsageError
 from trtforge.untrusted import inside, read_json_object
 
 # Bump when anything about how the engine is made changes (it feeds the store's content hash).
-HF_GENERATOR_VERSION = "trtforge-reference-hf-0.1"
+# 0.2: the build_config of a trtllm-bench engine (max_input_len 1024, plugin_config), logits as asked.
+HF_GENERATOR_VERSION = "trtforge-reference-hf-0.2"
 
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json", "*.safetensors")
 _TOKENIZER_FILES = (*TOKENIZER_FILES, CHAT_TEMPLATE)
@@ -89,9 +90,12 @@ def write_checkpoint_engine(
     max_batch_size: int,
     max_seq_len: int,
     max_num_tokens: int,
+    gather_generation_logits: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> None:
     """Write a reference engine serving the checkpoint at `model_dir` into `dest` (an existing empty directory).
+
+    `gather_generation_logits`: the engine returns generation logits (top log probabilities), as the entry asks.
 
     Raises:
         UsageError: `dest` is not an existing empty directory.
@@ -118,13 +122,24 @@ def write_checkpoint_engine(
             f"max_seq_len {max_seq_len} exceeds the model's max_position_embeddings {positions}"
         )
     _write_engine_config(
-        dest, config, max_batch_size=max_batch_size, max_seq_len=max_seq_len, max_num_tokens=max_num_tokens
+        dest,
+        config,
+        max_batch_size=max_batch_size,
+        max_seq_len=max_seq_len,
+        max_num_tokens=max_num_tokens,
+        gather_generation_logits=gather_generation_logits,
     )
     say("reference engine written")
 
 
 def _write_engine_config(
-    dest: Path, hf_config: dict[str, Any], *, max_batch_size: int, max_seq_len: int, max_num_tokens: int
+    dest: Path,
+    hf_config: dict[str, Any],
+    *,
+    max_batch_size: int,
+    max_seq_len: int,
+    max_num_tokens: int,
+    gather_generation_logits: bool,
 ) -> None:
     text = hf_config.get("text_config") if isinstance(hf_config.get("text_config"), dict) else hf_config
     assert isinstance(text, dict)
@@ -146,6 +161,5 @@ def _write_engine_config(
         max_batch_size=max_batch_size,
         max_seq_len=max_seq_len,
         max_num_tokens=max_num_tokens,
-        # The reference backend can always return the raw logits (top log probabilities).
-        gather_generation_logits=True,
+        gather_generation_logits=gather_generation_logits,
     )

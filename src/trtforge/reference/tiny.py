@@ -38,7 +38,8 @@ from trtforge.engine import CHAT_TEMPLATE, REFERENCE_MODEL_DIR, write_reference_
 from trtforge.errors import UsageError
 
 # Bump when anything about how the engine is made changes (it feeds the store's content hash).
-GENERATOR_VERSION = "trtforge-reference-0.1"
+# 0.2: the build_config of a trtllm-bench engine (max_input_len 1024, plugin_config), logits as asked.
+GENERATOR_VERSION = "trtforge-reference-0.2"
 SEED = 1234
 
 TINY_DEFAULTS: dict[str, int] = {"max_batch_size": 8, "max_seq_len": 1024, "max_num_tokens": 1024}
@@ -174,6 +175,7 @@ def write_tiny_engine(
     max_batch_size: int,
     max_seq_len: int,
     max_num_tokens: int,
+    gather_generation_logits: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> None:
     """Write the tiny reference engine into `dest`, an existing empty directory.
@@ -181,6 +183,7 @@ def write_tiny_engine(
     Args:
         dest: the engine directory to fill.
         max_batch_size, max_seq_len, max_num_tokens: the build settings recorded in config.json.
+        gather_generation_logits: the engine returns generation logits (top log probabilities).
         progress: called with a short line before each stage.
 
     Raises:
@@ -206,6 +209,7 @@ def write_tiny_engine(
         max_batch_size=max_batch_size,
         max_seq_len=max_seq_len,
         max_num_tokens=max_num_tokens,
+        gather_generation_logits=gather_generation_logits,
     )
     say("tiny engine written")
 
@@ -438,7 +442,13 @@ def _normalise_json_files(directory: Path) -> None:
 
 
 def _write_engine_config(
-    dest: Path, hf_config: Any, *, max_batch_size: int, max_seq_len: int, max_num_tokens: int
+    dest: Path,
+    hf_config: Any,
+    *,
+    max_batch_size: int,
+    max_seq_len: int,
+    max_num_tokens: int,
+    gather_generation_logits: bool,
 ) -> None:
     write_reference_engine_config(
         dest,
@@ -457,4 +467,5 @@ def _write_engine_config(
         max_batch_size=max_batch_size,
         max_seq_len=max_seq_len,
         max_num_tokens=max_num_tokens,
+        gather_generation_logits=gather_generation_logits,
     )

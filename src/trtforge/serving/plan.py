@@ -140,6 +140,11 @@ class ServedEngine:
     def context_length(self) -> int:
         return self.engine.max_seq_len
 
+    @property
+    def prompt_limit(self) -> int:
+        """The longest prompt the runtime takes with these serve options (`EngineInfo.prompt_limit`)."""
+        return self.engine.prompt_limit(self.options.enable_chunked_context)
+
 
 @dataclass(frozen=True)
 class TritonLaunch:
@@ -241,6 +246,8 @@ class ServePlan:
                     "triton_model": served.triton_model,
                     "world_size": served.engine.world_size,
                     "context_length": served.context_length,
+                    "prompt_limit": served.prompt_limit,
+                    "chunked_context": served.engine.chunked_context(served.options.enable_chunked_context),
                     "max_batch_size": served.engine.max_batch_size,
                     "reasoning_parser": served.reasoning_parser,
                     "tool_parser": served.tool_parser,
@@ -595,6 +602,7 @@ def _proxy_settings(
             tool_parser=engine.tool_parser,
             max_body_bytes=proxy.max_body_bytes,
             coalesce=proxy.coalesce,
+            enable_chunked_context=engine.options.enable_chunked_context,
         )
         for engine in served
     )

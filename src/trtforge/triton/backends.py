@@ -77,7 +77,8 @@ def _trtllm_parameters(engine: EngineInfo, options: ServeOptions) -> dict[str, o
         "max_tokens_in_paged_kv_cache": options.max_tokens_in_paged_kv_cache,
         "kv_cache_host_memory_bytes": options.kv_cache_host_memory_bytes,
         "enable_kv_cache_reuse": options.enable_kv_cache_reuse,
-        "enable_chunked_context": options.enable_chunked_context,
+        # Always written: trtforge's default (on where the engine can) is not the backend's (off).
+        "enable_chunked_context": engine.chunked_context(options.enable_chunked_context),
         "multi_block_mode": options.multi_block_mode,
         "cuda_graph_mode": options.cuda_graph_mode,
         "normalize_log_probs": options.normalize_log_probs,

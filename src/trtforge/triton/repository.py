@@ -41,6 +41,7 @@ from tritonclient.grpc import model_config_pb2
 from trtforge.atomic import staged_directory
 from trtforge.engine import EngineInfo
 from trtforge.errors import TritonError, UsageError
+from trtforge.prompt_limit import CHUNKED_CONTEXT_NEEDS
 from trtforge.serve_options import ServeOptions
 from trtforge.triton.backends import serving_backend
 from trtforge.triton.contract import (
@@ -461,6 +462,11 @@ def _tensorrt_llm_config(engine: EngineInfo, options: ServeOptions) -> dict[str,
             f"serve option {unread[0]} does not apply to {engine.backend} entries ({engine.path}): their LLM API "
             f"arguments are the entry's llm_api_options.yaml, fixed when it is built"
         )
+    if options.enable_chunked_context and not engine.runtime_limits.chunked_context_possible:
+        raise UsageError(
+            f"serve option enable_chunked_context=true does not fit {engine.path}: {CHUNKED_CONTEXT_NEEDS} "
+            "(the runtime would refuse to load it)"
+        )
     device_ids = options.device_ids()
     if device_ids is not None and len(device_ids) != engine.world_size:
         raise UsageError(
@@ -510,7 +516,8 @@ def _preprocessing_config(engine: EngineInfo, engine_dir: str, options: Reposito
             {
                 "tokenizer_dir": str(Path(engine.tokenizer_dir).absolute()),
                 "add_special_tokens": options.add_special_tokens,
-                "max_input_len": engine.max_input_len,
+                # The runtime's prompt limit as served (trtforge.prompt_limit).
+                "max_input_len": engine.prompt_limit(options.enable_chunked_context),
                 "gpt_model_path": engine_dir,
             }
         ),

@@ -367,13 +367,29 @@ def engine_config(hf: dict, quant: dict, tp: int, pp: int, batch: int, tokens: i
                 "exclude_modules": quant.get("exclude_modules", ["lm_head"]),
             },
         },
+        # BuildConfig(max_batch_size, max_seq_len, max_num_tokens) as trtllm-bench makes it: max_input_len and the
+        # logits flags keep BuildConfig's defaults; the plugin fields the C++ runtime requires, as trtllm-bench
+        # sets them (paged context FMHA and multiple profiles on top of the defaults).
         "build_config": {
-            "max_input_len": seq,
+            "max_input_len": 1024,
             "max_seq_len": seq,
             "max_batch_size": batch,
             "max_beam_width": 1,
             "max_num_tokens": tokens,
-            "plugin_config": {"gemm_plugin": "auto", "use_fp8_context_fmha": False},  # set by build()
+            "gather_context_logits": False,
+            "gather_generation_logits": False,
+            "plugin_config": {
+                "gpt_attention_plugin": "auto",
+                "gemm_plugin": "auto",  # set by build()
+                "remove_input_padding": True,
+                "paged_kv_cache": True,
+                "tokens_per_block": 32,
+                "context_fmha": True,
+                "use_paged_context_fmha": True,
+                "use_fp8_context_fmha": False,  # set by build()
+                "multiple_profiles": True,
+                "lora_plugin": None,
+            },
         },
     }
 

@@ -57,6 +57,7 @@ class BackendParameters:
     max_beam_width: int = 1
     exclude_input_in_output: bool = False
     cancellation_check_period_ms: int = 100
+    enable_chunked_context: bool = False  # the backend's default when the parameter is absent
 
 
 def _parameter_values(model_config: dict[str, Any]) -> dict[str, str]:
@@ -87,6 +88,7 @@ def parse_parameters(model_config: dict[str, Any], log: Any) -> BackendParameter
         "max_beam_width": int,
         "exclude_input_in_output": _parse_bool,
         "cancellation_check_period_ms": int,
+        "enable_chunked_context": _parse_bool,
     }
     for name, parse in parsers.items():
         text = values.get(name)
