@@ -8,12 +8,22 @@ from pathlib import Path
 
 import pytest
 
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (tests never use the fixed default ports)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that is free right now and never handed out before in this process.
+
+    The kernel may give the same ephemeral port to two binds in a row once the first socket is closed, so
+    three calls for one server's three ports could collide; remembering what was handed out rules that out.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def triton_port_args() -> list[str]:

@@ -65,7 +65,14 @@ def test_only_causal_lms_with_safetensors_are_taken(checkpoint: Path, tmp_path: 
 
 @pytest.fixture(scope="module")
 def engine(checkpoint: Path, isolated_session_home: Path) -> EngineInfo:
-    add_entry(MODEL, model=str(checkpoint), backend="reference", max_seq_len=MAX_SEQ_LEN, max_num_tokens=128)
+    add_entry(
+        MODEL,
+        model=str(checkpoint),
+        backend="reference",
+        max_seq_len=MAX_SEQ_LEN,
+        max_num_tokens=128,
+        gather_generation_logits=True,  # the test asks for top_logprobs
+    )
     result = ensure_engine(MODEL)
     again = ensure_engine(MODEL)
     assert again.cached and again.path == result.path

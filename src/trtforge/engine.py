@@ -39,7 +39,7 @@ from trtforge.prompt_limit import (
     engine_runtime_limits,
     llm_api_prompt_limit,
 )
-from trtforge.untrusted import read_bounded
+from trtforge.untrusted import read_bounded, read_json_object
 
 ENGINE_CONFIG = "config.json"
 MANIFEST = "trtforge.json"
@@ -226,6 +226,8 @@ def read_engine_config(path: Path) -> dict[str, Any]:
         raise InvalidEngineError(f"{path}: no {ENGINE_CONFIG}: not an engine directory") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidEngineError(f"{config_path}: unreadable engine config: {exc}") from None
+    except RecursionError:
+        raise InvalidEngineError(f"{config_path}: unreadable engine config: nested too deeply") from None
     if not is_engine_config(config):
         raise InvalidEngineError(
             f"{config_path}: not a TensorRT-LLM engine config (needs pretrained_config and build_config)"
@@ -238,8 +240,8 @@ def is_engine_dir(path: Path) -> bool:
     if os.path.lexists(path / LLMAPI_ENTRY):
         return True
     try:
-        return is_engine_config(json.loads((path / ENGINE_CONFIG).read_text()))
-    except (OSError, ValueError):
+        return is_engine_config(read_json_object(path / ENGINE_CONFIG, error=InvalidEngineError))
+    except InvalidEngineError:
         return False
 
 
