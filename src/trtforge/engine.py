@@ -270,7 +270,10 @@ def read_engine(path: Path) -> EngineInfo:
         if missing:
             raise InvalidEngineError(f"{path}: missing {', '.join(missing)} (world_size {world})")
 
-    limits = engine_runtime_limits(config)
+    try:
+        limits = engine_runtime_limits(config)
+    except ValueError as exc:  # an untrusted config's odd size: one line naming the field
+        raise InvalidEngineError(f"{path / ENGINE_CONFIG}: {exc}") from None
     return EngineInfo(
         path=path,
         backend=backend,

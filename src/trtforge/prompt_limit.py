@@ -31,6 +31,11 @@ from typing import Any
 # BuildConfig's default max_input_len, which every `trtllm-bench build` engine carries.
 BUILD_CONFIG_MAX_INPUT_LEN = 1024
 
+# TorchLlmArgs' max_num_tokens default (tensorrt_llm/llmapi/llm_args.py), and the max_seq_len the LLM API model
+# assumes when neither the LLM arguments nor the checkpoint's config give one.
+LLM_API_MAX_NUM_TOKENS = 8192
+LLM_API_FALLBACK_MAX_SEQ_LEN = 2048
+
 CHUNKED_CONTEXT_NEEDS = (
     "chunked context needs context FMHA, a paged KV cache and paged context FMHA in the engine"
 )
@@ -84,22 +89,53 @@ class RuntimeLimits:
 def engine_runtime_limits(config: Mapping[str, Any]) -> RuntimeLimits:
     """The runtime limits of an engine's parsed `config.json` (`build_config` and its `plugin_config`).
 
-    A plugin field that is missing counts as off (the runtime itself requires them, so only hand-made configs
-    lack them), which never makes the limit larger than the runtime's.
+    The config is untrusted. A size that is missing takes the runtime's fallback (max_seq_len: the model's
+    max_position_embeddings; max_num_tokens: max_seq_len; max_input_len: BuildConfig's 1024); one that is there
+    but not a positive whole number is refused. A plugin field that is missing or not `true` counts as off (the
+    runtime itself requires them, so only hand-made configs lack them), which never makes the limit larger than
+    the runtime's.
+
+    Raises:
+        ValueError: a size is not a positive whole number, or max_seq_len is under 2 (no room for a prompt and
+            a generated token); its message is one line naming the field.
     """
-    pretrained = config.get("pretrained_config") or {}
-    build = config.get("build_config") or {}
-    plugins = build.get("plugin_config") or {}
-    max_seq_len = int(build.get("max_seq_len") or pretrained.get("max_position_embeddings") or 0)
+    pretrained = _mapping(config.get("pretrained_config"))
+    build = _mapping(config.get("build_config"))
+    plugins = _mapping(build.get("plugin_config"))
+    max_seq_len = _size(build, "max_seq_len", "build_config")
+    if max_seq_len is None:
+        max_seq_len = _size(pretrained, "max_position_embeddings", "pretrained_config")
+    if max_seq_len is None or max_seq_len < 2:
+        raise ValueError(
+            f"build_config.max_seq_len is {max_seq_len if max_seq_len is not None else 'missing'}: an engine "
+            "needs at least 2 (a prompt token and a generated one)"
+        )
+    max_num_tokens = _size(build, "max_num_tokens", "build_config")
+    max_input_len = _size(build, "max_input_len", "build_config")
     return RuntimeLimits(
         max_seq_len=max_seq_len,
-        max_num_tokens=int(build.get("max_num_tokens") or max_seq_len),
-        max_input_len=int(build.get("max_input_len") or BUILD_CONFIG_MAX_INPUT_LEN),
+        max_num_tokens=max_seq_len if max_num_tokens is None else max_num_tokens,
+        max_input_len=BUILD_CONFIG_MAX_INPUT_LEN if max_input_len is None else max_input_len,
         context_fmha=plugins.get("context_fmha") is True,
         packed_input=plugins.get("remove_input_padding") is True,
         paged_kv_cache=plugins.get("paged_kv_cache") is True,
         paged_context_fmha=plugins.get("use_paged_context_fmha") is True,
     )
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _size(table: Mapping[str, Any], key: str, where: str) -> int | None:
+    """`table[key]` as a positive whole number; None when it is missing or null."""
+    value = table.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        shown = repr(value) if len(repr(value)) <= 40 else f"a {type(value).__name__}"
+        raise ValueError(f"{where}.{key} is {shown}, not a positive whole number")
+    return value
 
 
 def bench_engine_limits(*, max_seq_len: int, max_num_tokens: int) -> RuntimeLimits:
@@ -115,3 +151,26 @@ def llm_api_prompt_limit(*, max_seq_len: int, max_num_tokens: int, chunked_prefi
         max_seq_len=max_seq_len, max_num_tokens=max_num_tokens, max_input_len=BUILD_CONFIG_MAX_INPUT_LEN
     )
     return limits.prompt_limit(chunked_context=chunked_prefill)
+
+
+def llm_api_arguments_prompt_limit(arguments: Mapping[str, Any], checkpoint_config: Mapping[str, Any]) -> int:
+    """The longest prompt `LLM(model=<checkpoint>, **arguments)` accepts (what the LLM API model enforces).
+
+    `arguments` are TorchLlmArgs fields (a PyTorch entry's `llm_api_options.yaml`); where they leave a size out,
+    the LLM API's own fallback applies: max_num_tokens 8192, max_seq_len the checkpoint's
+    max_position_embeddings (its `text_config`'s for a multimodal config), else LLM_API_FALLBACK_MAX_SEQ_LEN.
+
+    Raises:
+        ValueError: a size is there but not a positive whole number, or max_seq_len is under 2.
+    """
+    text = _mapping(checkpoint_config.get("text_config")) or checkpoint_config
+    max_seq_len = _size(arguments, "max_seq_len", "llm_api_options")
+    if max_seq_len is None:
+        max_seq_len = _size(text, "max_position_embeddings", "config") or LLM_API_FALLBACK_MAX_SEQ_LEN
+    if max_seq_len < 2:
+        raise ValueError(f"llm_api_options.max_seq_len is {max_seq_len}: it needs at least 2")
+    max_num_tokens = _size(arguments, "max_num_tokens", "llm_api_options") or LLM_API_MAX_NUM_TOKENS
+    chunked = arguments.get("enable_chunked_prefill") is True
+    return llm_api_prompt_limit(
+        max_seq_len=max_seq_len, max_num_tokens=max_num_tokens, chunked_prefill=chunked
+    )

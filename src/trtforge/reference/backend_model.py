@@ -49,7 +49,8 @@ def _engine_limits(
     TensorRT-LLM runtime decides them (`prompt_limit`), chunked context on or off.
 
     Raises:
-        TritonModelException: chunked context on an engine that cannot take it (the runtime refuses it too).
+        TritonModelException: chunked context on an engine that cannot take it (the runtime refuses it too), or
+            a size in config.json that is not a positive whole number.
     """
     try:
         config = json.loads((engine_dir / "config.json").read_text())
@@ -58,7 +59,10 @@ def _engine_limits(
     build = config.get("build_config") or {}
     if not build.get("max_seq_len"):
         build = {**build, "max_seq_len": hf_max_positions}
-    runtime = engine_runtime_limits({**config, "build_config": build})
+    try:
+        runtime = engine_runtime_limits({**config, "build_config": build})
+    except ValueError as exc:
+        raise pb_utils.TritonModelException(f"{engine_dir / 'config.json'}: {exc}") from None
     if chunked_context and not runtime.chunked_context_possible:
         raise pb_utils.TritonModelException(f"enable_chunked_context is set, but {CHUNKED_CONTEXT_NEEDS}")
     gather = bool(build.get("gather_generation_logits") or build.get("gather_all_token_logits"))

@@ -156,12 +156,14 @@ def _llmapi_parameters(engine: EngineInfo, options: ServeOptions) -> dict[str, o
 
 
 def _llmapi_model_files() -> dict[str, Path]:
-    """The LLM API `tensorrt_llm` model (`model.py`), its sampling sibling and the shared contract."""
+    """The LLM API `tensorrt_llm` model (`model.py`), its sampling sibling, the shared contract and the prompt
+    limit's rule (`trtforge/prompt_limit.py`, which the proxy applies too)."""
     models = Path(str(resources.files("trtforge.triton") / "models"))
     files = {
         "model.py": models / "tensorrt_llm_llmapi" / "model.py",
         "llmapi_sampling.py": models / "tensorrt_llm_llmapi" / "llmapi_sampling.py",
         "trtllm_contract.py": models / "common" / "trtllm_contract.py",
+        "prompt_limit.py": Path(str(resources.files("trtforge") / "prompt_limit.py")),
     }
     for source in files.values():
         if not source.is_file():

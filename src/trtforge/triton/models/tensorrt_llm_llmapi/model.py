@@ -1,8 +1,8 @@
 """A `tensorrt_llm` model over TensorRT-LLM's LLM API (the PyTorch backend): the engine backend's tensor contract,
 token ids in and out, served by `tensorrt_llm.LLM`.
 
-Copied into a model repository as `tensorrt_llm/1/model.py` with `llmapi_sampling.py` and `trtllm_contract.py`
-beside it (Triton puts that directory on sys.path), so it imports only numpy, triton_python_backend_utils, the
+Copied into a model repository as `tensorrt_llm/1/model.py` with `llmapi_sampling.py`, `trtllm_contract.py` and
+`prompt_limit.py` (trtforge's, the prompt limit's one rule) beside it (Triton puts that directory on sys.path), so it imports only numpy, triton_python_backend_utils, the
 standard library, pyyaml and, at initialize, `tensorrt_llm`. Decoupled python model, one instance; TP/PP > 1 is
 the LLM API's own worker pool inside that one instance (no mpirun around tritonserver).
 
@@ -54,10 +54,12 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 if TYPE_CHECKING:
+    from trtforge import prompt_limit
     from trtforge.triton.models.common import trtllm_contract as contract
     from trtforge.triton.models.tensorrt_llm_llmapi import llmapi_sampling as sampling
 else:
     import llmapi_sampling as sampling
+    import prompt_limit
     import trtllm_contract as contract
 
 _FINALIZE_TIMEOUT_S = 30.0
@@ -124,14 +126,15 @@ def add_pythonpath(environ: dict[str, str] | None = None) -> list[str]:
 
 
 def _checkpoint_limits(checkpoint: Path, options: dict[str, Any]) -> tuple[int, int]:
-    """The longest prompt the LLM takes (max_num_tokens unless chunked prefill; below max_seq_len) and the
-    vocabulary size (the width of generation_logits)."""
+    """The longest prompt the LLM takes, by the one rule trtforge's proxy and `plan` use too
+    (`prompt_limit.llm_api_arguments_prompt_limit`: max_num_tokens unless chunked prefill, below max_seq_len),
+    and the vocabulary size (the width of generation_logits)."""
     config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
     text = config.get("text_config") or config
-    max_seq_len = int(options.get("max_seq_len") or text.get("max_position_embeddings") or 2048)
-    longest = max_seq_len - 1
-    if not options.get("enable_chunked_prefill"):
-        longest = min(longest, int(options.get("max_num_tokens") or 8192))
+    try:
+        longest = prompt_limit.llm_api_arguments_prompt_limit(options, config)
+    except ValueError as exc:
+        raise pb_utils.TritonModelException(f"cannot serve {checkpoint}: {exc}") from None
     return longest, int(text["vocab_size"])
 
 
