@@ -190,6 +190,34 @@ def test_the_models_refusal_is_an_invalid_request(served: tuple[TritonServer, En
     asyncio.run(refused())
 
 
+def test_the_model_and_the_proxy_limit_prompts_alike(
+    served: tuple[TritonServer, EngineInfo], sdk: openai.OpenAI
+) -> None:
+    """One rule (trtforge.prompt_limit): the LLM API model, from the entry's LLM arguments, refuses exactly the
+    prompts the proxy refuses, from the entry's facts (max_num_tokens 512 in a 512-token context: 511)."""
+    triton, engine = served
+    limit = engine.prompt_limit()
+    assert limit == 511
+
+    async def over_the_limit() -> None:
+        backend = TritonBackend(triton.grpc_url, "tensorrt_llm", request_timeout_s=FAILURE_BOUND_S)
+        await backend.open()
+        try:
+            prompt = (5,) * (limit + 1)
+            gen = GenerationRequest(request_id="long", prompt_ids=prompt, max_tokens=1, end_id=None, pad_id=0)
+            with pytest.raises(InvalidRequestError, match=f"this engine takes at most {limit}$"):
+                async for _ in backend.generate(gen):
+                    pass
+        finally:
+            await backend.close()
+
+    asyncio.run(over_the_limit())
+    with pytest.raises(
+        openai.BadRequestError, match=f"the prompt has {limit + 1} tokens; this model accepts at most {limit}"
+    ):
+        sdk.completions.create(model=MODEL, prompt=[5] * (limit + 1), max_tokens=1)
+
+
 def test_a_client_disconnect_aborts_the_generation_in_the_llm(
     proxy: tuple[str, TritonBackend], root: Path, served: tuple[TritonServer, EngineInfo]
 ) -> None:
