@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,13 +17,15 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from proxy_fixtures import write_tokenizer_dir
 from triton_helpers import write_engine_dir
 from trtforge.builder.pipeline import plan_build
 from trtforge.catalog import load_catalog
+from trtforge.cli import app
 from trtforge.engine import BENCH_PLUGIN_CONFIG, read_engine
-from trtforge.errors import InvalidEngineError
+from trtforge.errors import InvalidEngineError, UsageError
 from trtforge.prompt_limit import (
     BUILD_CONFIG_MAX_INPUT_LEN,
     RuntimeLimits,
@@ -116,8 +119,6 @@ def test_chunked_context_needs_all_three_attention_plugins(bench_config: dict[st
 
 
 def test_the_repository_refuses_chunked_context_an_engine_cannot_take(tmp_path: Path) -> None:
-    from trtforge.errors import UsageError
-
     plugins = {**BENCH_PLUGIN_CONFIG, "use_paged_context_fmha": False}
     engine = read_engine(write_engine_dir(tmp_path / "e", backend="reference", plugin_config=plugins))
     assert not engine.chunked_context(None)  # the default stays off where the engine cannot take it
@@ -322,3 +323,32 @@ def test_top_logprobs_without_generation_logits_is_a_400_naming_the_catalogue_op
     # The chosen tokens' own log probabilities need no build option.
     chosen = chat.model_copy(update={"top_logprobs": 0})
     assert serving.prepare_chat(chosen).generations
+
+
+# --- inspect of a built engine ------------------------------------------------------------------------------------
+
+
+def test_inspect_of_an_engine_states_its_prompt_limit_under_its_serve_table(tmp_path: Path) -> None:
+    engine_dir = write_engine_dir(tmp_path / "engine", backend="reference")
+    config = json.loads((engine_dir / "config.json").read_text())
+    config["build_config"] = bench_build_config(**SIZES)
+    (engine_dir / "config.json").write_text(json.dumps(config))
+
+    shown = CliRunner().invoke(app, ["inspect", str(engine_dir), "--json"])
+    assert shown.exit_code == 0, shown.output
+    facts = json.loads(shown.stdout)
+    assert (facts["max_input_len"], facts["chunked_context"], facts["prompt_limit"]) == (1024, True, 16383)
+    human = CliRunner().invoke(app, ["inspect", str(engine_dir)])
+    assert "prompt limit: 16,383 tokens (max_seq_len - 1: chunked context)" in human.output.splitlines()
+
+    # By its name, the catalogue entry's serve table decides.
+    links = Path(os.environ["TRTLLM_ENGINE_PATH"])
+    links.mkdir(parents=True, exist_ok=True)
+    (links / "qwen").symlink_to(engine_dir)
+    Path(os.environ["TRTFORGE_CATALOG"]).write_text(
+        '[engines.qwen]\nmodel = "org/Qwen"\n[engines.qwen.serve]\nenable_chunked_context = false\n'
+    )
+    shown = CliRunner().invoke(app, ["inspect", "qwen", "--json"])
+    assert shown.exit_code == 0, shown.output
+    facts = json.loads(shown.stdout)
+    assert (facts["chunked_context"], facts["prompt_limit"]) == (False, 8192)
