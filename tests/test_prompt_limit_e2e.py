@@ -156,3 +156,25 @@ def test_plan_says_the_prompt_limit_in_one_line(tmp_path: Path) -> None:
     assert planned.exit_code == 0, planned.output
     lines = [line for line in planned.output.splitlines() if line.startswith("prompt limit:")]
     assert lines == ["prompt limit: 8,192 tokens (min(max_seq_len - 1, max_num_tokens): no chunked context)"]
+
+
+def test_up_dry_run_shows_the_prompt_limit_of_each_engine(engine: EngineInfo) -> None:
+    links = Path(os.environ["TRTLLM_ENGINE_PATH"])
+    links.mkdir(parents=True, exist_ok=True)
+    (links / "long").symlink_to(engine.path)
+    ports = [f"--triton-{kind}-port={free_port()}" for kind in ("http", "grpc", "metrics")]
+    args = ["up", "long", "--dry-run", *ports, f"--port={free_port()}"]
+    human = CliRunner().invoke(app, args)
+    assert human.exit_code == 0, human.output
+    assert (
+        "engine long: reference backend, world size 1, context 16384, prompts up to 16383 tokens"
+        in human.output
+    )
+    planned = CliRunner().invoke(app, [*args, "--json", "-o", "enable_chunked_context=false"])
+    assert planned.exit_code == 0, planned.output
+    [served] = json.loads(planned.stdout)["engines"]
+    assert (served["context_length"], served["prompt_limit"], served["chunked_context"]) == (
+        16384,
+        8192,
+        False,
+    )
