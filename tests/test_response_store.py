@@ -1,5 +1,6 @@
 """The bounded store of Responses (`proxy.response_store`): eviction by count, bytes and age (oldest first), the
-owner scope, and entries larger than the byte bound; time is driven through the store's clock, never slept."""
+owner scope, entries larger than the byte bound, input_items pages and the end of a stream cut by shutdown;
+time is driven through the store's clock, never slept."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import json
 
 import pytest
 
-from trtforge.proxy.errors import InvalidRequestError
+from trtforge.proxy.errors import InvalidRequestError, TritonUnavailableError
 from trtforge.proxy.response_store import ResponseStore, ResponseStoreLimits, StoredResponse, owner_of
-from trtforge.proxy.responses import ResponseNotFoundError, ResponsesApi
+from trtforge.proxy.responses import ResponseFraming, ResponseNotFoundError, ResponsesApi, Turn
+from trtforge.proxy.responses_protocol import ResponsesRequest
 
 
 class Clock:
@@ -195,3 +197,38 @@ def test_input_items_after_an_unknown_id_is_a_400_and_another_owner_a_404() -> N
     assert caught.value.param == "after"
     with pytest.raises(ResponseNotFoundError):
         api.input_items(owner_of("key-b"), "resp_1", limit=10, order="asc", after=None)
+
+
+# ------------------------------------------------------------------- a stream the server cuts (shutdown)
+
+
+def _turn(store: ResponseStore, *, completed: bool) -> Turn:
+    turn = Turn(request=ResponsesRequest(model="tiny", input="Hello"), owner="", history=[], store=store)
+    turn.framing = ResponseFraming(turn.start_response(), prompt_tokens=3)
+    turn.framing.start()
+    if completed:
+        turn.framing.finish("stop", 0)
+    return turn
+
+
+def test_shutdown_ends_an_open_stream_with_response_failed_and_stores_it() -> None:
+    store = ResponseStore()
+    turn = _turn(store, completed=False)
+    frames = turn.farewell(TritonUnavailableError("the server is shutting down"))
+    [frame] = frames.strip().split("\n\n")
+    event_line, data_line = frame.split("\n")
+    event = json.loads(data_line.removeprefix("data: "))
+    assert event_line == "event: response.failed" and event["type"] == "response.failed"
+    assert event["sequence_number"] == 2  # after response.created and response.in_progress
+    assert event["response"]["error"]["message"] == "the server is shutting down"
+    stored = store.get("", turn.response_id)
+    assert stored is not None and stored.response["status"] == "failed"
+
+
+def test_shutdown_after_the_terminal_event_adds_nothing() -> None:
+    # Shutdown can begin while the stream's last event goes out: a Response ends once, never failed after
+    # completed.
+    store = ResponseStore()
+    turn = _turn(store, completed=True)
+    assert turn.farewell(TritonUnavailableError("the server is shutting down")) == ""
+    assert store.get("", turn.response_id) is None  # storing is the completed stream's own business
