@@ -436,16 +436,28 @@ def test_an_unknown_model_is_a_404(sdk: openai.OpenAI) -> None:
 # ---------------------------------------------------------------------------------------------- disconnects
 
 
+def _long_stream(**fields: Any) -> dict[str, Any]:
+    """A streamed request whose reply runs far longer than a test waits, however fast the machine: guided
+    decoding holds it to at least 450 numbers (some 900 tokens; tiny would otherwise stop within a sentence)."""
+    digits = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "minItems": 450}
+    schema = {"type": "object", "properties": {"n": digits}, "required": ["n"], "additionalProperties": False}
+    return {
+        "model": MODEL,
+        "input": "Count.",
+        "max_output_tokens": 950,
+        "text": {"format": {"type": "json_schema", "name": "numbers", "schema": schema}},
+        "stream": True,
+        **fields,
+    }
+
+
 def test_a_client_that_leaves_a_stream_stops_its_generation(proxy: tuple[str, TritonBackend]) -> None:
     url, backend = proxy
     host, port = url.removeprefix("http://").split(":")
-    body = json.dumps(
-        {"model": MODEL, "input": "The quick brown fox", "max_output_tokens": 200, "stream": True}
-    ).encode()
-    before = len(backend.stops)
+    body = json.dumps(_long_stream()).encode()
     request = (
         f"POST /v1/responses HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"X-Request-Id: leaves-mid-stream\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     with socket.create_connection((host, int(port)), timeout=300) as conn:
         conn.sendall(request)
@@ -454,7 +466,15 @@ def test_a_client_that_leaves_a_stream_stops_its_generation(proxy: tuple[str, Tr
             chunk = conn.recv(4096)
             assert chunk, "the stream ended before its first text delta"
             received += chunk
-    wait_until(lambda: len(backend.stops) > before and backend.draining == 0, what="the generation to stop")
+        assert b"response.completed" not in received and b"response.incomplete" not in received
+    # The stop of this very generation, confirmed by the model (a generation that ran to its end has none).
+    wait_until(
+        lambda: (
+            any(record.request_id == "leaves-mid-stream" for record in backend.stops)
+            and backend.draining == 0
+        ),
+        what="the generation to stop",
+    )
     assert httpx.get(f"{url}/health", timeout=30).json() == {"status": "ok"}
 
 
@@ -464,17 +484,7 @@ def test_shutdown_ends_an_open_stream_at_once_with_response_failed(
     tiny, triton = served
     settings = ProxySettings.from_engine(MODEL, tiny, triton.grpc_url)
     server = make_server([settings], port=free_port(), log_level="warning")
-    # Guided decoding holds the reply to at least 450 numbers (some 900 tokens): a stream that runs far longer
-    # than the shutdown takes to begin, however fast the machine (tiny would otherwise stop within a sentence).
-    digits = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "minItems": 450}
-    schema = {"type": "object", "properties": {"n": digits}, "required": ["n"], "additionalProperties": False}
-    body = {
-        "model": MODEL,
-        "input": "Count.",
-        "max_output_tokens": 950,
-        "text": {"format": {"type": "json_schema", "name": "numbers", "schema": schema}},
-        "stream": True,
-    }
+    body = _long_stream()
     with serve_in_thread(server) as url, httpx.stream("POST", f"{url}/v1/responses", json=body) as response:
         lines = response.iter_lines()
         assert next(line for line in lines if line.startswith("data: ") and "output_text.delta" in line)
