@@ -384,6 +384,13 @@ def test_a_streamed_response_is_stored_whole(sdk: openai.OpenAI) -> None:
         ({"tools": [{"type": "web_search"}]}, "tools.0.type", "tool type `web_search` is not supported"),
         ({"include": ["reasoning.encrypted_content"]}, "include", "include is not supported"),
         ({"truncation": "auto"}, None, "truncation `auto` is not supported"),
+        ({"moderation": "auto"}, "moderation", "moderation is not supported"),
+        (
+            {"tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": []}},
+            "tool_choice",
+            "tool_choice type `allowed_tools` is not supported",
+        ),
+        ({"tool_choice": {"type": "web_search_preview"}}, "tool_choice", "type `web_search_preview`"),
         ({"tool_choice": "required"}, None, "tool_choice `required` needs tools"),
         ({"input": [{"type": "item_reference", "id": "x"}]}, "input.0", "input item type is not supported"),
         (
@@ -429,16 +436,28 @@ def test_an_unknown_model_is_a_404(sdk: openai.OpenAI) -> None:
 # ---------------------------------------------------------------------------------------------- disconnects
 
 
+def _long_stream(**fields: Any) -> dict[str, Any]:
+    """A streamed request whose reply runs far longer than a test waits, however fast the machine: guided
+    decoding holds it to at least 450 numbers (some 900 tokens; tiny would otherwise stop within a sentence)."""
+    digits = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 9}, "minItems": 450}
+    schema = {"type": "object", "properties": {"n": digits}, "required": ["n"], "additionalProperties": False}
+    return {
+        "model": MODEL,
+        "input": "Count.",
+        "max_output_tokens": 950,
+        "text": {"format": {"type": "json_schema", "name": "numbers", "schema": schema}},
+        "stream": True,
+        **fields,
+    }
+
+
 def test_a_client_that_leaves_a_stream_stops_its_generation(proxy: tuple[str, TritonBackend]) -> None:
     url, backend = proxy
     host, port = url.removeprefix("http://").split(":")
-    body = json.dumps(
-        {"model": MODEL, "input": "The quick brown fox", "max_output_tokens": 200, "stream": True}
-    ).encode()
-    before = len(backend.stops)
+    body = json.dumps(_long_stream()).encode()
     request = (
         f"POST /v1/responses HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"X-Request-Id: leaves-mid-stream\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     with socket.create_connection((host, int(port)), timeout=300) as conn:
         conn.sendall(request)
@@ -447,5 +466,38 @@ def test_a_client_that_leaves_a_stream_stops_its_generation(proxy: tuple[str, Tr
             chunk = conn.recv(4096)
             assert chunk, "the stream ended before its first text delta"
             received += chunk
-    wait_until(lambda: len(backend.stops) > before and backend.draining == 0, what="the generation to stop")
+        assert b"response.completed" not in received and b"response.incomplete" not in received
+    # The stop of this very generation, confirmed by the model (a generation that ran to its end has none).
+    wait_until(
+        lambda: (
+            any(record.request_id == "leaves-mid-stream" for record in backend.stops)
+            and backend.draining == 0
+        ),
+        what="the generation to stop",
+    )
     assert httpx.get(f"{url}/health", timeout=30).json() == {"status": "ok"}
+
+
+def test_shutdown_ends_an_open_stream_at_once_with_response_failed(
+    served: tuple[EngineInfo, TritonServer],
+) -> None:
+    tiny, triton = served
+    settings = ProxySettings.from_engine(MODEL, tiny, triton.grpc_url)
+    server = make_server([settings], port=free_port(), log_level="warning")
+    body = _long_stream()
+    with serve_in_thread(server) as url, httpx.stream("POST", f"{url}/v1/responses", json=body) as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data: ") and "output_text.delta" in line)
+        server.should_exit = True
+        rest = [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: ")]
+        backend = server.config.app.state.servings[MODEL].backend
+    # Ended by the proxy with the Responses API's own terminal event, not cut by uvicorn after its graceful
+    # wait (a cut stream has no terminal event), and the generation stopped.
+    last = rest[-1]
+    assert last["type"] == "response.failed" and [e["type"] for e in rest].count("response.failed") == 1
+    assert last["response"]["status"] == "failed"
+    assert last["response"]["error"]["message"] == "the server is shutting down"
+    assert "message" in [item["type"] for item in last["response"]["output"]]  # the text so far
+    numbers = [event["sequence_number"] for event in rest]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    assert backend.stops and backend.draining == 0

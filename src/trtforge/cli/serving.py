@@ -27,6 +27,15 @@ from trtforge import constants
 from trtforge.catalog import load_catalog
 from trtforge.cli._app import app, console, print_json
 from trtforge.cli._exit import stopped_cleanly
+from trtforge.cli._responses_store import (
+    STORE_BYTES,
+    STORE_MAX,
+    STORE_TTL,
+    StoreBytes,
+    StoreMax,
+    StoreTtl,
+    store_bounds,
+)
 from trtforge.engine import read_engine
 from trtforge.errors import UsageError
 from trtforge.serve_options import merge_serve_options
@@ -343,11 +352,16 @@ def proxy(
     workers: Workers = 1,
     max_body_bytes: MaxBodyBytes = str(constants.DEFAULT_MAX_BODY_BYTES),
     coalesce: Coalesce = True,
+    responses_store_max: StoreMax = STORE_MAX,
+    responses_store_bytes: StoreBytes = STORE_BYTES,
+    responses_store_ttl: StoreTtl = STORE_TTL,
 ) -> None:
     """Run the OpenAI-compatible proxy in front of an already running Triton."""
     from trtforge.proxy import ProxySettings, make_proxy, run_server
+    from trtforge.proxy.response_store import ResponseStoreLimits
 
     body_limit = _body_limit(max_body_bytes)
+    bounds = store_bounds(responses_store_max, responses_store_bytes, responses_store_ttl)
     _raise_open_file_limit()
     engine = read_engine(resolve_engine(name))
     check_ports_free({"--port": port}, host=host)
@@ -361,6 +375,7 @@ def proxy(
         tool_parser=options.tool_parser,
         max_body_bytes=body_limit,
         coalesce=coalesce,
+        response_store=ResponseStoreLimits(bounds.max_responses, bounds.max_bytes, bounds.max_age_s),
         enable_chunked_context=options.enable_chunked_context,  # as `serve` runs it, so the limits agree
     )
     console.print(f"OpenAI-compatible API for [bold]{escape(name)}[/] on http://{host}:{port}/v1")
@@ -401,6 +416,9 @@ def up(
     ] = True,
     max_body_bytes: MaxBodyBytes = str(constants.DEFAULT_MAX_BODY_BYTES),
     coalesce: Coalesce = True,
+    responses_store_max: StoreMax = STORE_MAX,
+    responses_store_bytes: StoreBytes = STORE_BYTES,
+    responses_store_ttl: StoreTtl = STORE_TTL,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -422,12 +440,21 @@ def up(
     """
     names = names or [constants.TINY_ENGINE_NAME]
     body_limit = _body_limit(max_body_bytes)
+    bounds = store_bounds(responses_store_max, responses_store_bytes, responses_store_ttl)
     if json_output and not dry_run:
         raise UsageError("--json prints the plan of --dry-run; add --dry-run")
     if not dry_run:
         _raise_open_file_limit()
     listen = ProxyListen(
-        host=host, port=port, api_key=api_key, workers=workers, max_body_bytes=body_limit, coalesce=coalesce
+        host=host,
+        port=port,
+        api_key=api_key,
+        workers=workers,
+        max_body_bytes=body_limit,
+        coalesce=coalesce,
+        responses_store_max=bounds.max_responses,
+        responses_store_bytes=bounds.max_bytes,
+        responses_store_ttl_s=bounds.max_age_s,
     )
     plan = make_plan(
         names,

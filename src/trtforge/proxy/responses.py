@@ -541,9 +541,15 @@ class Turn:
             await replies.aclose()  # type: ignore[attr-defined]
 
     def farewell(self, exc: Exception) -> str:
-        """The frame that ends a stream the server cut (shutdown): `response.failed`."""
+        """The frame that ends a stream the server cut (shutdown): `response.failed`, stored as a failure in
+        the stream is. Nothing when the stream had already sent its terminal event (shutdown began while it
+        went out): a Response ends once."""
         assert self.framing is not None
-        return "".join(sse_frame(event) for event in self.framing.fail(exc))
+        if self.framing.response.status != "in_progress":
+            return ""
+        frames = "".join(sse_frame(event) for event in self.framing.fail(exc))
+        self._save(self.framing.response)
+        return frames
 
 
 # ----------------------------------------------------------------------------------------------- the store

@@ -2,9 +2,9 @@
 and the streaming events.
 
 Requests accept unknown fields (kept in `model_extra`, logged and ignored), as the chat models do, except the
-fields this server cannot honour (`background`, `conversation`, `prompt`, built-in tools, `include` entries,
-`truncation: auto`, ...): those fail validation with a message naming the field, so a client never mistakes a
-silently ignored option for one that worked.
+fields this server cannot honour (`background`, `conversation`, `prompt`, `moderation`, built-in tools and
+their `tool_choice`s, `include` entries, `truncation: auto`, ...): those fail validation with a message
+naming the field, so a client never mistakes a silently ignored option for one that worked.
 """
 
 from __future__ import annotations
@@ -230,6 +230,7 @@ _REFUSED = {
     "prompt": "stored prompts live on OpenAI's servers",
     "include": "no include entries are available (no logprobs, no encrypted reasoning)",
     "top_logprobs": "log probabilities are not returned on this route",
+    "moderation": "no moderation runs here",
 }
 
 
@@ -259,6 +260,7 @@ class ResponsesRequest(_Request):
     conversation: Any = None
     prompt: Any = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    moderation: Any = None
 
     @field_validator("metadata")
     @classmethod
@@ -281,6 +283,17 @@ class ResponsesRequest(_Request):
         if isinstance(value, list) and not value:
             raise ValueError("input must not be empty")
         return _INPUT_ITEMS.validate_python(value) if isinstance(value, list) else handler(value)
+
+    @field_validator("tool_choice", mode="wrap")
+    @classmethod
+    def _function_choice_only(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        # `allowed_tools` and the built-in tools' choices: one message naming the type, not the union's two.
+        if isinstance(value, dict) and value.get("type") != "function":
+            raise ValueError(
+                f"tool_choice type `{value.get('type')}` is not supported "
+                '(`auto`, `none`, `required` or a function: {"type": "function", "name": …})'
+            )
+        return handler(value)
 
     @field_validator(*_REFUSED)
     @classmethod

@@ -97,6 +97,8 @@ class ProxyListen:
         log_level: the proxy's log level.
         max_body_bytes: the largest request body it accepts (larger: 413 before parsing).
         coalesce: tokens of one stream that are ready together go out as one chunk (False: one per token).
+        responses_store_max, responses_store_bytes, responses_store_ttl_s: the bounds of its store of
+            Responses (`proxy.response_store`), in responses, bytes and seconds.
     """
 
     host: str = constants.DEFAULT_PROXY_HOST
@@ -106,6 +108,9 @@ class ProxyListen:
     log_level: str = "warning"
     max_body_bytes: int = constants.DEFAULT_MAX_BODY_BYTES
     coalesce: bool = True
+    responses_store_max: int = constants.DEFAULT_RESPONSES_STORE_MAX
+    responses_store_bytes: int = constants.DEFAULT_RESPONSES_STORE_BYTES
+    responses_store_ttl_s: float = constants.DEFAULT_RESPONSES_STORE_TTL_S
 
     @property
     def url(self) -> str:
@@ -279,6 +284,11 @@ class ServePlan:
                 "api_key_required": self.proxy.api_key is not None,
                 "max_body_bytes": self.proxy.max_body_bytes,
                 "coalesce": self.proxy.coalesce,
+                "responses_store": {
+                    "max_responses": self.proxy.responses_store_max,
+                    "max_bytes": self.proxy.responses_store_bytes,
+                    "max_age_s": self.proxy.responses_store_ttl_s,
+                },
             },
             "warnings": list(self.warnings),
             "notices": list(self.notices),
@@ -590,8 +600,14 @@ def _proxy_settings(
     """What the proxy serves: one `ProxySettings` per engine, routed by `model` to its own Triton model."""
     if proxy is None:
         return ()
+    from trtforge.proxy.response_store import ResponseStoreLimits
     from trtforge.proxy.settings import ProxySettings
 
+    store = ResponseStoreLimits(
+        max_responses=proxy.responses_store_max,
+        max_bytes=proxy.responses_store_bytes,
+        max_age_s=proxy.responses_store_ttl_s,
+    )
     return tuple(
         ProxySettings.from_engine(
             engine.name,
@@ -602,6 +618,7 @@ def _proxy_settings(
             tool_parser=engine.tool_parser,
             max_body_bytes=proxy.max_body_bytes,
             coalesce=proxy.coalesce,
+            response_store=store,
             enable_chunked_context=engine.options.enable_chunked_context,
         )
         for engine in served
