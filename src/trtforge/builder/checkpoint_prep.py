@@ -55,7 +55,7 @@ class PrepRequest:
 @dataclass(frozen=True)
 class PrepResult:
     """The staged files' directory, why guided decoding stays off (None: the tokenizer info was written), and
-    how long preparing took."""
+    how long preparing took (in a child: from its start to its outcome written)."""
 
     files: Path
     guided_off: str | None
@@ -112,7 +112,7 @@ class CheckpointPrep:
         self.staging = staging
         self.parallel = parallel
         self._child: subprocess.Popen[bytes] | None = None
-        self._started_at = 0.0
+        self._started_at = 0.0  # time.time(): the child reports when it finished on the same clock
 
     def __enter__(self) -> CheckpointPrep:
         return self
@@ -126,7 +126,7 @@ class CheckpointPrep:
         """Start the child (once; nothing when not `parallel`)."""
         if not self.parallel or self._child is not None:
             return
-        self._started_at = time.monotonic()
+        self._started_at = time.time()
         with open(self.staging / STDERR_FILE, "wb") as log:
             self._child = subprocess.Popen(
                 [sys.executable, "-m", __name__, json.dumps(asdict(self.request)), str(self.staging)],
@@ -155,7 +155,6 @@ class CheckpointPrep:
             guided_off = prepare(self.request, files)
             return PrepResult(files, guided_off, time.monotonic() - started)
         status = self._child.wait()
-        prep_s = time.monotonic() - self._started_at
         try:
             raw = (self.staging / RESULT_FILE).read_bytes()[:_RESULT_LIMIT]
             outcome = json.loads(raw)
@@ -167,7 +166,8 @@ class CheckpointPrep:
         if error:
             raise _rebuilt(str(error.get("type")), str(error.get("message")))
         guided_off = outcome.get("guided_off")
-        return PrepResult(files, str(guided_off) if guided_off else None, prep_s)
+        finished = float(outcome.get("finished_at") or time.time())
+        return PrepResult(files, str(guided_off) if guided_off else None, finished - self._started_at)
 
     def close(self) -> None:
         """End the child if it still runs (and reap it), then remove the staging directory."""
@@ -205,7 +205,7 @@ def _child_main(argv: list[str]) -> int:
     except Exception as exc:  # every failure is reported to the build, which raises it
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         outcome = {"guided_off": None, "error": {"type": type(exc).__name__, "message": message}}
-    write_text_atomic(staging / RESULT_FILE, json.dumps(outcome))
+    write_text_atomic(staging / RESULT_FILE, json.dumps({**outcome, "finished_at": time.time()}))
     return 0
 
 
