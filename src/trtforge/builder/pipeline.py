@@ -615,7 +615,9 @@ def _build_tensorrt(
         # Same filesystem: moving the engine out of the workspace is a rename, not a second 20 GB copy; the
         # rank files are hashed as they are moved, so the manifest does not read them again.
         progress.phase("hashing the engine")
+        moving = time.monotonic()
         hashed = move_engine(command.engine_dir, dest)
+        timings["engine_hash_s"] = time.monotonic() - moving
         if plan.entry.gather_generation_logits:  # no trtllm-bench flag: the runtime reads it from config.json
             enable_generation_logits(dest)
         return timings, list(command.argv), hashed
