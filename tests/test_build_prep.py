@@ -154,3 +154,29 @@ def test_an_engine_the_checks_refuse_is_reported_before_a_failed_checkpoint_step
     with pytest.raises(InvalidEngineError, match=r"quant_algo FP8 .* says NVFP4"):
         ensure_engine("wrong", stall_timeout_s=30, force=True)
     _assert_nothing_published(tmp_path / "builder.pids")
+
+
+@pytest.mark.parametrize("prep", ["parallel", "serial"])
+def test_a_tokenizer_guided_decoding_cannot_use_only_leaves_it_off(
+    builder: Path, monkeypatch: pytest.MonkeyPatch, prep: str
+) -> None:
+    monkeypatch.setenv(PREP_MODE_ENV, prep)
+    config = json.loads((builder / "tokenizer_config.json").read_text())
+    del config["eos_token"]
+    (builder / "tokenizer_config.json").write_text(json.dumps(config))
+    phases: list[str] = []
+
+    class Progress:
+        def phase(self, text: str) -> None:
+            phases.append(text)
+
+        def log(self, line: str) -> None:
+            pass
+
+    result = ensure_engine("small", stall_timeout_s=30, progress=Progress())
+    assert (result.path / "tokenizer.json").is_file()
+    assert not (result.path / "xgrammar_tokenizer_info.json").exists()
+    assert any(
+        phase.startswith("guided decoding stays off for this engine:") and "EOS" in phase for phase in phases
+    )
+    assert verify_engine(str(result.path)).ok

@@ -127,14 +127,17 @@ class CheckpointPrep:
         if not self.parallel or self._child is not None:
             return
         self._started_at = time.time()
-        with open(self.staging / STDERR_FILE, "wb") as log:
-            self._child = subprocess.Popen(
-                [sys.executable, "-m", __name__, json.dumps(asdict(self.request)), str(self.staging)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                close_fds=True,
-            )
+        try:
+            with open(self.staging / STDERR_FILE, "wb") as log:
+                self._child = subprocess.Popen(
+                    [sys.executable, "-m", __name__, json.dumps(asdict(self.request)), str(self.staging)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    close_fds=True,
+                )
+        except OSError:
+            return  # no process to spare right now: `join` does the work in this process, after the reap
         with contextlib.suppress(OSError):  # gone already, or not permitted: it only runs sooner
             os.setpriority(os.PRIO_PROCESS, self._child.pid, _NICENESS)
 
