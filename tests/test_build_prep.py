@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from checkpoints import write_nvfp4_checkpoint
-from trtforge.builder.checkpoint_prep import PREP_MODE_ENV
+from trtforge.builder.checkpoint_prep import PREP_MODE_ENV, CheckpointPrep, PrepRequest
 from trtforge.builder.pipeline import ensure_engine
 from trtforge.catalog import add_entry
-from trtforge.errors import BuildFailedError, CheckpointError, InvalidEngineError
+from trtforge.errors import BuildFailedError, CheckpointError, InvalidEngineError, TrtforgeError
 from trtforge.store.entries import EngineStore
 from trtforge.store.links import verify_engine
 
@@ -180,3 +181,19 @@ def test_a_tokenizer_guided_decoding_cannot_use_only_leaves_it_off(
         phase.startswith("guided decoding stays off for this engine:") and "EOS" in phase for phase in phases
     )
     assert verify_engine(str(result.path)).ok
+
+
+def test_a_child_that_dies_without_an_outcome_fails_the_build_in_one_line(tmp_path: Path) -> None:
+    checkpoint = write_nvfp4_checkpoint(tmp_path / "ckpt", tiny=True)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with CheckpointPrep(PrepRequest(model_dir=str(checkpoint)), staging) as prep:
+        prep.start()
+        pid = prep.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # e.g. the kernel's OOM killer
+        with pytest.raises(TrtforgeError, match=r"failed \(exit status -9\)") as info:
+            prep.join()
+        assert "\n" not in str(info.value)
+    assert not staging.exists()
+    assert not Path(f"/proc/{pid}").exists()  # reaped

@@ -142,6 +142,11 @@ class CheckpointPrep:
             os.setpriority(os.PRIO_PROCESS, self._child.pid, _NICENESS)
 
     @property
+    def pid(self) -> int | None:
+        """The child's process id while it is ours (None: not started, or in-process)."""
+        return self._child.pid if self._child is not None else None
+
+    @property
     def running(self) -> bool:
         return self._child is not None and self._child.poll() is None
 
@@ -159,15 +164,16 @@ class CheckpointPrep:
             return PrepResult(files, guided_off, time.monotonic() - started)
         status = self._child.wait()
         try:
-            raw = (self.staging / RESULT_FILE).read_bytes()[:_RESULT_LIMIT]
-            outcome = json.loads(raw)
+            outcome = json.loads((self.staging / RESULT_FILE).read_bytes()[:_RESULT_LIMIT])
         except (OSError, ValueError):
+            outcome = None
+        if not isinstance(outcome, dict):
             raise TrtforgeError(
                 f"preparing the checkpoint's tokenizer files failed (exit status {status}): {self._last_words()}"
-            ) from None
+            )
         error = outcome.get("error")
-        if error:
-            raise _rebuilt(str(error.get("type")), str(error.get("message")))
+        if isinstance(error, dict):
+            raise _rebuilt([str(kind) for kind in error.get("types", [])], str(error.get("message")))
         guided_off = outcome.get("guided_off")
         finished = float(outcome.get("finished_at") or time.time())
         return PrepResult(files, str(guided_off) if guided_off else None, finished - self._started_at)
@@ -189,12 +195,15 @@ class CheckpointPrep:
         return lines[-1] if lines else "no output"
 
 
-def _rebuilt(kind: str, message: str) -> TrtforgeError:
-    """The child's error as the same trtforge error; anything else (a bug, a disk error) in one line."""
-    if kind in _ERRORS:
-        return _ERRORS[kind](message)
-    if kind in ("OSError", "PermissionError", "FileNotFoundError", "IsADirectoryError"):
-        return StoreError(message)
+def _rebuilt(kinds: list[str], message: str) -> TrtforgeError:
+    """The child's error (`kinds`: its class and bases, nearest first) as the nearest trtforge error that takes a
+    message; a disk error as a StoreError; anything else (a bug) in one line naming its type."""
+    for kind in kinds:
+        if kind in _ERRORS:
+            return _ERRORS[kind](message)
+        if kind == "OSError":
+            return StoreError(message)
+    kind = kinds[0] if kinds else "unknown error"
     return TrtforgeError(f"preparing the checkpoint's tokenizer files failed: {kind}: {message}")
 
 
@@ -207,7 +216,8 @@ def _child_main(argv: list[str]) -> int:
         outcome = {"guided_off": prepare(request, staging / FILES_DIR), "error": None}
     except Exception as exc:  # every failure is reported to the build, which raises it
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        outcome = {"guided_off": None, "error": {"type": type(exc).__name__, "message": message}}
+        kinds = [cls.__name__ for cls in type(exc).__mro__]
+        outcome = {"guided_off": None, "error": {"types": kinds, "message": message}}
     write_text_atomic(staging / RESULT_FILE, json.dumps({**outcome, "finished_at": time.time()}))
     return 0
 

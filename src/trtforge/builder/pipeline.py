@@ -356,6 +356,8 @@ def run_build(
     Raises:
         BuildFailedError: the builder failed, stalled or timed out (with cause, log path and tail).
         InvalidEngineError: the built engine failed the checks (nothing is published).
+        CheckpointError: the checkpoint's tokenizer files or template cannot be put beside it (nothing is
+            published either).
     """
     progress = progress or NullProgress()
     store = plan.store
@@ -375,8 +377,10 @@ def run_build(
                 cause="no_trtllm",
             )
         incomplete = store.new_incomplete(plan.hash)
-        prep = _checkpoint_prep(plan) if plan.entry.backend == "tensorrt" else None
+        prep: CheckpointPrep | None = None
         try:
+            if plan.entry.backend == "tensorrt":
+                prep = _checkpoint_prep(plan)  # started by the builder's start, see `_build_tensorrt`
             timings, command, hashed = _build_into(plan, incomplete, progress, prep)
             pytorch = plan.entry.backend == "pytorch"
             # A PyTorch entry's checkpoint is in it whole: its own files are what the checks read.
