@@ -14,7 +14,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -125,11 +125,37 @@ def is_clean_relative(relative: str) -> bool:
     )
 
 
-def record_files(root: Path) -> dict[str, FileRecord]:
-    return {
-        path.relative_to(root).as_posix(): FileRecord(size=path.stat().st_size, sha256=sha256_file(path))
-        for path in iter_files(root, exclude=[MANIFEST])
-    }
+FileIdentity = tuple[int, int, int, int, int]
+
+
+def file_identity(path: Path) -> FileIdentity:
+    """(device, inode, size, mtime ns, ctime ns) of `path` itself: any write, truncation, rename onto it or
+    replacement changes at least one of them."""
+    info = os.lstat(path)
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class HashedFile:
+    """A file hashed before its manifest is written (e.g. while it was moved into the entry), and its identity
+    when it was: `record_files` uses the record only if the file is still that file, unchanged."""
+
+    record: FileRecord
+    identity: FileIdentity
+
+
+def record_files(root: Path, *, known: Mapping[str, HashedFile] | None = None) -> dict[str, FileRecord]:
+    """Size and sha256 of every file under `root` but the manifest; a file in `known` (by relative path) whose
+    identity is unchanged is not read again."""
+    records: dict[str, FileRecord] = {}
+    for path in iter_files(root, exclude=[MANIFEST]):
+        relative = path.relative_to(root).as_posix()
+        hashed = (known or {}).get(relative)
+        if hashed is not None and file_identity(path) == hashed.identity:
+            records[relative] = hashed.record
+        else:
+            records[relative] = FileRecord(size=path.stat().st_size, sha256=sha256_file(path))
+    return records
 
 
 def write_manifest(
@@ -141,14 +167,16 @@ def write_manifest(
     inputs: BuildInputs,
     timings: dict[str, float],
     command: list[str] | None = None,
+    known: Mapping[str, HashedFile] | None = None,
 ) -> Manifest:
+    """Write `trtforge.json` listing every file of `entry_dir` (`known`: files already hashed, see `record_files`)."""
     manifest = Manifest(
         name=name,
         hash=digest,
         backend=backend,
         builder_version=inputs.builder_version,
         inputs=inputs.to_json(),
-        files=record_files(entry_dir),
+        files=record_files(entry_dir, known=known),
         timings={key: round(value, 3) for key, value in timings.items()},
         command=command or [],
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -4,6 +4,10 @@ plan_build(entry)   resolve every build input (backend, model revision, builder 
 run_build(plan)     under the hash's lock: cached? else build into store/tmp/<hash>.<uuid8>.incomplete/,
                     check, copy tokenizer files, write the manifest, rename into place, link the name
 
+A TensorRT build does its checkpoint-only work (tokenizer files, template, xgrammar info: `checkpoint_prep`)
+in a child process beside the builder and hashes the rank files as it moves them (`engine_move`), so `build`
+returns within a second of the engine being whole (plus reading a large engine once).
+
 A `pytorch` entry is not built: "building" it prepares the store entry (`builder.llmapi_entry`) from the
 checkpoint and the LLM API arguments, and no builder process is started.
 """
@@ -20,8 +24,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from trtforge.builder.backend_choice import choose_backend, requested_backend
+from trtforge.builder.checkpoint_prep import CheckpointPrep, PrepRequest, parallel_prep
 from trtforge.builder.checks import check_engine, checkpoint_quant_algo, copy_tokenizer_files
 from trtforge.builder.command import BuilderCommand, build_command
+from trtforge.builder.engine_move import move_engine
 from trtforge.builder.failures import FailureCause, builder_failure
 from trtforge.builder.hashcache import hash_checkpoint
 from trtforge.builder.llmapi_options import LlmApiOptions, llm_api_options
@@ -37,7 +43,7 @@ from trtforge.constants import (
 )
 from trtforge.engine import CHECKPOINT_DIR, enable_generation_logits
 from trtforge.errors import BuildFailedError, CheckpointError, GpuError, TrtforgeError
-from trtforge.manifest import BuildInputs, write_manifest
+from trtforge.manifest import BuildInputs, HashedFile, write_manifest
 from trtforge.processes import end_orphaned_session, start_time
 from trtforge.progress import BuildProgress, NullProgress, TransferAsPhases
 from trtforge.store.entries import BUILD_LOG, EngineStore
@@ -350,6 +356,8 @@ def run_build(
     Raises:
         BuildFailedError: the builder failed, stalled or timed out (with cause, log path and tail).
         InvalidEngineError: the built engine failed the checks (nothing is published).
+        CheckpointError: the checkpoint's tokenizer files or template cannot be put beside it (nothing is
+            published either).
     """
     progress = progress or NullProgress()
     store = plan.store
@@ -369,23 +377,22 @@ def run_build(
                 cause="no_trtllm",
             )
         incomplete = store.new_incomplete(plan.hash)
+        prep: CheckpointPrep | None = None
         try:
-            timings, command = _build_into(plan, incomplete, progress)
+            if plan.entry.backend == "tensorrt":
+                prep = _checkpoint_prep(plan)  # started by the builder's start, see `_build_tensorrt`
+            timings, command, hashed = _build_into(plan, incomplete, progress, prep)
             pytorch = plan.entry.backend == "pytorch"
             # A PyTorch entry's checkpoint is in it whole: its own files are what the checks read.
             checkpoint = incomplete / CHECKPOINT_DIR if pytorch else plan.model_dir
             progress.phase("checking the entry" if pytorch else "checking the engine")
             check_engine(incomplete, plan.entry, checkpoint_quant=checkpoint_quant_algo(checkpoint))
-            if pytorch:
-                copy_tokenizer_files(incomplete, checkpoint)
-            elif plan.entry.backend == "tensorrt":
-                copy_tokenizer_files(
-                    incomplete,
-                    plan.model_dir,
-                    hub_model=None if plan.entry.local_model_dir else plan.entry.model,
-                    revision=plan.inputs.model_revision,
-                )
-            _write_guided_decoding_info(incomplete, progress)
+            if prep is not None:
+                _add_checkpoint_files(prep, incomplete, timings, progress)
+            else:
+                if pytorch:
+                    copy_tokenizer_files(incomplete, checkpoint)
+                _write_guided_decoding_info(incomplete, progress)
             progress.phase("hashing files and publishing")
             write_manifest(
                 incomplete,
@@ -395,11 +402,42 @@ def run_build(
                 inputs=plan.inputs,
                 timings=timings,
                 command=command,
+                known=hashed,
             )
             final = store.publish(incomplete, plan.final_path)
         finally:
+            if prep is not None:
+                prep.close()  # ends its child if the build ends early, removes its staging
             shutil.rmtree(incomplete, ignore_errors=True)
         return _finish(plan, final, cached=False, link=link)
+
+
+def _checkpoint_prep(plan: BuildPlan) -> CheckpointPrep:
+    """The checkpoint work of a TensorRT build (tokenizer files, template, xgrammar info), not yet started."""
+    request = PrepRequest(
+        model_dir=str(plan.model_dir) if plan.model_dir is not None else None,
+        hub_model=None if plan.entry.local_model_dir else plan.entry.model,
+        revision=plan.inputs.model_revision,
+    )
+    staging = plan.store.new_scratch(plan.hash, "prep")
+    return CheckpointPrep(request, staging, parallel=parallel_prep())
+
+
+def _add_checkpoint_files(
+    prep: CheckpointPrep, engine_dir: Path, timings: dict[str, float], progress: BuildProgress
+) -> None:
+    """Join the checkpoint work (started beside the builder, or done now) and put its files beside the engine."""
+    waited = time.monotonic()
+    if prep.running:
+        progress.phase("preparing the tokenizer files")
+    elif not prep.parallel:
+        progress.phase("copying the tokenizer files and writing the xgrammar tokenizer info")
+    result = prep.join()
+    timings["prep_s"] = result.prep_s
+    timings["prep_wait_s"] = time.monotonic() - waited
+    result.move_into(engine_dir)
+    if result.guided_off is not None:
+        progress.phase(f"guided decoding stays off for this engine: {result.guided_off}")
 
 
 def _write_guided_decoding_info(engine_dir: Path, progress: BuildProgress) -> None:
@@ -474,19 +512,24 @@ def _new_log_path(plan: BuildPlan) -> Path:
     return path
 
 
-def _build_into(plan: BuildPlan, dest: Path, progress: BuildProgress) -> tuple[dict[str, float], list[str]]:
-    """Fill `dest` with the engine and its build.log; returns (timings, builder argv)."""
+def _build_into(
+    plan: BuildPlan, dest: Path, progress: BuildProgress, prep: CheckpointPrep | None
+) -> tuple[dict[str, float], list[str], dict[str, HashedFile]]:
+    """Fill `dest` with the engine and its build.log; returns (timings, builder argv, files already hashed).
+
+    `prep` (TensorRT builds) is started as soon as the builder has started."""
     log_path = _new_log_path(plan)
     command: list[str] = []
+    hashed: dict[str, HashedFile] = {}
     if plan.entry.backend == "reference":
         timings = _build_reference(plan, dest, log_path, progress)
     elif plan.entry.backend == "pytorch":
         timings = _prepare_pytorch(plan, dest, log_path, progress)
     else:
-        timings, command = _build_tensorrt(plan, dest, log_path, progress)
+        timings, command, hashed = _build_tensorrt(plan, dest, log_path, progress, prep)
     shutil.copyfile(log_path, dest / BUILD_LOG)
     log_path.unlink(missing_ok=True)  # the entry keeps its copy; failed builds keep theirs in logs/
-    return timings, command
+    return timings, command, hashed
 
 
 def _build_reference(
@@ -555,8 +598,8 @@ def _hub_checkpoint(
 
 
 def _build_tensorrt(
-    plan: BuildPlan, dest: Path, log_path: Path, progress: BuildProgress
-) -> tuple[dict[str, float], list[str]]:
+    plan: BuildPlan, dest: Path, log_path: Path, progress: BuildProgress, prep: CheckpointPrep | None
+) -> tuple[dict[str, float], list[str], dict[str, HashedFile]]:
     assert plan.python is not None
     workspace = plan.store.new_scratch(plan.hash, "workspace")
     try:
@@ -568,23 +611,39 @@ def _build_tensorrt(
             model_path=plan.model_dir,  # a hub model's snapshot at its commit (`_hub_checkpoint_at`)
             revision=None,
         )
-        result = _watch(plan, command, log_path, progress)
+        result = _watch(plan, command, log_path, progress, after_start=prep.start if prep else None)
         timings = {"build_s": result.reaped_at - result.started_at}
         if result.engine_complete_at is not None:
             timings["engine_complete_s"] = result.engine_complete_at - result.started_at
             timings["reap_s"] = result.reaped_at - result.engine_complete_at
-        # Same filesystem: moving the engine out of the workspace is a rename, not a second 20 GB copy.
-        for item in command.engine_dir.iterdir():
-            shutil.move(str(item), dest / item.name)
+        # Same filesystem: moving the engine out of the workspace is a rename, not a second 20 GB copy; the
+        # rank files are hashed as they are moved, so the manifest does not read them again.
+        progress.phase("hashing the engine")
+        moving = time.monotonic()
+        hashed = move_engine(command.engine_dir, dest)
+        timings["engine_hash_s"] = time.monotonic() - moving
         if plan.entry.gather_generation_logits:  # no trtllm-bench flag: the runtime reads it from config.json
             enable_generation_logits(dest)
-        return timings, list(command.argv)
+        return timings, list(command.argv), hashed
     finally:
         shutil.rmtree(workspace, ignore_errors=True)  # tmp*-llm-workspace leftovers go with it
 
 
-def _watch(plan: BuildPlan, command: BuilderCommand, log_path: Path, progress: BuildProgress) -> WatchResult:
+def _watch(
+    plan: BuildPlan,
+    command: BuilderCommand,
+    log_path: Path,
+    progress: BuildProgress,
+    *,
+    after_start: Callable[[], None] | None = None,
+) -> WatchResult:
     name = plan.entry.name
+
+    def started(pid: int) -> None:
+        plan.store.record_builder(plan.hash, pid, start_time(pid))
+        if after_start is not None:
+            after_start()  # only now: the builder's start is never delayed by what runs beside it
+
     watchdog = BuildWatchdog(
         command.argv,
         env=command.env,
@@ -596,7 +655,7 @@ def _watch(plan: BuildPlan, command: BuilderCommand, log_path: Path, progress: B
         stall_timeout_s=plan.stall_timeout_s,
         on_line=progress.log,
         on_phase=progress.phase,
-        on_started=lambda pid: plan.store.record_builder(plan.hash, pid, start_time(pid)),
+        on_started=started,
     )
     try:
         result = watchdog.run()
