@@ -276,9 +276,9 @@ def build(obj: dict, tp_size: int, pp_size: int, quantization: str | None, max_s
     for name in TOKENIZER_FILES:
         if (checkpoint / name).is_file():
             shutil.copyfile(checkpoint / name, final / name)
-    print(f"ENGINE SAVED: {final}", flush=True)
 
-    # Shutdown: where the real one hangs.
+    # llm.shutdown(): where the real one hangs, before build.py logs "ENGINE SAVED" (it logs it after the
+    # shutdown returns), so a hung build never says it saved the engine.
     if MODE == "hang-ignore-term":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         log("Shutting down executor...")
@@ -288,6 +288,7 @@ def build(obj: dict, tp_size: int, pp_size: int, quantization: str | None, max_s
         if child is not None:
             child.wait()
         hang_forever()
+    print(f"ENGINE SAVED: {final}", flush=True)
     if tmp_engine.name == "tmp.engine":  # a build cache keeps its engines
         shutil.rmtree(llm_workspace)
 
