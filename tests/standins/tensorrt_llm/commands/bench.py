@@ -58,12 +58,6 @@ DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_NUM_TOKENS = 2048, 8192
 # Only these force the KV cache to FP8 (build.py: `if quant_algo in [QuantAlgo.NVFP4, QuantAlgo.FP8]`).
 FP8_KV_QUANTS = ("NVFP4", "FP8")
 BUILD_CACHE_ROOT = "/tmp/.cache/tensorrt_llm/llmapi/"
-TOKENIZER_FILES = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "generation_config.json",
-]
 CHUNK_BYTES = 256 * 1024
 
 MODE = os.environ.get("TRTFORGE_STANDIN_MODE", "")
@@ -273,9 +267,11 @@ def build(obj: dict, tp_size: int, pp_size: int, quantization: str | None, max_s
         copy_growing(tmp_engine / name, final / name, ENGINE_BYTES, chunk_delay)
     if MODE == "slow":
         log_silence("Copied the engine")
-    for name in TOKENIZER_FILES:
-        if (checkpoint / name).is_file():
-            shutil.copyfile(checkpoint / name, final / name)
+    # Only the files whose names start with "tokenizer", in directory order (no special_tokens_map.json,
+    # generation_config.json or chat template: trtforge copies those itself).
+    for source in checkpoint.iterdir():
+        if source.name.startswith("tokenizer") and source.is_file():
+            shutil.copyfile(source, final / source.name)
 
     # llm.shutdown(): where the real one hangs, before build.py logs "ENGINE SAVED" (it logs it after the
     # shutdown returns), so a hung build never says it saved the engine.
