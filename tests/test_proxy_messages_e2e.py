@@ -61,6 +61,7 @@ FORECAST_SCHEMA: dict[str, Any] = {
     "required": ["city", "sunny", "celsius"],
     "additionalProperties": False,
 }
+LONG_REPLY = [{"role": "user", "content": "fox " * 60}]  # tiny's reply runs to any max_tokens that fits
 GREEDY = {"temperature": 0}  # in the body: the 2.x SDK's create() no longer has sampling arguments
 
 
@@ -422,19 +423,8 @@ def test_an_unknown_messages_route_is_a_not_found_error(proxy: tuple[str, Triton
 def test_a_client_that_leaves_a_stream_stops_its_generation(proxy: tuple[str, TritonBackend]) -> None:
     url, backend = proxy
     host, port = url.removeprefix("http://").split(":")
-    # A story of at least 4000 characters (guided decoding allows no end before) outlasts the test.
-    story = {
-        "type": "object",
-        "properties": {"story": {"type": "string", "minLength": 4000}},
-        "required": ["story"],
-    }
-    fields = {
-        "model": MODEL,
-        "messages": _user("The quick brown fox"),
-        "max_tokens": 900,
-        "stream": True,
-        "output_config": {"format": {"type": "json_schema", "schema": story}},
-    }
+    # Tiny babbles on after a run of foxes: longer than the test runs (800 tokens on either backend).
+    fields = {"model": MODEL, "messages": LONG_REPLY, "max_tokens": 800, "stream": True}
     body = json.dumps(fields).encode()
     before = len(backend.stops)
     request = (
@@ -450,3 +440,47 @@ def test_a_client_that_leaves_a_stream_stops_its_generation(proxy: tuple[str, Tr
             received += chunk
     wait_until(lambda: len(backend.stops) > before and backend.draining == 0, what="the generation to stop")
     assert httpx.get(f"{url}/health", timeout=30).json() == {"status": "ok"}
+
+
+def test_shutdown_ends_an_open_stream_with_an_error_event(served: tuple[EngineInfo, TritonServer]) -> None:
+    tiny, triton = served
+    server = make_server(
+        [ProxySettings.from_engine(MODEL, tiny, triton.grpc_url)], port=free_port(), log_level="warning"
+    )
+    with serve_in_thread(server) as url:
+        client = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0, timeout=300)
+        stream = client.messages.create(
+            model=MODEL,
+            max_tokens=800,
+            messages=LONG_REPLY,  # type: ignore[arg-type]
+            stream=True,
+        )
+        kinds = []
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            for event in stream:
+                kinds.append(event.type)
+                if event.type == "content_block_delta":
+                    server.should_exit = True
+    assert kinds[0] == "message_start" and "message_stop" not in kinds
+    assert caught.value.body["error"] == {  # type: ignore[index]
+        "type": "overloaded_error",
+        "message": "the server is shutting down",
+    }
+
+
+def test_messages_are_counted_per_api(sdk: anthropic.Anthropic, proxy: tuple[str, TritonBackend]) -> None:
+    def count() -> float:
+        text = httpx.get(f"{proxy[0]}/metrics", timeout=30).text
+        line = next(
+            (
+                line
+                for line in text.splitlines()
+                if line.startswith("trtforge:requests_total{") and 'api="messages"' in line
+            ),
+            None,
+        )
+        return float(line.rsplit(" ", 1)[1]) if line else 0.0
+
+    before = count()
+    _create(sdk, messages=_user("Hello"), max_tokens=1)
+    assert count() == before + 1
