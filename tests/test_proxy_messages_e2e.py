@@ -307,9 +307,15 @@ def test_ignored_fields_and_headers_are_accepted(proxy: tuple[str, TritonBackend
         "top_k": 1,
         "top_p": 0.5,
     }
-    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01", "anthropic-beta": "anything-2099-01-01"}
+    headers = {
+        "x-api-key": KEY,
+        "anthropic-version": "2023-06-01",
+        "anthropic-beta": "anything-2099-01-01",
+        "x-request-id": "messages-rid-1",
+    }
     response = httpx.post(f"{url}/v1/messages?beta=true", json=body, headers=headers, timeout=60)
     assert response.status_code == 200, response.text
+    assert response.headers["x-request-id"] == "messages-rid-1"
     assert response.json()["usage"]["output_tokens"] == 2
 
 
