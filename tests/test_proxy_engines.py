@@ -1,11 +1,12 @@
 """Several engines behind one proxy: one Triton serving a `tensorrt_llm`-contract model per engine, requests
-routed by `model`, driven by the official `openai` SDK."""
+routed by `model`, driven by the official `openai` and `anthropic` SDKs."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import openai
 import pytest
 
@@ -63,6 +64,17 @@ def test_requests_are_routed_by_model(sdk: openai.OpenAI) -> None:
         sdk.completions.create(model="tiny-b", prompt="fox", max_tokens=600)
     with pytest.raises(openai.NotFoundError, match="tiny-a`, `tiny-b"):
         sdk.chat.completions.create(model="tiny-c", messages=HELLO)
+
+
+def test_messages_are_routed_by_model(sdk: openai.OpenAI) -> None:
+    client = anthropic.Anthropic(base_url=str(sdk.base_url).removesuffix("/v1/"), api_key="x", max_retries=0)
+    for name in CONTEXTS:
+        reply = client.messages.create(model=name, max_tokens=3, messages=HELLO)  # type: ignore[arg-type]
+        assert reply.model == name and reply.usage.output_tokens <= 3
+    with pytest.raises(anthropic.BadRequestError, match="512-token context"):
+        client.messages.create(model="tiny-b", max_tokens=600, messages=HELLO)  # type: ignore[arg-type]
+    with pytest.raises(anthropic.NotFoundError, match="tiny-a`, `tiny-b"):
+        client.messages.create(model="tiny-c", max_tokens=3, messages=HELLO)  # type: ignore[arg-type]
 
 
 def test_multi_rank_engines_are_refused(engines: dict[str, EngineInfo], tmp_path: Path) -> None:

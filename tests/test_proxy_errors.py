@@ -26,6 +26,7 @@ from triton_helpers import loopback_triton, write_engine_dir
 from trtforge.engine import read_engine
 from trtforge.proxy import ProxySettings, make_server
 from trtforge.proxy.limits import MAX_HEADER_BYTES
+from trtforge.proxy.messages_protocol import AnthropicErrorResponse
 from trtforge.proxy.protocol import ErrorResponse
 from trtforge.proxy.tokenizer import ProxyTokenizer
 from trtforge.triton import write_model_repository
@@ -47,7 +48,7 @@ def keyed_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         engine_dir=write_tokenizer_dir(tmp_path_factory.mktemp("engine")),
         triton_grpc_url=f"127.0.0.1:{free_port()}",  # nothing listens there
         max_seq_len=64,
-        max_input_len=32,
+        max_input_len=48,  # a Messages prompt has the template's empty thinking block too
         health_timeout_s=0.5,
         max_body_bytes=LIMIT,
     )
@@ -109,6 +110,36 @@ def test_middleware_and_route_errors_are_one_envelope_rendered_one_way(keyed_url
     assert bodies[404]["code"] == "model_not_found"
     assert bodies[405]["type"] == "invalid_request_error"
     assert bodies[503]["type"] == "service_unavailable"
+
+
+def test_the_messages_routes_answer_in_anthropics_envelope(keyed_url: str) -> None:
+    message = {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    keyed = {"x-api-key": KEY}
+    with httpx.Client(base_url=keyed_url, timeout=FAILURE_BOUND_S) as http:
+        errors = {
+            (401, "authentication_error"): http.post("/v1/messages", json=message),
+            (413, "request_too_large"): http.post("/v1/messages", headers=keyed, content=b" " * (LIMIT + 1)),
+            (431, "request_too_large"): http.post(
+                "/v1/messages/count_tokens", headers={**keyed, "X-Junk": "a" * (MAX_HEADER_BYTES + 1)}
+            ),
+            (400, "invalid_request_error"): http.post(
+                "/v1/messages", headers=keyed, json={k: v for k, v in message.items() if k != "max_tokens"}
+            ),
+            (404, "not_found_error"): http.post(
+                "/v1/messages", headers=keyed, json={**message, "model": "x"}
+            ),
+            (405, "invalid_request_error"): http.get("/v1/messages", headers=keyed),
+            (503, "overloaded_error"): http.post("/v1/messages", headers=keyed, json=message),
+        }
+        # Beside them, the OpenAI routes keep OpenAI's envelope.
+        openai_404 = http.post("/v1/chat/completions", headers=keyed, json={**message, "model": "x"})
+    for (status, kind), response in errors.items():
+        assert response.status_code == status, response.text
+        envelope = AnthropicErrorResponse.model_validate_json(response.content)
+        assert response.content == envelope.model_dump_json().encode()
+        assert envelope.error.type == kind and envelope.error.message
+    assert "max_tokens" in errors[400, "invalid_request_error"].json()["error"]["message"]
+    assert set(openai_404.json()) == {"error"} and openai_404.json()["error"]["code"] == "model_not_found"
 
 
 # ------------------------------------------------------------------------------------- failures mid-stream

@@ -1,7 +1,8 @@
 """schemathesis against the proxy's own OpenAPI document, with the real tritonserver and the reference model behind.
 
-Every generated request must get an answer below 500, and every error must be OpenAI's envelope. The engine's
-context is short (64 tokens) so that the requests the fuzzer makes valid stay quick to generate.
+Every generated request must get an answer below 500, and every error must be the route's envelope (OpenAI's, or
+Anthropic's on `/v1/messages*`). The engine's context is short (64 tokens) so that the requests the fuzzer makes
+valid stay quick to generate.
 """
 
 from __future__ import annotations
@@ -37,10 +38,16 @@ def proxy_url(tiny_engine: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def error_envelope(ctx: Any, response: Any, case: Any) -> bool | None:
-    """Every 4xx/5xx body is `{"error": {"message", "type", "param", "code"}}` with a message."""
+    """Every 4xx/5xx body is `{"error": {"message", "type", "param", "code"}}` with a message, or on the
+    Anthropic routes `{"type": "error", "error": {"type", "message"}}`."""
     if response.status_code < 400:
         return None
     body = response.json()
+    if case.operation.path.startswith("/v1/messages"):
+        assert set(body) == {"type", "error"} and body["type"] == "error", body
+        assert set(body["error"]) == {"type", "message"}, body
+        assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
+        return None
     assert set(body) == {"error"}, body
     assert set(body["error"]) == {"message", "type", "param", "code"}, body
     assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
@@ -55,6 +62,8 @@ def test_no_server_errors_and_every_error_in_the_envelope(proxy_url: str) -> Non
         "/v1/completions",
         "/v1/models",
         "/v1/responses",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
     }
     for operation in operations:
 

@@ -6,6 +6,8 @@ POST /v1/chat/completions   chat, streamed (SSE) or not
 POST /v1/completions        completions, streamed (SSE) or not
 POST /v1/responses          OpenAI Responses, streamed (SSE events) or not (see `proxy.responses`)
 GET/DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items   the stored responses
+POST /v1/messages           Anthropic Messages, streamed (SSE events) or not (see `proxy.messages`)
+POST /v1/messages/count_tokens   the prompt's length in tokens, rendered as `/v1/messages` renders it
 GET  /health                200 when Triton and its model are ready, else 503
 GET  /metrics               Prometheus text format (see `proxy.metrics`)
 """
@@ -39,6 +41,8 @@ from trtforge.proxy.errors import (
 )
 from trtforge.proxy.generation import TextDelta
 from trtforge.proxy.limits import BodyLimitMiddleware
+from trtforge.proxy.messages import MessagesTurn, chat_request, prepare
+from trtforge.proxy.messages_protocol import CountTokensRequest, MessagesRequest, TokenCount
 from trtforge.proxy.metrics import METRICS_MEDIA_TYPE, ProxyMetrics
 from trtforge.proxy.middleware import ProxyMiddleware
 from trtforge.proxy.prepare import Prepared
@@ -67,9 +71,9 @@ class ProxyStartError(TrtforgeError, RuntimeError):
 # ------------------------------------------------------------------------------------------------- errors
 
 
-async def _error_response(_: Request, exc: Exception) -> Response:
+async def _error_response(request: Request, exc: Exception) -> Response:
     # Whatever no handler takes (not an `ApiError`: a bug) becomes the 500 envelope in `ProxyMiddleware`.
-    return error_response(exc)
+    return error_response(exc, request.scope.get("path", ""))
 
 
 # ---------------------------------------------------------------------------------------- disconnects
@@ -341,6 +345,45 @@ async def list_input_items(
 ) -> JSONResponse:
     api, owner = _responses(request)
     return JSONResponse(api.input_items(owner, response_id, limit=limit, order=order, after=after))
+
+
+@router.post("/v1/messages")
+async def create_message(body: MessagesRequest, request: Request) -> Response:
+    serving = _serving(request, body.model)
+    serving.metrics.count_request(body.model, "messages")
+    turn = MessagesTurn(body)
+    prepared = await _off_loop(
+        request, turn.prepare, serving.prepare_chat, request_id=request.state.request_id
+    )
+    limits = serving.settings
+    first = turn.capped(prepared, max_seq_len=limits.max_seq_len, max_input_len=limits.max_input_len)
+
+    async def encode(text: str) -> list[int]:
+        return await _off_loop_call(request, serving.tokenizer.encode_rendered, text)
+
+    async def whole(prepared: Prepared) -> Any:
+        return await turn.whole(prepared, await serving.start_stream(prepared), serving.start_stream, encode)
+
+    def stream(prepared: Prepared, deltas: AsyncIterator[TextDelta]) -> AsyncIterator[str]:
+        return turn.stream(prepared, deltas, serving.start_stream, encode)
+
+    return await _respond(
+        request,
+        serving,
+        first,
+        whole=whole,
+        stream=stream if body.stream else None,
+        farewell=turn.farewell,
+    )
+
+
+@router.post("/v1/messages/count_tokens")
+async def count_message_tokens(body: CountTokensRequest, request: Request) -> JSONResponse:
+    serving = _serving(request, body.model)
+    prepared = await _off_loop(
+        request, prepare, chat_request(body), serving.prepare_chat, request_id=request.state.request_id
+    )
+    return JSONResponse(TokenCount(input_tokens=prepared.prompt_tokens).model_dump())
 
 
 # ----------------------------------------------------------------------------------------------- assembly

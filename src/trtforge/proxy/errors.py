@@ -1,7 +1,9 @@
-"""The proxy's one error path: the errors it answers with, and how any exception becomes OpenAI's envelope.
+"""The proxy's one error path: the errors it answers with, and how any exception becomes the route's envelope.
 
-Every failure leaves the proxy as `{"error": {"message", "type", "param", "code"}}` (`protocol.ErrorResponse`),
-built by `error_envelope` alone from the `ApiError` that `api_error` maps the exception to:
+Every failure leaves the proxy as OpenAI's `{"error": {"message", "type", "param", "code"}}`
+(`protocol.ErrorResponse`), or on the Anthropic routes (`/v1/messages*`, see `envelope_of`) as Anthropic's
+`{"type": "error", "error": {"type", "message"}}`; `error_body` builds either from the `ApiError` that
+`api_error` maps the exception to, chosen by the request's path:
 
 - a route's exception: `error_response` (the app's exception handlers); one no handler takes (a bug) reaches
   `ProxyMiddleware`, which answers with `send_error`;
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -24,6 +26,7 @@ from starlette.responses import Response
 from starlette.types import Send
 
 from trtforge.errors import TrtforgeError
+from trtforge.proxy.messages_protocol import AnthropicErrorInfo, AnthropicErrorResponse
 from trtforge.proxy.protocol import ErrorInfo, ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -31,6 +34,20 @@ logger = logging.getLogger(__name__)
 JSON_MEDIA_TYPE = "application/json"
 # The OpenAI error type of the framework's own HTTP errors (others: by their status class).
 _STATUS_TYPES = {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}
+# Anthropic's error type by HTTP status (the SDK picks its exception class by the status; clients read the type).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    431: "request_too_large",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+ANTHROPIC_ROUTE = "/v1/messages"
 
 
 class ApiError(TrtforgeError):
@@ -176,20 +193,37 @@ def error_envelope(exc: ApiError) -> ErrorResponse:
     )
 
 
-def error_body(exc: ApiError) -> bytes:
-    """The envelope as a response body (compact JSON)."""
-    return error_envelope(exc).model_dump_json().encode()
+def anthropic_envelope(exc: ApiError) -> AnthropicErrorResponse:
+    """Anthropic's error object for `exc` (its type from the HTTP status, as Anthropic's own are)."""
+    status = exc.status_code
+    kind = _ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    return AnthropicErrorResponse(error=AnthropicErrorInfo(type=kind, message=exc.message))
 
 
-def error_response(exc: Exception) -> Response:
-    """The HTTP response for an exception a route raised."""
+def envelope_of(path: str) -> Literal["openai", "anthropic"]:
+    """The error envelope of the route at `path`: Anthropic's on `/v1/messages` and below, else OpenAI's."""
+    anthropic = path == ANTHROPIC_ROUTE or path.startswith(ANTHROPIC_ROUTE + "/")
+    return "anthropic" if anthropic else "openai"
+
+
+def error_body(exc: ApiError, path: str = "") -> bytes:
+    """The envelope of the route at `path` as a response body (compact JSON)."""
+    envelope = anthropic_envelope(exc) if envelope_of(path) == "anthropic" else error_envelope(exc)
+    return envelope.model_dump_json().encode()
+
+
+def error_response(exc: Exception, path: str = "") -> Response:
+    """The HTTP response for an exception the route at `path` raised."""
     error = api_error(exc)
-    return Response(error_body(error), status_code=error.status_code, media_type=JSON_MEDIA_TYPE)
+    return Response(error_body(error, path), status_code=error.status_code, media_type=JSON_MEDIA_TYPE)
 
 
-async def send_error(send: Send, exc: ApiError, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    """Answer with `exc`'s envelope straight through ASGI (middlewares, before or instead of the app)."""
-    body = error_body(exc)
+async def send_error(
+    send: Send, exc: ApiError, headers: Sequence[tuple[bytes, bytes]] = (), *, path: str = ""
+) -> None:
+    """Answer with `exc`'s envelope (the route's at `path`) straight through ASGI (middlewares, before or
+    instead of the app)."""
+    body = error_body(exc, path)
     await send(
         {
             "type": "http.response.start",

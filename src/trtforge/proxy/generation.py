@@ -31,13 +31,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TextDelta:
-    """New text of one choice; the last delta of a choice has `finish_reason` set."""
+    """New text of one choice; the last delta of a choice has `finish_reason` set (and `stop`, the stop string
+    that ended it, if one did)."""
 
     text: str
     completion_tokens: int
     finish_reason: FinishReason | None = None
     logprobs: tuple[TokenLogprob, ...] = ()
     index: int = 0
+    stop: str | None = None
 
 
 @dataclass
@@ -106,13 +108,13 @@ class TextGenerator:
         coalesce = self.settings.coalesce
         shown: list[str] = []  # the text of the responses taken together, sent as one delta
 
-        def delta(text: str, finish: FinishReason | None = None) -> TextDelta:
+        def delta(text: str, finish: FinishReason | None = None, stop: str | None = None) -> TextDelta:
             taken = tuple(pending)
             pending.clear()
             if shown:
                 text = "".join(shown) + text
                 shown.clear()
-            return TextDelta(text, count, finish, taken, index)
+            return TextDelta(text, count, finish, taken, index, stop)
 
         try:
             async for batch in tokens:
@@ -131,7 +133,7 @@ class TextGenerator:
                     check = stops.feed(detok.add(ids))
                     if check.stopped:
                         outcome = "stop (stop string)"
-                        yield delta(check.text, "stop")
+                        yield delta(check.text, "stop", check.matched)
                         return
                     if check.text:
                         shown.append(check.text)
@@ -149,7 +151,7 @@ class TextGenerator:
                 outcome, finish, text = "stop (stop string)", "stop", check.text
             else:
                 outcome, text = finish, check.text + stops.flush()
-            yield delta(text, finish)
+            yield delta(text, finish, check.matched)
         finally:
             # Closing the token stream cancels the Triton request if it is still running.
             await tokens.aclose()  # type: ignore[attr-defined]

@@ -39,11 +39,11 @@ class BodyLimitMiddleware:
         header_bytes = sum(len(key) + len(value) + 4 for key, value in scope.get("headers", ()))
         if header_bytes > MAX_HEADER_BYTES:
             refusal = f"the request headers are larger than {MAX_HEADER_BYTES} bytes"
-            await _refuse(send, RequestTooLargeError(refusal, headers=True))
+            await _refuse(send, RequestTooLargeError(refusal, headers=True), scope)
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await _refuse(send, self._body_too_large())
+            await _refuse(send, self._body_too_large(), scope)
             return
         body: list[bytes] = []
         size = 0
@@ -54,7 +54,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await _refuse(send, self._body_too_large())
+                await _refuse(send, self._body_too_large(), scope)
                 return
             body.append(chunk)
             if not message.get("more_body", False):
@@ -74,9 +74,9 @@ class BodyLimitMiddleware:
         return RequestTooLargeError(f"the request body is larger than {self.max_bytes} bytes")
 
 
-async def _refuse(send: Send, error: RequestTooLargeError) -> None:
+async def _refuse(send: Send, error: RequestTooLargeError, scope: Scope) -> None:
     # The rest of the request is never read: the connection cannot carry another one.
-    await send_error(send, error, [(b"connection", b"close")])
+    await send_error(send, error, [(b"connection", b"close")], path=str(scope.get("path", "")))
 
 
 def _content_length(scope: Scope) -> int | None:

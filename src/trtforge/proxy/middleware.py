@@ -5,8 +5,8 @@ Plain ASGI rather than starlette's `BaseHTTPMiddleware`, which wraps `receive` a
 
 - `X-Request-Id`: a client's id (printable ASCII, at most 128 characters) is kept, otherwise one is made; it is
   echoed on every response, becomes the Triton request id and the response's `id` suffix.
-- API key: when set, every `/v1/` route needs `Authorization: Bearer <key>`; a missing or wrong key is a 401 in
-  OpenAI's envelope. `/health` and `/metrics` stay open (probes and scrapers carry no key). The key is compared
+- API key: when set, every `/v1/` route needs `Authorization: Bearer <key>` or `x-api-key: <key>` (what older
+  `anthropic` SDKs send); a missing or wrong key is a 401 in the route's envelope. `/health` and `/metrics` stay open (probes and scrapers carry no key). The key is compared
   in constant time and never logged.
 - The last resort: an exception no exception handler of the app took (not an `ApiError`: a bug) becomes the 500
   envelope here, inside the request id's reach, rather than in starlette's outermost error middleware.
@@ -62,9 +62,10 @@ class ProxyMiddleware:
         request_id = _usable_request_id(_header(scope, b"x-request-id")) or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         echo = (REQUEST_ID_HEADER.encode(), request_id.encode())
+        path = str(scope.get("path", ""))
 
         if not self._authorized(scope):
-            await send_error(send, AuthenticationError(), [echo, (b"www-authenticate", b"Bearer")])
+            await send_error(send, AuthenticationError(), [echo, (b"www-authenticate", b"Bearer")], path=path)
             return
         started = False
 
@@ -80,11 +81,14 @@ class ProxyMiddleware:
         except Exception as exc:
             if started:  # the status is sent: only the server closing the connection can tell the client
                 raise
-            await send_error(send_with_id, api_error(exc))
+            await send_error(send_with_id, api_error(exc), path=path)
 
     def _authorized(self, scope: Scope) -> bool:
         if self._api_key is None or not str(scope.get("path", "")).startswith(_PROTECTED_PREFIX):
             return True
         value = _header(scope, b"authorization") or b""
         scheme, _, token = value.partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._api_key)
+        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._api_key):
+            return True
+        key = _header(scope, b"x-api-key")
+        return key is not None and hmac.compare_digest(key.strip(), self._api_key)

@@ -21,12 +21,13 @@ class ReplyDelta:
     """What one text delta adds to the reply; the last one has `finish_reason` set.
 
     `finish_reason` is `tool_calls` when the reply called tools and ended by itself (a cut-off call stays
-    `length`), as in Chat.
+    `length`), as in Chat; `stop` is the stop string that ended it, if one did.
     """
 
     message: MessageDelta
     completion_tokens: int
     finish_reason: FinishReason | None = None
+    stop: str | None = None
 
 
 async def reply_deltas(prepared: Prepared, deltas: AsyncIterator[TextDelta]) -> AsyncIterator[ReplyDelta]:
@@ -50,7 +51,7 @@ async def reply_deltas(prepared: Prepared, deltas: AsyncIterator[TextDelta]) -> 
             finish: FinishReason = (
                 "tool_calls" if delta.finish_reason == "stop" and parser.called_tools else delta.finish_reason
             )
-            yield ReplyDelta(joined, delta.completion_tokens, finish)
+            yield ReplyDelta(joined, delta.completion_tokens, finish, delta.stop)
             return
     finally:
         await deltas.aclose()  # type: ignore[attr-defined]

@@ -1,10 +1,13 @@
 """Server-sent event framing, as OpenAI streams it: `data: {json}\\n\\n` frames and a final `data: [DONE]`; an
-error after the stream has started is one `data: {"error": …}` frame before `[DONE]`."""
+error after the stream has started is one `data: {"error": …}` frame before `[DONE]`. Anthropic's streams name
+each event (`named_frame`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from json.encoder import encode_basestring
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -22,6 +25,11 @@ def format_event(payload: BaseModel | str, *, exclude: set[str] | None = None) -
     data = payload if isinstance(payload, str) else payload.model_dump_json(exclude=exclude)
     # JSON never contains a raw newline, so one `data:` line carries the whole payload.
     return f"data: {data}\n\n"
+
+
+def named_frame(event: dict[str, Any]) -> str:
+    """One `event: <type>` / `data: {json}` frame (Anthropic's SDK drops frames without the event line)."""
+    return f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
 
 class FrameTemplate:
