@@ -1,6 +1,6 @@
 """The bounds of the proxy's store of Responses as flags of `proxy` and `up`: `--responses-store-max`,
 `--responses-store-bytes` and `--responses-store-ttl`, read, refused in one line, and carried into the plan's
-proxy settings. (That they take effect on a served proxy: tests/test_cli_up_responses.py.)"""
+proxy settings. (That they take effect on a served proxy: tests/test_cli_up_agent_apis.py.)"""
 
 from __future__ import annotations
 

@@ -1,9 +1,12 @@
-"""The Responses API through `trtforge up tiny` as a user runs it (a real process, real Triton, the `openai` SDK),
-with the store bounded by its flags: `--responses-store-max 1` keeps only the newest stored response.
+"""The agent APIs through `trtforge up tiny` as a user runs it (a real process, real Triton, the official SDKs).
 
-Whole and streamed (`client.responses.stream(...)`'s accumulator) give the same Response; a conversation goes
-on by `previous_response_id`; a function call's result comes back in a second turn; the evicted response is a
-404 on every route that reads the store.
+Responses (`openai`), with the store bounded by its flags: `--responses-store-max 1` keeps only the newest stored
+response. Whole and streamed (`client.responses.stream(...)`'s accumulator) give the same Response; a
+conversation goes on by `previous_response_id`; a function call's result comes back in a second turn; the
+evicted response is a 404 on every route that reads the store.
+
+Messages (`anthropic`): plain text, thinking and a tool call with its `tool_result`, each whole and through
+`messages.stream(...)`'s accumulator, the same Message.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -46,8 +50,8 @@ def _listening(client: openai.OpenAI) -> bool:
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[openai.OpenAI]:
-    """`trtforge up tiny` keeping one stored response, and an SDK client of it; Ctrl-C at the end."""
+def up_port() -> Iterator[int]:
+    """`trtforge up tiny` keeping one stored response, on a free port; Ctrl-C at the end."""
     port = free_port()
     argv = [sys.executable, "-m", "trtforge", "up", MODEL, "--port", str(port), *triton_port_args()]
     argv += ["--responses-store-max", "1", "--responses-store-bytes", "1MiB", "--responses-store-ttl", "1h"]
@@ -65,7 +69,7 @@ def client() -> Iterator[openai.OpenAI]:
             output=stderr.all_text,
             failure_bound_s=STARTUP_FAILURE_BOUND_S,
         )
-        yield sdk
+        yield port
     finally:
         sdk.close()
         process.send_signal(signal.SIGINT)
@@ -79,6 +83,22 @@ def client() -> Iterator[openai.OpenAI]:
             process.communicate()
     assert process.returncode in (0, 130), stderr.text()
     assert "Traceback" not in stderr.text()
+
+
+@pytest.fixture(scope="module")
+def client(up_port: int) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
+        base_url=f"http://127.0.0.1:{up_port}/v1", api_key="unused", max_retries=0, timeout=FAILURE_BOUND_S
+    ) as sdk:
+        yield sdk
+
+
+@pytest.fixture(scope="module")
+def claude(up_port: int) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(
+        base_url=f"http://127.0.0.1:{up_port}", api_key="unused", max_retries=0, timeout=FAILURE_BOUND_S
+    ) as sdk:
+        yield sdk
 
 
 def _create(client: openai.OpenAI, **kwargs: Any) -> Any:
@@ -175,3 +195,71 @@ def test_one_stored_response_kept_the_older_is_a_404_everywhere(client: openai.O
     with pytest.raises(openai.NotFoundError):
         list(_create(client, previous_response_id=older.id, input="Hello", max_output_tokens=2, stream=True))
     assert [item.type for item in client.responses.input_items.list(newer.id).data] == ["message"]
+
+
+# ------------------------------------------------------------------------------------------ Messages (anthropic)
+
+CLAUDE_WEATHER_TOOL: dict[str, Any] = {
+    "name": WEATHER_TOOL["name"],
+    "description": WEATHER_TOOL["description"],
+    "input_schema": WEATHER_TOOL["parameters"],
+}
+
+
+def _message_shape(message: Any) -> dict[str, Any]:
+    """What a Message says, ids aside."""
+    data = message.model_dump(mode="json", exclude_none=True)
+    data.pop("id")
+    for block in data["content"]:
+        block.pop("id", None)
+    return data
+
+
+def _message(claude: anthropic.Anthropic, **kwargs: Any) -> Any:
+    """The whole Message, checked equal to the one `messages.stream(...)`'s accumulator rebuilds."""
+    kwargs.setdefault("max_tokens", 64)
+    whole = claude.messages.create(model=MODEL, extra_body={"temperature": 0}, **kwargs)
+    with claude.messages.stream(model=MODEL, extra_body={"temperature": 0}, **kwargs) as stream:
+        final = stream.get_final_message()
+    assert whole.id.startswith("msg_") and final.id.startswith("msg_")
+    assert _message_shape(final) == _message_shape(whole)
+    return whole
+
+
+def test_messages_plain_text_whole_and_streamed(claude: anthropic.Anthropic) -> None:
+    whole = _message(claude, messages=[{"role": "user", "content": "Hello"}], max_tokens=16)
+    assert whole.type == "message" and whole.role == "assistant" and whole.model == MODEL
+    assert whole.stop_reason in ("end_turn", "max_tokens")
+    assert [block.type for block in whole.content] == ["text"] and whole.content[0].text
+    assert whole.usage.output_tokens <= 16
+
+
+def test_messages_thinking_is_a_thinking_block(claude: anthropic.Anthropic) -> None:
+    thinking = {"type": "enabled", "budget_tokens": 64}
+    whole = _message(
+        claude, messages=[{"role": "user", "content": THINK_PROMPT}], thinking=thinking, max_tokens=96
+    )
+    assert [block.type for block in whole.content] == ["thinking", "text"]
+    assert whole.content[0].thinking == THINK_REASONING and whole.content[1].text == THINK_ANSWER
+    off = _message(claude, messages=[{"role": "user", "content": THINK_PROMPT}], max_tokens=96)
+    assert [block.type for block in off.content] == ["text"] and off.content[0].text == THINK_ANSWER
+
+
+def test_messages_tool_use_and_its_result(claude: anthropic.Anthropic) -> None:
+    prompt = [{"role": "user", "content": WEATHER_PROMPT}]
+    first = _message(claude, messages=prompt, tools=[CLAUDE_WEATHER_TOOL])
+    assert first.stop_reason == "tool_use"
+    [call] = [block for block in first.content if block.type == "tool_use"]
+    assert call.id.startswith("toolu_") and call.name == WEATHER_CALL["name"]
+    assert call.input == WEATHER_CALL["arguments"]
+    history = [
+        *prompt,
+        {"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in first.content]},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "Sunny, 21 °C."}],
+        },
+    ]
+    second = _message(claude, messages=history, tools=[CLAUDE_WEATHER_TOOL], max_tokens=24)
+    assert second.stop_reason in ("end_turn", "max_tokens", "tool_use")
+    assert second.usage.input_tokens > first.usage.input_tokens  # the call and its result are in the prompt
