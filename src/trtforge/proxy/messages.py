@@ -23,8 +23,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import ValidationError
-
 from trtforge.proxy.budget import Encoder, Starter, ThinkingBudget
 from trtforge.proxy.errors import InvalidRequestError, anthropic_envelope, api_error
 from trtforge.proxy.generation import TextDelta
@@ -47,6 +45,7 @@ from trtforge.proxy.prepare import Prepared
 from trtforge.proxy.protocol import ChatCompletionRequest, FinishReason
 from trtforge.proxy.replies import ReplyDelta, reply_deltas
 from trtforge.proxy.sse import named_frame
+from trtforge.proxy.translate import renamed, validated_chat_request
 
 Event = dict[str, Any]
 # Chat's parameter names in the errors `Preparer.chat` raises → the Messages request's own.
@@ -144,25 +143,12 @@ def chat_request(request: ConversationFields, **generation: Any) -> ChatCompleti
             "type": "json_schema",
             "json_schema": {"name": "output", "schema": output_format.json_schema, "strict": True},
         }
-    try:
-        return ChatCompletionRequest.model_validate(fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InvalidRequestError(
-            f"messages: {first['msg'].removeprefix('Value error, ')}", param="messages"
-        ) from None
+    return validated_chat_request(fields, param="messages")
 
 
 def messages_error(exc: InvalidRequestError) -> InvalidRequestError:
     """A refusal of `Preparer.chat`, in the Messages request's own parameter names."""
-    param, message = exc.param, exc.message
-    for chat, ours in _PARAMS:
-        message = message.replace(chat, ours)
-    for chat, ours in _PARAMS:
-        if param is not None and param.startswith(chat):
-            param = ours + param[len(chat) :]
-            break
-    return InvalidRequestError(message, param=param, code=exc.code)
+    return renamed(exc, _PARAMS)
 
 
 def prepare(

@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from trtforge.proxy.errors import ApiError, InvalidRequestError, api_error
 from trtforge.proxy.generation import TextDelta
@@ -49,6 +49,7 @@ from trtforge.proxy.responses_protocol import (
     ResponsesRequest,
     ResponseUsage,
 )
+from trtforge.proxy.translate import renamed, validated_chat_request
 
 Event = dict[str, Any]
 TokenCounter = Callable[[str], Awaitable[int]]  # a text's length in tokens (off the event loop)
@@ -169,25 +170,12 @@ def _chat_request(request: ResponsesRequest, conversation: list[dict[str, Any]])
     thinking = request.reasoning.thinking if request.reasoning else None
     if thinking is not None:
         fields["chat_template_kwargs"] = {"enable_thinking": thinking}
-    try:
-        return ChatCompletionRequest.model_validate(fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InvalidRequestError(
-            f"input: {first['msg'].removeprefix('Value error, ')}", param="input"
-        ) from None
+    return validated_chat_request(fields, param="input")
 
 
 def responses_error(exc: InvalidRequestError) -> InvalidRequestError:
     """A refusal of `Preparer.chat`, in the Responses request's own parameter names."""
-    param, message = exc.param, exc.message
-    for chat, ours in _PARAMS:
-        message = message.replace(chat, ours)
-    for chat, ours in _PARAMS:
-        if param is not None and param.startswith(chat):
-            param = ours + param[len(chat) :]
-            break
-    return InvalidRequestError(message, param=param, code=exc.code)
+    return renamed(exc, _PARAMS)
 
 
 # ------------------------------------------------------------------------------------------------ framing
