@@ -624,7 +624,9 @@ def print_table(summary: dict[str, Any]) -> None:
 
 # (stage, what the time before it is): the order of a request's admission, as `proxy_trace.py` stamps it.
 STAGES = (
-    ("accept", "connect+HTTP parse"),
+    ("connected", "TCP connect"),
+    ("received", "request bytes read"),
+    ("accept", "HTTP parse → ASGI"),
     ("submit", "body validated"),
     ("prep_start", "tokenizer queue"),
     ("template", "chat template"),

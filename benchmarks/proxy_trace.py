@@ -8,6 +8,8 @@ the event loop's thread also runs under cProfile, its stats in `OUT_DIR/profile-
 The stages (all `time.monotonic()`, which is one clock for every process of the host, so the client's own
 send time lines up with them):
 
+    connected   uvicorn's protocol has the connection (`connection_made`)
+    received    its first bytes are read (`data_received`)
     accept      the request reaches the ASGI app (HTTP parsed by uvicorn, before the body is validated)
     submit      its preparation is handed to the tokenizing executor
     prep_start  a tokenizing thread starts preparing it (the wait for the executor before it)
@@ -75,6 +77,32 @@ def _patch_middleware() -> None:
         await original(self, scope, receive, traced_send)
 
     middleware.ProxyMiddleware.__call__ = call  # type: ignore[method-assign]
+
+
+def _patch_uvicorn() -> None:
+    """The connection's stages, before the request has an ASGI scope: found by the id in its first bytes."""
+    from uvicorn.protocols.http import httptools_impl
+
+    protocol = httptools_impl.HttpToolsProtocol
+    made, received = protocol.connection_made, protocol.data_received
+
+    def connection_made(self: Any, transport: Any) -> None:
+        self._trace_made = time.monotonic()
+        made(self, transport)
+
+    def data_received(self: Any, data: bytes) -> None:
+        made_at = getattr(self, "_trace_made", None)
+        if made_at is not None:
+            self._trace_made = None
+            _, found, rest = data.partition(b"X-Request-Id: ")
+            if found:
+                request_id = rest.partition(b"\r\n")[0].decode("latin-1")
+                _EVENTS.setdefault(request_id, {})["connected"] = made_at
+                _mark(request_id, "received")
+        received(self, data)
+
+    protocol.connection_made = connection_made  # type: ignore[method-assign]
+    protocol.data_received = data_received  # type: ignore[method-assign]
 
 
 def _patch_preparation() -> None:
@@ -196,6 +224,7 @@ def _patch_lifespan(dump: Any) -> None:
 def main() -> None:
     out_dir, label, profile = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
     args = sys.argv[sys.argv.index("--") + 1 :]
+    _patch_uvicorn()
     _patch_middleware()
     _patch_preparation()
     _patch_backend()
