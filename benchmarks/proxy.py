@@ -685,8 +685,11 @@ def print_stages(report: dict[str, Any]) -> None:
 def print_profile(path: Path, top: int = 30) -> None:
     import pstats
 
+    stats = pstats.Stats(str(path), stream=sys.stdout)
     print(f"cProfile of the proxy's event-loop thread ({path.stem}), top {top} by own time:")
-    pstats.Stats(str(path), stream=sys.stdout).sort_stats("tottime").print_stats(top)
+    stats.sort_stats("tottime").print_stats(top)
+    print(f"... and top {top} by cumulative time:")
+    stats.sort_stats("cumulative").print_stats(top)
 
 
 async def bench(args: argparse.Namespace, stack: Stack) -> tuple[list[Run], dict[str, list[float]]]:
@@ -698,9 +701,16 @@ async def bench(args: argparse.Namespace, stack: Stack) -> tuple[list[Run], dict
         for n in args.streams:
             per_stream = max(2 if n > 1 else 1, math.ceil(args.tokens_per_run / (n * args.max_tokens)))
             order = clients[repeat % len(clients) :] + clients[: repeat % len(clients)]
-            for c in order:
-                run = await run_client(stack, c, n, per_stream, args.max_tokens, prompt_ids)
-                runs.append(run)
+            groups = [[c] for c in order]
+            if args.together:  # the proxies' clients at the same time, under the same load
+                groups = [[c] for c in order if c == "direct"] + [[c for c in order if c != "direct"]]
+            for group in groups:
+                ran = await asyncio.gather(
+                    *(run_client(stack, c, n, per_stream, args.max_tokens, prompt_ids) for c in group)
+                )
+                runs.extend(ran)
+            for run in runs[-len(clients) :]:
+                c = run.client
                 print(
                     f"repeat {repeat + 1} streams {n:>3} {c:>10}: {run.tokens_per_s:8.0f} tok/s, proxy "
                     f"{run.per_token_us(run.proxy_cpu_s):5.0f} µs/tok, client {run.per_token_us(run.client_cpu_s):5.0f}"
@@ -740,6 +750,12 @@ def main() -> None:
     parser.add_argument("--clients", default=",".join(CLIENTS), help="client kinds: direct, httpx, raw")
     parser.add_argument("--cancel-trials", type=int, default=10, help="disconnects measured per client")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="run the proxies' clients at the same time (each with N streams), direct alone: on a shared "
+        "machine, before and after then see the same background load",
+    )
     parser.add_argument(
         "--trace",
         action="store_true",

@@ -287,6 +287,12 @@ class _Inbox(Generic[T]):
         return self._items.popleft()
 
 
+# What `_Stream` puts in its inbox: a response with whether it is the final one (read once, by the reader), an
+# error response's message, the call's error, or None when the call has ended.
+_Reply = tuple[service_pb2.ModelInferResponse, bool]
+_Item = _Reply | str | grpc.aio.AioRpcError | None
+
+
 class _Stream:
     """One generation's `ModelStreamInfer` call, read by a task of its own into `inbox` (None ends it).
 
@@ -301,7 +307,7 @@ class _Stream:
         timeout_s: float,
     ) -> None:
         self.request = request
-        self.inbox: _Inbox[service_pb2.ModelStreamInferResponse | grpc.aio.AioRpcError | None] = _Inbox()
+        self.inbox: _Inbox[_Item] = _Inbox()
         self.finals = 0  # final (or error) responses read
         self.sent = asyncio.Event()  # the request is written: a stop request may follow
         self._expected_finals = 1
@@ -314,9 +320,15 @@ class _Stream:
             await self.call.write(self.request)
             self.sent.set()
             while (message := await self.call.read()) is not grpc.aio.EOF:
-                if message.error_message or is_final(message.infer_response):
+                error = message.error_message
+                if error:
                     self.finals += 1
-                self.inbox.put_nowait(message)
+                    self.inbox.put_nowait(error)
+                else:
+                    response = message.infer_response
+                    final = is_final(response)
+                    self.finals += final
+                    self.inbox.put_nowait((response, final))
                 if self.finals == self._expected_finals:
                     await self.call.done_writing()  # the server ends the call once it is done too
         except grpc.aio.AioRpcError as exc:
@@ -448,27 +460,27 @@ class TritonBackend:
         stream = _Stream(self.stub, request, self._timeout_s)
         inbox = stream.inbox
         try:
-            while (message := await inbox.get()) is not None:
+            while (item := await inbox.get()) is not None:
                 batch: list[TokenChunk] = []
                 while True:
-                    if isinstance(message, grpc.aio.AioRpcError):
-                        error: Exception = _rpc_error(message, self)
+                    if not isinstance(item, tuple):
+                        error: Exception = (
+                            _response_error(item, self) if isinstance(item, str) else _rpc_error(item, self)
+                        )
                         break
-                    if message.error_message:
-                        error = _response_error(message.error_message, self)
-                        break
-                    chunk = parse_chunk(message.infer_response, gen)
+                    response, final = item
+                    chunk = parse_chunk(response, gen)
                     if chunk.ids:
                         batch.append(chunk)
-                    if is_final(message.infer_response):
+                    if final:
                         if batch:
                             yield batch
                         return
                     if inbox.empty():
                         error = _NO_ERROR
                         break
-                    message = inbox.get_nowait()
-                    if message is None:
+                    item = inbox.get_nowait()
+                    if item is None:
                         error = TritonRequestError("Triton closed the stream before the final response")
                         break
                 # The tokens that arrived before an error are the client's too (as one at a time would give).

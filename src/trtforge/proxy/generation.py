@@ -118,7 +118,8 @@ class TextGenerator:
 
         try:
             async for batch in tokens:
-                timer.on_tokens(sum(len(chunk.ids) for chunk in batch), streamed=gen.streaming)
+                new = len(batch[0].ids) if len(batch) == 1 else sum(len(chunk.ids) for chunk in batch)
+                timer.on_tokens(new, streamed=gen.streaming)
                 # Each response is read on its own (EOS, stop strings and the token count are exactly those
                 # of one response at a time); only the deltas are joined.
                 for chunk in batch:
