@@ -175,10 +175,10 @@ def _patch_backend() -> None:
 
     init = backend._Stream.__init__
 
-    def traced_init(self: Any, stub: Any, request: Any, timeout_s: float) -> None:
-        init(self, stub, request, timeout_s)
+    def traced_init(self: Any, *args: Any) -> None:
+        init(self, *args)
         # The reader task has not run yet: it reads `self.call` when it does.
-        self.call = _TracedCall(self.call, request.id)
+        self.call = _TracedCall(self.call, self.request.id)
 
     backend._Stream.__init__ = traced_init  # type: ignore[method-assign]
 
