@@ -17,11 +17,17 @@ but each stream's first (those start together).
 
 `--workers 1,2` runs one proxy per worker count side by side (clients `raw@w1`, `raw@w2`, ...);
 `--baseline-src DIR` adds the proxy of another checkout's `src/` (clients `raw@base`, ...), so before and
-after are measured in the same run.
+after are measured in the same run; `--together` runs those proxies' clients at the same time (same background
+load; `direct` still runs alone).
+
+`--trace` runs each proxy under `benchmarks/proxy_trace.py` and reports, for the raw client, the p50/p90/p99 of
+each stage of a request's admission (connect, HTTP parse, tokenizer queue, template, tokenize, Triton write,
+Triton first response, first SSE byte) and the proxy's event-loop lag; `--profile` adds cProfile of each
+proxy's event loop (top entries by own and cumulative time).
 
     .venv/bin/python benchmarks/proxy.py [--streams 1,16,64] [--repeats 3] [--max-tokens 256]
         [--tokens-per-run 16384] [--pace-ms 0] [--workers 1] [--baseline-src DIR] [--clients direct,httpx,raw]
-        [--json]
+        [--together] [--trace] [--profile] [--json]
 """
 
 from __future__ import annotations
@@ -762,7 +768,7 @@ def main() -> None:
         help="run each proxy under benchmarks/proxy_trace.py and report where a raw request's TTFT goes",
     )
     parser.add_argument(
-        "--profile", action="store_true", help="with --trace: cProfile each proxy's event loop too"
+        "--profile", action="store_true", help="cProfile each proxy's event loop (implies --trace)"
     )
     args = parser.parse_args()
     args.streams = [int(s) for s in args.streams.split(",")]
