@@ -90,9 +90,8 @@ class GenerationRequest:
     guide: tuple[str, str] | None = None
 
 
-@dataclass(
-    slots=True
-)  # not frozen: one is made per token, and a frozen dataclass's __init__ costs 3× as much
+# Not frozen: one is made per token, and a frozen dataclass's __init__ costs 3× as much.
+@dataclass(slots=True)
 class TokenChunk:
     """What one response adds: token ids, and their log probabilities and logits when asked for."""
 

@@ -29,9 +29,8 @@ from trtforge.proxy.tokenizer import ProxyTokenizer
 logger = logging.getLogger(__name__)
 
 
-@dataclass(
-    slots=True
-)  # not frozen: one is made per token, and a frozen dataclass's __init__ costs 3× as much
+# Not frozen: one is made per token, and a frozen dataclass's __init__ costs 3× as much.
+@dataclass(slots=True)
 class TextDelta:
     """New text of one choice; the last delta of a choice has `finish_reason` set."""
 
