@@ -17,11 +17,17 @@ but each stream's first (those start together).
 
 `--workers 1,2` runs one proxy per worker count side by side (clients `raw@w1`, `raw@w2`, ...);
 `--baseline-src DIR` adds the proxy of another checkout's `src/` (clients `raw@base`, ...), so before and
-after are measured in the same run.
+after are measured in the same run; `--together` runs those proxies' clients at the same time (same background
+load; `direct` still runs alone).
+
+`--trace` runs each proxy under `benchmarks/proxy_trace.py` and reports, for the raw client, the p50/p90/p99 of
+each stage of a request's admission (connect, HTTP parse, tokenizer queue, template, tokenize, Triton write,
+Triton first response, first SSE byte) and the proxy's event-loop lag; `--profile` adds cProfile of each
+proxy's event loop (top entries by own and cumulative time).
 
     .venv/bin/python benchmarks/proxy.py [--streams 1,16,64] [--repeats 3] [--max-tokens 256]
         [--tokens-per-run 16384] [--pace-ms 0] [--workers 1] [--baseline-src DIR] [--clients direct,httpx,raw]
-        [--json]
+        [--together] [--trace] [--profile] [--json]
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -153,7 +160,9 @@ class Variant:
 
     label: str
     workers: int = 1
-    src: Path | None = None  # another checkout's `src/`: a baseline proxy, run on h11 as it was
+    src: Path | None = None  # another checkout's `src/`: a baseline proxy
+    trace: Path | None = None  # run under `proxy_trace.py`, its stage timestamps (and profile) written here
+    profile: bool = False
 
 
 @dataclass
@@ -178,17 +187,24 @@ class Stack:
 
 def start_proxy(work: Path, engine_dir: Path, grpc_port: int, variant: Variant) -> Proxy:
     port = free_port()
-    command = [sys.executable, "-m", "trtforge", "proxy", str(engine_dir), "--port", str(port)]
+    command = [sys.executable, "-m", "trtforge"]
+    if variant.trace is not None:
+        tracer = [str(HERE / "proxy_trace.py"), str(variant.trace), variant.label or "main"]
+        command = [sys.executable, *tracer, "1" if variant.profile else "0", "--"]
+    command += ["proxy", str(engine_dir), "--port", str(port)]
     command += ["--triton-grpc-port", str(grpc_port)]
     if variant.workers != 1:
         command += ["--workers", str(variant.workers)]
     env = {**os.environ, "TRTFORGE_HOME": str(work / "home")}
     if variant.src is not None:
-        # The baseline had no httptools dependency: hide it so uvicorn picks h11, as it did then.
-        shadow = work / f"shadow-{variant.label}" / "httptools"
-        shadow.mkdir(parents=True)
-        (shadow / "__init__.py").write_text('raise ImportError("hidden for the baseline proxy")\n')
-        env["PYTHONPATH"] = f"{variant.src}{os.pathsep}{shadow.parent}"
+        env["PYTHONPATH"] = str(variant.src)
+        project = variant.src.parent / "pyproject.toml"
+        if project.exists() and "httptools" not in project.read_text():
+            # A baseline from before the httptools dependency: hide it so uvicorn picks h11, as it did then.
+            shadow = work / f"shadow-{variant.label}" / "httptools"
+            shadow.mkdir(parents=True)
+            (shadow / "__init__.py").write_text('raise ImportError("hidden for the baseline proxy")\n')
+            env["PYTHONPATH"] += f"{os.pathsep}{shadow.parent}"
     log = work / f"proxy-{variant.label or 'main'}.log"
     with open(log, "wb") as handle:
         process = subprocess.Popen(
@@ -263,6 +279,10 @@ class Outcome:
 
     tokens: int
     ttft_s: float
+    # The raw client's: its X-Request-Id, and when (time.monotonic()) it connected and saw the first token.
+    request_id: str = ""
+    sent_at: float = 0.0
+    first_at: float = 0.0
 
 
 class DirectClient:
@@ -362,20 +382,28 @@ class HttpxClient:
 class RawClient:
     """HTTP/1.1 over an asyncio socket, one connection per request, no parsing beyond what it counts."""
 
-    def __init__(self, url: str, model: str, max_tokens: int) -> None:
+    def __init__(self, url: str, model: str, max_tokens: int, id_prefix: str = "raw") -> None:
         host, port = url.removeprefix("http://").split(":")
         self.host, self.port = host, int(port)
-        body = json.dumps(chat_body(model, max_tokens)).encode()
-        self.head = (
-            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-        ).encode() + body
+        self.body = json.dumps(chat_body(model, max_tokens)).encode()
+        self.id_prefix = id_prefix
+        self.count = 0
+
+    def head(self, request_id: str) -> bytes:
+        return (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: application/json\r\nX-Request-Id: {request_id}\r\n"
+            f"Content-Length: {len(self.body)}\r\nConnection: close\r\n\r\n"
+        ).encode() + self.body
 
     async def request(self) -> Outcome:
+        self.count += 1
+        request_id = f"{self.id_prefix}-{self.count}"
         started = time.perf_counter()
+        sent_at = time.monotonic()
         reader, writer = await asyncio.open_connection(self.host, self.port)
-        writer.write(self.head)
-        first = 0.0
+        writer.write(self.head(request_id))
+        first = first_at = 0.0
         parts: list[bytes] = []
         try:
             while True:
@@ -384,6 +412,7 @@ class RawClient:
                     break
                 if not first and _CONTENT.search(chunk):
                     first = time.perf_counter() - started
+                    first_at = time.monotonic()
                 parts.append(chunk)
         finally:
             writer.close()
@@ -391,7 +420,7 @@ class RawClient:
         if b"[DONE]" not in data:
             raise RuntimeError(f"stream without [DONE]: {data[:200]!r}")
         usage = _USAGE.findall(data)
-        return Outcome(int(usage[-1]) if usage else 0, first)
+        return Outcome(int(usage[-1]) if usage else 0, first, request_id, sent_at, first_at)
 
     async def close(self) -> None:
         return None
@@ -473,6 +502,7 @@ class Run:
     triton_cpu_s: float
     ttft_all: list[float] = field(default_factory=list)
     ttft_later: list[float] = field(default_factory=list)
+    later: list[Outcome] = field(default_factory=list)  # the requests `ttft_later` is taken from
 
     @property
     def tokens_per_s(self) -> float:
@@ -480,6 +510,9 @@ class Run:
 
     def per_token_us(self, seconds: float) -> float:
         return seconds / max(self.tokens, 1) * 1e6
+
+
+_RUN_IDS = itertools.count()
 
 
 async def run_client(
@@ -493,7 +526,7 @@ async def run_client(
     elif kind == "httpx":
         client = HttpxClient(proxy.url, str(stack.engine_dir), max_tokens, streams)
     else:
-        client = RawClient(proxy.url, str(stack.engine_dir), max_tokens)
+        client = RawClient(proxy.url, str(stack.engine_dir), max_tokens, f"s{streams}-{next(_RUN_IDS)}")
     proxy_pid = proxy.process.pid if proxy is not None else 0
     await client.request()  # warm the connection and the path
     results: list[list[Outcome]] = [[] for _ in range(streams)]
@@ -526,6 +559,7 @@ async def run_client(
         triton_cpu_s=triton_cpu,
         ttft_all=[o.ttft_s for o in outcomes],
         ttft_later=[o.ttft_s for per in results for o in per[1:]],
+        later=[o for per in results for o in (per if streams == 1 else per[1:])],
     )
 
 
@@ -554,6 +588,7 @@ def summarise(runs: list[Run], clients: list[str], streams: list[int]) -> dict[s
                 "triton_cpu_us_per_token": statistics.median(r.per_token_us(r.triton_cpu_s) for r in mine),
                 "ttft_p50_ms": percentile(ttft, 0.5) * 1e3,
                 "ttft_p90_ms": percentile(ttft, 0.9) * 1e3,
+                "ttft_p99_ms": percentile(ttft, 0.99) * 1e3,
             }
             if direct and c != "direct":
                 ratios = [m.tokens_per_s / d.tokens_per_s for m, d in zip(mine, direct, strict=False)]
@@ -571,11 +606,11 @@ def summarise(runs: list[Run], clients: list[str], streams: list[int]) -> dict[s
 def print_table(summary: dict[str, Any]) -> None:
     header = (
         f"{'streams':>7} {'client':>10} {'tok/s':>8} {'÷direct':>7} {'proxy µs/tok':>12} {'client µs/tok':>13} "
-        f"{'triton µs/tok':>13} {'TTFT p50 ms':>11} {'p90 ms':>8} {'+p50 ms':>8} {'×direct':>7}"
+        f"{'triton µs/tok':>13} {'TTFT p50 ms':>11} {'p90 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'×direct':>7}"
     )
     print(header)
     for n, row in summary.items():
-        if n == "cancel":
+        if n in ("cancel", "stages"):
             continue
         for c, e in row.items():
             ratio = f"{e['ratio_to_direct']:.2f}" if "ratio_to_direct" in e else "-"
@@ -585,12 +620,82 @@ def print_table(summary: dict[str, Any]) -> None:
             print(
                 f"{n:>7} {c:>10} {e['tokens_per_s']:>8.0f} {ratio:>7} {proxy:>12} "
                 f"{e['client_cpu_us_per_token']:>13.0f} {e['triton_cpu_us_per_token']:>13.0f} "
-                f"{e['ttft_p50_ms']:>11.1f} {e['ttft_p90_ms']:>8.1f} {added:>8} {times:>7}"
+                f"{e['ttft_p50_ms']:>11.1f} {e['ttft_p90_ms']:>8.1f} {e['ttft_p99_ms']:>8.1f} {added:>8} {times:>7}"
             )
     for c, e in summary.get("cancel", {}).items():
         print(
             f"cancel {c:>10}: disconnect → backend sees it p50 {e['p50_ms']:.1f} ms, max {e['max_ms']:.1f} ms"
         )
+
+
+# (stage, what the time before it is): the order of a request's admission, as `proxy_trace.py` stamps it.
+STAGES = (
+    ("connected", "TCP connect"),
+    ("received", "request bytes read"),
+    ("accept", "HTTP parse → ASGI"),
+    ("submit", "body validated"),
+    ("prep_start", "tokenizer queue"),
+    ("template", "chat template"),
+    ("tokenize", "tokenize"),
+    ("prep_end", "build generations"),
+    ("stream", "back on the loop"),
+    ("written", "Triton request write"),
+    ("first_read", "Triton first response"),
+    ("first_byte", "first delta → SSE"),
+)
+
+
+def stage_report(runs: list[Run], traces: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per client and concurrency, the p50/p90/p99 (ms) of the time each stage of admission took."""
+    report: dict[str, Any] = {}
+    for run in runs:
+        kind, _, label = run.client.partition("@")
+        trace = traces.get(label or "main")
+        if kind != "raw" or trace is None:
+            continue
+        spans: dict[str, list[float]] = {}
+        for outcome in run.later:
+            events = trace["events"].get(outcome.request_id, {})
+            before = outcome.sent_at
+            for stage, name in (*STAGES, ("client", "SSE → client")):
+                at = outcome.first_at if stage == "client" else events.get(stage)
+                if at is None:
+                    continue
+                spans.setdefault(name, []).append(at - before)
+                before = at
+            spans.setdefault("TTFT (client)", []).append(outcome.first_at - outcome.sent_at)
+        row = report.setdefault(run.client, {}).setdefault(str(run.streams), {})
+        for name, values in spans.items():
+            row.setdefault(name, []).extend(values)
+    for client, rows in report.items():
+        for streams, row in rows.items():
+            rows[streams] = {
+                name: [round(percentile(v, q) * 1e3, 2) for q in (0.5, 0.9, 0.99)] for name, v in row.items()
+            }
+        lag = traces[client.partition("@")[2] or "main"]["lag_s"]
+        rows["loop lag"] = [round(percentile(lag, q) * 1e3, 2) for q in (0.5, 0.9, 0.99)]
+    return report
+
+
+def print_stages(report: dict[str, Any]) -> None:
+    for client, rows in report.items():
+        for streams, row in rows.items():
+            if streams == "loop lag":
+                print(f"{client}: event-loop lag (5 ms probe) p50/p90/p99 ms {row}")
+                continue
+            print(f"{client} at {streams} streams, admission stages p50/p90/p99 ms:")
+            for name, values in row.items():
+                print(f"    {name:>24} {values[0]:>9.2f} {values[1]:>9.2f} {values[2]:>9.2f}")
+
+
+def print_profile(path: Path, top: int = 30) -> None:
+    import pstats
+
+    stats = pstats.Stats(str(path), stream=sys.stdout)
+    print(f"cProfile of the proxy's event-loop thread ({path.stem}), top {top} by own time:")
+    stats.sort_stats("tottime").print_stats(top)
+    print(f"... and top {top} by cumulative time:")
+    stats.sort_stats("cumulative").print_stats(top)
 
 
 async def bench(args: argparse.Namespace, stack: Stack) -> tuple[list[Run], dict[str, list[float]]]:
@@ -602,9 +707,16 @@ async def bench(args: argparse.Namespace, stack: Stack) -> tuple[list[Run], dict
         for n in args.streams:
             per_stream = max(2 if n > 1 else 1, math.ceil(args.tokens_per_run / (n * args.max_tokens)))
             order = clients[repeat % len(clients) :] + clients[: repeat % len(clients)]
-            for c in order:
-                run = await run_client(stack, c, n, per_stream, args.max_tokens, prompt_ids)
-                runs.append(run)
+            groups = [[c] for c in order]
+            if args.together:  # the proxies' clients at the same time, under the same load
+                groups = [[c] for c in order if c == "direct"] + [[c for c in order if c != "direct"]]
+            for group in groups:
+                ran = await asyncio.gather(
+                    *(run_client(stack, c, n, per_stream, args.max_tokens, prompt_ids) for c in group)
+                )
+                runs.extend(ran)
+            for run in runs[-len(clients) :]:
+                c = run.client
                 print(
                     f"repeat {repeat + 1} streams {n:>3} {c:>10}: {run.tokens_per_s:8.0f} tok/s, proxy "
                     f"{run.per_token_us(run.proxy_cpu_s):5.0f} µs/tok, client {run.per_token_us(run.client_cpu_s):5.0f}"
@@ -644,6 +756,20 @@ def main() -> None:
     parser.add_argument("--clients", default=",".join(CLIENTS), help="client kinds: direct, httpx, raw")
     parser.add_argument("--cancel-trials", type=int, default=10, help="disconnects measured per client")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="run the proxies' clients at the same time (each with N streams), direct alone: on a shared "
+        "machine, before and after then see the same background load",
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="run each proxy under benchmarks/proxy_trace.py and report where a raw request's TTFT goes",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile each proxy's event loop (implies --trace)"
+    )
     args = parser.parse_args()
     args.streams = [int(s) for s in args.streams.split(",")]
     counts = [int(w) for w in args.workers.split(",")]
@@ -652,18 +778,27 @@ def main() -> None:
         variants.append(Variant("base", src=args.baseline_src.resolve()))
     if len(variants) > 1 and not variants[0].label:
         variants[0] = Variant("new", workers=counts[0])
+    tmp = tempfile.TemporaryDirectory(prefix="trtforge-bench-proxy-")
+    trace_dir = Path(tmp.name) / "trace"
+    if args.trace or args.profile:
+        trace_dir.mkdir()
+        variants = [Variant(v.label, v.workers, v.src, trace_dir, args.profile) for v in variants]
     kinds = args.clients.split(",")
     args.client_names = [k for k in kinds if k == "direct"] + [
         f"{k}@{v.label}" if v.label else k for v in variants for k in kinds if k != "direct"
     ]
-    with (
-        tempfile.TemporaryDirectory(prefix="trtforge-bench-proxy-") as tmp,
-        running_stack(Path(tmp), pace_s=args.pace_ms / 1000, variants=variants) as stack,
-    ):
+    with running_stack(Path(tmp.name), pace_s=args.pace_ms / 1000, variants=variants) as stack:
         pids = {label or "proxy": p.process.pid for label, p in stack.proxies.items()}
         print(f"proxy pids {pids}, triton pid {stack.triton.pid}", file=sys.stderr, flush=True)
         runs, cancels = asyncio.run(bench(args, stack))
+    # The proxies are stopped: their traces are written (the directory is removed at the end).
+    traces = {
+        p.stem.removeprefix("trace-"): json.loads(p.read_text()) for p in trace_dir.glob("trace-*.json")
+    }
+    profiles = sorted(trace_dir.glob("profile-*.prof"))
     summary = summarise(runs, args.client_names, args.streams)
+    if traces:
+        summary["stages"] = stage_report(runs, traces)
     summary["cancel"] = {
         c: {"p50_ms": percentile(t, 0.5) * 1e3, "max_ms": max(t) * 1e3} for c, t in cancels.items()
     }
@@ -671,6 +806,10 @@ def main() -> None:
         print(json.dumps(summary, indent=2))
     else:
         print_table(summary)
+        print_stages(summary.get("stages", {}))
+    for profile in profiles:
+        print_profile(profile)
+    tmp.cleanup()
 
 
 if __name__ == "__main__":

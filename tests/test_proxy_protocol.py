@@ -171,6 +171,16 @@ def test_triton_responses_give_new_ids_and_the_final_flag() -> None:
     assert parse_output_ids(empty_final) == [] and is_final(empty_final)
 
 
+def test_a_streamed_response_of_one_token_gives_its_id() -> None:
+    for token_id in (0, 7, 151_643, 2**31 - 1):
+        response = service_pb2.ModelInferResponse(model_name="tensorrt_llm")
+        output = response.outputs.add()
+        output.name, output.datatype = "output_ids", "INT32"
+        output.shape.extend([1, 1, 1])
+        response.raw_output_contents.append(np.array([[[token_id]]], dtype=np.int32).tobytes())
+        assert parse_output_ids(response) == [token_id]
+
+
 def test_log_probs_and_logits_are_asked_for_and_parsed() -> None:
     gen = GenerationRequest(
         request_id="trace-1",

@@ -15,18 +15,15 @@ GET  /metrics               Prometheus text format (see `proxy.metrics`)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import Any, Literal, TypeVar
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trtforge.constants import DEFAULT_PROXY_HOST, DEFAULT_PROXY_PORT
@@ -45,14 +42,14 @@ from trtforge.proxy.messages import MessagesTurn, chat_request, prepare
 from trtforge.proxy.messages_protocol import CountTokensRequest, MessagesRequest, TokenCount
 from trtforge.proxy.metrics import METRICS_MEDIA_TYPE, ProxyMetrics
 from trtforge.proxy.middleware import ProxyMiddleware
-from trtforge.proxy.prepare import Prepared
+from trtforge.proxy.prepare import Prepared, PrepareRunner
 from trtforge.proxy.protocol import ChatCompletionRequest, CompletionRequest, ModelList
 from trtforge.proxy.response_store import ResponseStore, ResponseStoreLimits, owner_of
 from trtforge.proxy.responses import ResponsesApi, Turn, credential_of
 from trtforge.proxy.responses_protocol import ResponsesRequest
 from trtforge.proxy.serving import OpenAIServing
 from trtforge.proxy.settings import ProxySettings
-from trtforge.proxy.sse import DONE_FRAME, SSE_MEDIA_TYPE, error_frame
+from trtforge.proxy.sse import DONE_FRAME, EventStreamResponse, error_frame
 from trtforge.proxy.tokenizer import ProxyTokenizer
 from trtforge.proxy.workers import ProxyWorkers, WorkerSpec
 
@@ -87,21 +84,37 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
-    """Run `work`; cancel it (and with it the Triton request) as soon as the client goes away."""
-    task = asyncio.ensure_future(work)
+    """Run `work`; cancel it (and with it the Triton request) as soon as the client goes away.
+
+    `work` runs in this task, not one of its own: under load every task start and every wake-up of a waiter
+    queues behind the token frames of the running streams, and a request's admission would pay for two more.
+    The watcher cancels this task when the client disconnects; None is returned then.
+    """
+    task = asyncio.current_task()
+    state = {"running": True, "gone": False}
+
+    def on_disconnect(watcher: asyncio.Future[None]) -> None:
+        # `running`: the callback may be scheduled just as `work` ends; it must not cancel what comes next.
+        if state["running"] and not watcher.cancelled() and watcher.exception() is None and task is not None:
+            state["gone"] = True
+            task.cancel()
+
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    watcher.add_done_callback(on_disconnect)
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for pending in (task, watcher):
-            if not pending.done():
-                pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pending
-    if task.cancelled():
+        return await work
+    except asyncio.CancelledError:
+        if not state["gone"]:
+            raise  # not ours: the server is shutting down, or uvicorn cancelled the request
+        _uncancel(task)
         logger.info("client disconnected; request cancelled")
         return None
-    return task.result()
+    finally:
+        # Not awaited (that would be one more wait in line): a cancelled watcher consumes no message, and
+        # uvicorn reports a disconnect to every later `receive`.
+        state["running"] = False
+        watcher.remove_done_callback(on_disconnect)
+        watcher.cancel()
 
 
 # ------------------------------------------------------------------------------------------------ shutdown
@@ -240,7 +253,7 @@ async def _respond(
         if deltas is None:
             return Response(status_code=499)
         frames = _until_shutdown(stream(prepared, deltas), request.app.state.shutting_down, farewell)
-        return StreamingResponse(frames, media_type=SSE_MEDIA_TYPE, headers=_SSE_HEADERS)
+        return EventStreamResponse(frames, headers=_SSE_HEADERS)
     result = await _unless_disconnected(request, whole(prepared))
     if result is None:
         return Response(status_code=499)
@@ -250,17 +263,20 @@ async def _respond(
 async def _off_loop(
     request: Request, prepare: Callable[..., Prepared], *args: Any, **kwargs: Any
 ) -> Prepared:
-    """Run a request's preparation (chat template, tokenising) on the tokenizer thread.
-
-    A long template must not stall the event loop, where every running stream waits for its next token.
-    One thread: the tokenizer is used by one caller at a time, and requests are prepared in arrival order.
-    """
+    """Run a request's preparation (chat template, tokenising): at once when its body is small, else on the
+    tokenizer thread, where a long template cannot stall the streams waiting for their next token (see
+    `PrepareRunner`)."""
     return await _off_loop_call(request, prepare, *args, **kwargs)
 
 
+def _body_size(request: Request) -> int | None:
+    length = request.headers.get("content-length")
+    return int(length) if length is not None and length.isdigit() else None
+
+
 async def _off_loop_call(request: Request, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    executor: ThreadPoolExecutor = request.app.state.tokenizing
-    return await asyncio.get_running_loop().run_in_executor(executor, partial(work, *args, **kwargs))
+    runner: PrepareRunner = request.app.state.tokenizing
+    return await runner.run(_body_size(request), work, *args, **kwargs)
 
 
 @router.post("/v1/chat/completions")
@@ -303,7 +319,8 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     )
 
     async def count_tokens(text: str) -> int:
-        return len(await _off_loop_call(request, serving.tokenizer.encode_rendered, text))
+        runner: PrepareRunner = request.app.state.tokenizing
+        return len(await runner.run(len(text), serving.tokenizer.encode_rendered, text))
 
     async def whole(prepared: Prepared) -> Any:
         return await turn.whole(prepared, await serving.start_stream(prepared), count_tokens)
@@ -405,7 +422,7 @@ def build_app(settings: Sequence[ProxySettings], *, api_key: str | None = None) 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         servings: dict[str, OpenAIServing] = {}
-        app.state.tokenizing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        app.state.tokenizing = PrepareRunner()
         try:
             for model in models:
                 tokenizer = await asyncio.to_thread(ProxyTokenizer.load, model.engine_dir)
@@ -423,7 +440,7 @@ def build_app(settings: Sequence[ProxySettings], *, api_key: str | None = None) 
             app.state.servings = servings
             yield
         finally:
-            app.state.tokenizing.shutdown(wait=False, cancel_futures=True)
+            app.state.tokenizing.close()
             for serving in servings.values():
                 await serving.backend.close()
 
