@@ -21,7 +21,9 @@ import openai
 import pytest
 
 from conftest import free_port
+from proxy_fixtures import running_triton, wait_until
 from triton_helpers import write_engine_dir
+from trtforge.engine import read_engine
 from trtforge.proxy.workers import WorkerCount, auto_workers, usable_cores
 
 
@@ -93,12 +95,13 @@ def workers_proxy(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int
 
 @contextlib.contextmanager
 def _proxy_workers(
-    tmp_path: Path, *, api_key: str | None = None
+    tmp_path: Path, *, api_key: str | None = None, engine: Path | None = None, grpc_port: int | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    engine = write_engine_dir(tmp_path / "engine", backend="reference")
+    """`trtforge proxy ENGINE --workers 2`: by default for a fresh engine directory and no Triton."""
+    engine = engine or write_engine_dir(tmp_path / "engine", backend="reference")
     port = free_port()
     command = [sys.executable, "-m", "trtforge", "proxy", str(engine), "--workers", "2"]
-    command += ["--port", str(port), "--triton-grpc-port", str(free_port())]
+    command += ["--port", str(port), "--triton-grpc-port", str(grpc_port or free_port())]
     env = {**os.environ, "TRTFORGE_API_KEY": api_key} if api_key else None
     env = env or {key: value for key, value in os.environ.items() if key != "TRTFORGE_API_KEY"}
     process = subprocess.Popen(
@@ -138,6 +141,7 @@ def test_a_dead_worker_stops_the_others_with_an_error(
 ) -> None:
     process, port = workers_proxy
     first, second = _listeners(_children(process.pid), port)
+    metrics_dir = Path(_environ(first)["PROMETHEUS_MULTIPROC_DIR"])
     os.kill(first, signal.SIGKILL)
     code = process.wait(timeout=60)
     output = process.stdout.read().decode() if process.stdout else ""
@@ -145,6 +149,7 @@ def test_a_dead_worker_stops_the_others_with_an_error(
     assert "a proxy worker died" in output
     assert "Traceback" not in output
     assert not _is_alive(second)
+    assert not metrics_dir.exists()  # removed by the supervisor, the killed worker's files with it
 
 
 def _is_alive(pid: int) -> bool:
@@ -258,8 +263,7 @@ def _call(
 
 
 def _requests_total(text: str, api: str) -> float:
-    found = re.findall(r"^trtforge:requests_total{([^}]*)} (\S+)$", text, re.MULTILINE)
-    return sum(float(value) for labels, value in found if f'api="{api}"' in labels)
+    return _metric(text, "trtforge:requests_total", api=api)
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -312,3 +316,75 @@ def test_metrics_and_the_api_key_hold_across_workers(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) in (0, -signal.SIGTERM)
         assert not metrics_dir.exists()
+
+
+def _samples(text: str, name: str) -> dict[str, float]:
+    """The samples of metric `name` in Prometheus text: labels (as written) → value."""
+    found = re.findall(rf"^{re.escape(name)}{{([^}}]*)}} (\S+)$", text, re.MULTILINE)
+    return {labels: float(value) for labels, value in found}
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    return sum(v for found, v in _samples(text, name).items() if all(w in found for w in wanted))
+
+
+@pytest.mark.triton
+def test_generation_metrics_and_gauges_sum_over_the_workers(tiny_engine: Path, tmp_path: Path) -> None:
+    """Real generations on both workers (Triton serving the tiny model): the token counters, the finish reasons
+    and the latency histograms of `/metrics` are the sums over the workers; a stream running on one worker is
+    the one running generation seen from the other (one `livesum` series, no per-process ones), and once its
+    client goes, it is gone from the gauge and counted as an abort."""
+    with running_triton(read_engine(tiny_engine), tmp_path / "triton") as triton:
+        grpc_port = int(triton.grpc_url.rsplit(":", 1)[1])
+        with contextlib.ExitStack() as stack:
+            process, port = stack.enter_context(
+                _proxy_workers(tmp_path, engine=tiny_engine, grpc_port=grpc_port)
+            )
+            workers = _listeners(_children(process.pid), port)
+            connections = _connection_per_worker(port, workers)
+            for connection in connections.values():
+                stack.callback(connection.close)
+            one, other = connections.values()
+            model = json.loads(_call(one, "GET", "/v1/models")[1])["data"][0]["id"]
+            prompt = {"model": model, "prompt": "The quick brown fox", "temperature": 0}
+            usages = []
+            for connection, max_tokens in ((one, 5), (one, 7), (other, 6)):
+                status, body = _call(
+                    connection, "POST", "/v1/completions", {**prompt, "max_tokens": max_tokens}
+                )
+                assert status == 200, body
+                usages.append(json.loads(body)["usage"])
+
+            # A stream that outlasts the test, on the first worker; its first token makes it running.
+            streamed = {**prompt, "max_tokens": 900, "ignore_eos": True, "stream": True}
+            one.request("POST", "/v1/completions", json.dumps(streamed), {"Content-Type": "application/json"})
+            stream = one.getresponse()
+            assert stream.status == 200
+            while not stream.readline().startswith(b"data: {"):
+                pass
+            text = _call(other, "GET", "/metrics")[1].decode()
+            assert _samples(text, "trtforge:num_requests_running") == {f'model_name="{model}"': 1.0}
+            assert _metric(text, "trtforge:num_requests_waiting") == 0
+            assert _metric(text, "trtforge:requests_total", api="completions") == 4
+            assert _metric(text, "trtforge:prompt_tokens_total") == sum(u["prompt_tokens"] for u in usages)
+            assert _metric(text, "trtforge:generation_tokens_total") == sum(
+                u["completion_tokens"] for u in usages
+            )
+            assert _metric(text, "trtforge:request_success_total") == 3
+            assert _metric(text, "trtforge:e2e_request_latency_seconds_count") == 3
+            assert _metric(text, "trtforge:time_to_first_token_seconds_count") == 4  # the stream's too
+            assert _metric(text, "trtforge:request_generation_tokens_sum") == sum(
+                u["completion_tokens"] for u in usages
+            )
+
+            one.close()  # the client of the stream goes: the first worker aborts it
+
+            def aborted() -> bool:
+                scraped = _call(other, "GET", "/metrics")[1].decode()
+                return _metric(scraped, "trtforge:request_success_total", finished_reason="abort") == 1
+
+            wait_until(aborted, what="the stream's abort in the other worker's /metrics")
+            text = _call(other, "GET", "/metrics")[1].decode()
+            assert _metric(text, "trtforge:num_requests_running") == 0
+            assert _metric(text, "trtforge:num_requests_waiting") == 0
