@@ -8,9 +8,11 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -388,3 +390,26 @@ def test_generation_metrics_and_gauges_sum_over_the_workers(tiny_engine: Path, t
             text = _call(other, "GET", "/metrics")[1].decode()
             assert _metric(text, "trtforge:num_requests_running") == 0
             assert _metric(text, "trtforge:num_requests_waiting") == 0
+
+
+def test_metrics_directories_of_supervisors_that_are_gone_are_removed(tmp_path: Path) -> None:
+    """A supervisor killed with SIGKILL leaves its directory behind: the next one removes it, and never one
+    whose supervisor still runs."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    temp = Path(tempfile.gettempdir())
+    stale = temp / f"trtforge-proxy-metrics-{gone.pid}-test"
+    alive = temp / f"trtforge-proxy-metrics-{os.getpid()}-test"
+    for directory in (stale, alive):
+        directory.mkdir()
+        (directory / "counter_1.db").write_bytes(b"")
+    try:
+        with _proxy_workers(tmp_path) as (process, port):
+            workers = _listeners(_children(process.pid), port)
+            [current] = {_environ(pid)["PROMETHEUS_MULTIPROC_DIR"] for pid in workers}
+            assert Path(current).name.startswith(f"trtforge-proxy-metrics-{process.pid}-")
+            assert not stale.exists()
+            assert (alive / "counter_1.db").is_file()
+    finally:
+        for directory in (stale, alive):
+            shutil.rmtree(directory, ignore_errors=True)

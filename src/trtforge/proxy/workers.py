@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event
+from pathlib import Path
 from types import FrameType
 
 from trtforge.proxy.settings import ProxySettings
@@ -194,7 +195,7 @@ class ProxyWorkers:
             {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
         )
         processes: list[SpawnProcess] = []
-        metrics_dir = tempfile.mkdtemp(prefix="trtforge-proxy-metrics-")
+        metrics_dir = _make_metrics_dir()
         try:
             readies = [self._context.Event() for _ in range(self.workers)]
             # The workers find the directory in their environment: prometheus-client picks its mode when it is
@@ -243,6 +244,30 @@ class ProxyWorkers:
             if process.pid is not None:
                 # Its live gauges leave the sum (prometheus-client has no annotations here).
                 mark_process_dead(process.pid, metrics_dir)  # type: ignore[no-untyped-call]
+
+
+_METRICS_DIR_PREFIX = "trtforge-proxy-metrics-"
+
+
+def _make_metrics_dir() -> str:
+    """A fresh private directory for the workers' metrics, named after this supervisor's pid; those of
+    supervisors that are gone (killed before they could remove theirs) are removed first."""
+    root = Path(tempfile.gettempdir())
+    for stale in root.glob(f"{_METRICS_DIR_PREFIX}*-*"):
+        owner = stale.name.removeprefix(_METRICS_DIR_PREFIX).split("-", 1)[0]
+        if owner.isdigit() and not _pid_exists(int(owner)) and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{_METRICS_DIR_PREFIX}{os.getpid()}-")
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 @contextlib.contextmanager
