@@ -42,8 +42,8 @@ _STOP_TIMEOUT_S = 15.0  # uvicorn's graceful timeout is 5 s; then the worker is 
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's switch to its multiprocess mode
 
-# `auto_workers`: a worker gets `_CORES_PER_WORKER` of the usable cores' first half (its event loop and its
-# tokenizing threads), the other half is left to tritonserver (TensorRT-LLM's executor and its threads, the
+# `auto_workers`: one worker per `_CORES_PER_WORKER` usable cores, about two for the worker itself (its event
+# loop, its tokenizing threads) and two left to tritonserver (TensorRT-LLM's executor and its threads, the
 # python-backend stubs, gRPC) and the host. At most `_MAX_AUTO_WORKERS`: one worker relays ~9,000 tokens/s
 # (~110 µs of CPU per token), so 8 cover several GPUs' output, while each worker adds a gRPC channel and a
 # tokenizer's memory.
