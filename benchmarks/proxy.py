@@ -60,6 +60,7 @@ from tritonclient.grpc import service_pb2_grpc
 from trtforge.engine import read_engine
 from trtforge.proxy.backend import GenerationRequest, build_infer_request, is_final
 from trtforge.proxy.tokenizer import ProxyTokenizer
+from trtforge.proxy.workers import auto_workers, usable_cores
 from trtforge.reference.tiny import corpus_text, make_tokenizer
 from trtforge.triton import TritonServer, write_model_repository
 
@@ -193,7 +194,7 @@ def start_proxy(work: Path, engine_dir: Path, grpc_port: int, variant: Variant) 
         command = [sys.executable, *tracer, "1" if variant.profile else "0", "--"]
     command += ["proxy", str(engine_dir), "--port", str(port)]
     command += ["--triton-grpc-port", str(grpc_port)]
-    if variant.workers != 1:
+    if variant.workers != 1 or variant.src is None:  # this checkout's default is `auto`; a baseline's was 1
         command += ["--workers", str(variant.workers)]
     env = {**os.environ, "TRTFORGE_HOME": str(work / "home")}
     if variant.src is not None:
@@ -746,7 +747,8 @@ def main() -> None:
     parser.add_argument(
         "--workers",
         default="1",
-        help="proxy worker processes; several (e.g. 1,2) run a proxy each, side by side",
+        help="proxy worker processes (a number or `auto`, the proxy's default here); several (e.g. 1,2,auto) "
+        "run a proxy each, side by side",
     )
     parser.add_argument(
         "--baseline-src",
@@ -772,7 +774,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.streams = [int(s) for s in args.streams.split(",")]
-    counts = [int(w) for w in args.workers.split(",")]
+    counts = [auto_workers(usable_cores()) if w == "auto" else int(w) for w in args.workers.split(",")]
     variants = [Variant(f"w{w}" if len(counts) > 1 else "", workers=w) for w in counts]
     if args.baseline_src is not None:
         variants.append(Variant("base", src=args.baseline_src.resolve()))

@@ -242,3 +242,28 @@ def test_each_refusal_is_one_error_line_with_its_status(
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
     assert not (isolated_home / "store").exists(), "nothing may be built when the command cannot serve"
     assert not (isolated_home / "tmp" / "repositories").exists(), "nothing written, nothing started"
+
+
+def test_dry_run_says_the_workers_resolved_from_auto_or_given(
+    tiny_engine: Path, isolated_home: Path, recording_triton: tuple[dict[str, str], Path]
+) -> None:
+    """`--workers auto` (the default) is resolved before the plan: the number and the cores it came from."""
+    from trtforge.proxy.workers import auto_workers, usable_cores
+
+    env, marker = recording_triton
+    _link("tiny", tiny_engine)
+    ports, args = _ports()
+    default = json.loads(_up("tiny", "--dry-run", "--json", *args, env=env).stdout)["proxy"]
+    cores = usable_cores()
+    assert (default["workers"], default["workers_auto_cores"]) == (auto_workers(cores), cores)
+    given = json.loads(_up("tiny", "--dry-run", "--json", "--workers", "3", *args, env=env).stdout)["proxy"]
+    assert (given["workers"], given["workers_auto_cores"]) == (3, None)
+    text = _up("tiny", "--dry-run", "--workers=auto", *args, env=env).stdout
+    described = f"{auto_workers(cores)} worker{'s' * (auto_workers(cores) > 1)}"
+    assert f"/v1 ({described} (auto: {cores} usable core{'s' * (cores > 1)}))" in text
+    refused = _up("tiny", "--dry-run", "--workers", "many", *args, env=env)
+    assert refused.returncode == 2
+    assert (
+        refused.stderr.strip() == "error: --workers takes `auto` or a whole number of at least 1, not 'many'"
+    )
+    _assert_nothing_started(isolated_home, marker, ports)

@@ -54,7 +54,7 @@ from trtforge.store.links import resolve_engine
 if TYPE_CHECKING:
     import uvicorn
 
-    from trtforge.proxy.workers import ProxyWorkers
+    from trtforge.proxy.workers import ProxyWorkers, WorkerCount
 
 # The proxy (FastAPI, uvicorn) and Triton (tritonclient, grpc) are imported inside the commands that use them:
 # every other command, and `--help`, starts without paying for them.
@@ -80,11 +80,12 @@ ApiKey = Annotated[
     ),
 ]
 Workers = Annotated[
-    int,
+    str,
     typer.Option(
         "--workers",
-        min=1,
-        help="Proxy processes sharing the port (SO_REUSEPORT), for when one core cannot relay every token.",
+        metavar="N|auto",
+        help="Proxy processes sharing the port (SO_REUSEPORT). auto: a quarter of the usable cores (CPU "
+        "affinity and cgroup quota), from 1 to 8, leaving the rest to tritonserver (docs/openai.md).",
     ),
 ]
 MaxBodyBytes = Annotated[
@@ -131,6 +132,16 @@ def _body_limit(value: str) -> int:
             f"--max-body-bytes takes a whole number of bytes (at least 1, e.g. 4194304), not {value!r}"
         )
     return int(text)
+
+
+def _worker_count(value: str) -> WorkerCount:
+    """`--workers` resolved: `auto` counts the usable cores here."""
+    from trtforge.proxy.workers import WorkerCount
+
+    try:
+        return WorkerCount.parse(value)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _raise_open_file_limit() -> None:
@@ -221,6 +232,8 @@ def _print_plan(plan: ServePlan) -> None:
     lines.append(f"triton ports: HTTP {ports.http}, gRPC {ports.grpc}, metrics {ports.metrics} on 127.0.0.1")
     if plan.proxy is not None:
         workers = f"{plan.proxy.workers} worker{'s' if plan.proxy.workers > 1 else ''}"
+        if (cores := plan.proxy.workers_auto_cores) is not None:
+            workers += f" (auto: {cores} usable core{'s' if cores != 1 else ''})"
         key = ", API key required" if plan.proxy.api_key is not None else ""
         lines.append(f"proxy: {plan.proxy.url} ({workers}{key})")
     print("\n".join(lines), flush=True)
@@ -349,7 +362,7 @@ def proxy(
     host: ProxyHost = constants.DEFAULT_PROXY_HOST,
     triton_grpc_port: GrpcPort = constants.DEFAULT_TRITON_GRPC_PORT,
     api_key: ApiKey = None,
-    workers: Workers = 1,
+    workers: Workers = "auto",
     max_body_bytes: MaxBodyBytes = str(constants.DEFAULT_MAX_BODY_BYTES),
     coalesce: Coalesce = True,
     responses_store_max: StoreMax = STORE_MAX,
@@ -362,6 +375,7 @@ def proxy(
 
     body_limit = _body_limit(max_body_bytes)
     bounds = store_bounds(responses_store_max, responses_store_bytes, responses_store_ttl)
+    count = _worker_count(workers)
     _raise_open_file_limit()
     engine = read_engine(resolve_engine(name))
     check_ports_free({"--port": port}, host=host)
@@ -378,9 +392,11 @@ def proxy(
         response_store=ResponseStoreLimits(bounds.max_responses, bounds.max_bytes, bounds.max_age_s),
         enable_chunked_context=options.enable_chunked_context,  # as `serve` runs it, so the limits agree
     )
-    console.print(f"OpenAI-compatible API for [bold]{escape(name)}[/] on http://{host}:{port}/v1")
+    console.print(
+        f"OpenAI-compatible API for [bold]{escape(name)}[/] on http://{host}:{port}/v1 ({count.describe()})"
+    )
     try:
-        run_server(make_proxy([settings], host=host, port=port, api_key=api_key, workers=workers))
+        run_server(make_proxy([settings], host=host, port=port, api_key=api_key, workers=count.workers))
     except KeyboardInterrupt:  # SIGINT, raised again by the server once it has shut down
         stopped_cleanly()
         raise
@@ -410,7 +426,7 @@ def up(
     api_key: ApiKey = None,
     option: ServeOptionArg = None,
     force: Force = False,
-    workers: Workers = 1,
+    workers: Workers = "auto",
     restart: Annotated[
         bool, typer.Option(help="Start a new tritonserver when it dies (--no-restart: exit 1 instead).")
     ] = True,
@@ -441,6 +457,7 @@ def up(
     names = names or [constants.TINY_ENGINE_NAME]
     body_limit = _body_limit(max_body_bytes)
     bounds = store_bounds(responses_store_max, responses_store_bytes, responses_store_ttl)
+    count = _worker_count(workers)
     if json_output and not dry_run:
         raise UsageError("--json prints the plan of --dry-run; add --dry-run")
     if not dry_run:
@@ -449,7 +466,8 @@ def up(
         host=host,
         port=port,
         api_key=api_key,
-        workers=workers,
+        workers=count.workers,
+        workers_auto_cores=count.cores,
         max_body_bytes=body_limit,
         coalesce=coalesce,
         responses_store_max=bounds.max_responses,

@@ -20,17 +20,24 @@ including those then refused (context too long, Triton unavailable, ...). Reques
 a missing field, an unknown model, a wrong API key) are not counted: their `model` is whatever the client sent,
 and an unbounded label set is what Prometheus warns against.
 
+With several workers (`proxy.workers`) each is a process of its own: prometheus-client's multiprocess mode
+(`PROMETHEUS_MULTIPROC_DIR`, set by the supervisor) keeps every worker's values in files of one directory, and
+`render` reads them all, so `/metrics` from any worker shows the sums over the workers: counters and histograms
+added up, the two gauges summed over the live workers (`livesum`).
+
 Triton's own metrics (queue and compute times per model) stay on tritonserver's metrics port.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST
 
@@ -48,6 +55,8 @@ class ProxyMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Read as prometheus-client reads it (once, at its import): set, this process writes its values there.
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         labels = ["model_name"]
         r = self.registry
         self.requests = Counter(
@@ -104,13 +113,18 @@ class ProxyMetrics:
             registry=r,
         )
         self.running = Gauge(
-            "trtforge:num_requests_running", "Generations producing tokens.", labels, registry=r
+            "trtforge:num_requests_running",
+            "Generations producing tokens.",
+            labels,
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.waiting = Gauge(
             "trtforge:num_requests_waiting",
             "Generations sent to Triton that have no token yet.",
             labels,
             registry=r,
+            multiprocess_mode="livesum",
         )
 
     def count_request(self, model: str, api: ProxyApi) -> None:
@@ -123,7 +137,13 @@ class ProxyMetrics:
         return GenerationTimer(self, model, prompt_tokens)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The Prometheus text of this proxy: of every worker when there are several."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        # prometheus-client ships no annotations for it; one scrape reads every worker's files.
+        MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
 
 
 @dataclass

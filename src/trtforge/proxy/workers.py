@@ -5,20 +5,33 @@ own, listening on the same port through `SO_REUSEPORT`: the kernel spreads new c
 The supervisor (`ProxyWorkers.run`, in the foreground) starts them, stops them all on SIGINT/SIGTERM or
 `.should_exit` (each ends its open streams properly, as one proxy does at shutdown), and stops them all when one
 of them dies, so a half-alive proxy never keeps the port.
+
+How many by default (`--workers auto`): `auto_workers`, from the cores this process may use (`usable_cores`).
+
+Metrics: the workers share one private directory for prometheus-client's multiprocess mode (created by the
+supervisor, set as `PROMETHEUS_MULTIPROC_DIR` in each worker's environment, removed when they have stopped), so
+`/metrics` from any worker is the sum over all of them (see `proxy.metrics`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import multiprocessing
+import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from multiprocessing.context import SpawnProcess
 from multiprocessing.synchronize import Event
+from pathlib import Path
 from types import FrameType
 
 from trtforge.proxy.settings import ProxySettings
@@ -26,6 +39,78 @@ from trtforge.proxy.settings import ProxySettings
 logger = logging.getLogger(__name__)
 
 _STOP_TIMEOUT_S = 15.0  # uvicorn's graceful timeout is 5 s; then the worker is killed
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's switch to its multiprocess mode
+
+# `auto_workers`: one worker per `_CORES_PER_WORKER` usable cores, about two for the worker itself (its event
+# loop, its tokenizing threads) and two left to tritonserver (TensorRT-LLM's executor and its threads, the
+# python-backend stubs, gRPC) and the host. At most `_MAX_AUTO_WORKERS`: one worker relays ~9,000 tokens/s
+# (~110 µs of CPU per token), so 8 cover several GPUs' output, while each worker adds a gRPC channel and a
+# tokenizer's memory.
+_CORES_PER_WORKER = 4
+_MAX_AUTO_WORKERS = 8
+_CGROUP_V2_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+_CGROUP_V1_QUOTA = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"
+_CGROUP_V1_PERIOD = "/sys/fs/cgroup/cpu/cpu.cfs_period_us"
+
+
+def _cgroup_cpu_limit() -> float | None:
+    """The CPU quota of this process's cgroup in cores (a container's `--cpus`), or None when unlimited."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open(_CGROUP_V2_CPU_MAX) as handle:
+            quota, period = handle.read().split()[:2]  # "max 100000" or "200000 100000"
+        return None if quota == "max" else int(quota) / int(period)
+    with contextlib.suppress(OSError, ValueError):
+        with open(_CGROUP_V1_QUOTA) as quota_file, open(_CGROUP_V1_PERIOD) as period_file:
+            quota_us, period_us = int(quota_file.read()), int(period_file.read())
+        return None if quota_us <= 0 else quota_us / period_us  # -1: unlimited
+    return None
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (`taskset`, cpusets), capped by its cgroup's CPU
+    quota rounded up; at least 1."""
+    cores = len(os.sched_getaffinity(0))
+    limit = _cgroup_cpu_limit()
+    if limit is not None:
+        cores = min(cores, math.ceil(limit))
+    return max(1, cores)
+
+
+def auto_workers(cores: int) -> int:
+    """The default number of proxy workers on a host with `cores` usable cores: `cores // 4`, from 1 to 8
+    (1 up to 7 cores, 2 on 8, 4 on 16, 8 from 32)."""
+    return max(1, min(_MAX_AUTO_WORKERS, cores // _CORES_PER_WORKER))
+
+
+@dataclass(frozen=True)
+class WorkerCount:
+    """How many proxy workers to run, and why (`--workers N` or `--workers auto`)."""
+
+    workers: int
+    auto: bool = False
+    cores: int | None = None  # the usable cores `auto` counted
+
+    @classmethod
+    def parse(cls, value: str) -> WorkerCount:
+        """`--workers`: `auto` (derived from the usable cores) or a whole number of at least 1.
+
+        Raises:
+            ValueError: anything else (its message is one line for the user).
+        """
+        text = value.strip().lower()
+        if text == "auto":
+            cores = usable_cores()
+            return cls(auto_workers(cores), auto=True, cores=cores)
+        if not (text.isascii() and text.isdigit()) or int(text) < 1:
+            raise ValueError(f"--workers takes `auto` or a whole number of at least 1, not {value!r}")
+        return cls(int(text))
+
+    def describe(self) -> str:
+        """E.g. `4 workers (auto: 16 usable cores)`, `1 worker`."""
+        plural = "s" if self.workers != 1 else ""
+        reason = f" (auto: {self.cores} usable core{'s' if self.cores != 1 else ''})" if self.auto else ""
+        return f"{self.workers} worker{plural}{reason}"
 
 
 @dataclass(frozen=True)
@@ -110,17 +195,22 @@ class ProxyWorkers:
             {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
         )
         processes: list[SpawnProcess] = []
+        metrics_dir = _make_metrics_dir()
         try:
             readies = [self._context.Event() for _ in range(self.workers)]
-            for index, ready in enumerate(readies):
-                process = self._context.Process(
-                    target=_serve_worker, args=(self.spec, ready), name=f"trtforge-proxy-{index}"
-                )
-                process.start()
-                processes.append(process)
+            # The workers find the directory in their environment: prometheus-client picks its mode when it is
+            # imported, which a spawned worker does before it runs any of our code.
+            with _environment(MULTIPROC_DIR_ENV, metrics_dir):
+                for index, ready in enumerate(readies):
+                    process = self._context.Process(
+                        target=_serve_worker, args=(self.spec, ready), name=f"trtforge-proxy-{index}"
+                    )
+                    process.start()
+                    processes.append(process)
             self._supervise(processes, readies)
         finally:
-            self._stop(processes)
+            self._stop(processes, metrics_dir)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         for signum in captured[-1:]:
@@ -140,7 +230,9 @@ class ProxyWorkers:
                 logger.info("%d proxy workers listening on %s:%d", self.workers, self.host, self.port)
 
     @staticmethod
-    def _stop(processes: list[SpawnProcess]) -> None:
+    def _stop(processes: list[SpawnProcess], metrics_dir: str) -> None:
+        from prometheus_client.multiprocess import mark_process_dead
+
         for process in processes:
             if process.is_alive():
                 process.terminate()  # SIGTERM: uvicorn's graceful shutdown, streams end with [DONE]
@@ -149,3 +241,44 @@ class ProxyWorkers:
             if process.is_alive():
                 process.kill()
                 process.join()
+            if process.pid is not None:
+                # Its live gauges leave the sum (prometheus-client has no annotations here).
+                mark_process_dead(process.pid, metrics_dir)  # type: ignore[no-untyped-call]
+
+
+_METRICS_DIR_PREFIX = "trtforge-proxy-metrics-"
+
+
+def _make_metrics_dir() -> str:
+    """A fresh private directory for the workers' metrics, named after this supervisor's pid; those of
+    supervisors that are gone (killed before they could remove theirs) are removed first."""
+    root = Path(tempfile.gettempdir())
+    for stale in root.glob(f"{_METRICS_DIR_PREFIX}*-*"):
+        owner = stale.name.removeprefix(_METRICS_DIR_PREFIX).split("-", 1)[0]
+        if owner.isdigit() and not _pid_exists(int(owner)) and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{_METRICS_DIR_PREFIX}{os.getpid()}-")
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """`os.environ[name] = value` within the block (for the processes started there), as it was after."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before

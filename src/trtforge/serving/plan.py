@@ -94,6 +94,7 @@ class ProxyListen:
         host, port: the address it binds (default loopback only).
         api_key: the key clients must send, or None; never shown in a repr.
         workers: proxy processes sharing the port.
+        workers_auto_cores: with `--workers auto`, the usable cores `workers` was derived from; else None.
         log_level: the proxy's log level.
         max_body_bytes: the largest request body it accepts (larger: 413 before parsing).
         coalesce: tokens of one stream that are ready together go out as one chunk (False: one per token).
@@ -105,6 +106,7 @@ class ProxyListen:
     port: int = constants.DEFAULT_PROXY_PORT
     api_key: str | None = field(default=None, repr=False)
     workers: int = 1
+    workers_auto_cores: int | None = None
     log_level: str = "warning"
     max_body_bytes: int = constants.DEFAULT_MAX_BODY_BYTES
     coalesce: bool = True
@@ -281,6 +283,7 @@ class ServePlan:
                 "port": self.proxy.port,
                 "url": self.proxy.url,
                 "workers": self.proxy.workers,
+                "workers_auto_cores": self.proxy.workers_auto_cores,
                 "api_key_required": self.proxy.api_key is not None,
                 "max_body_bytes": self.proxy.max_body_bytes,
                 "coalesce": self.proxy.coalesce,
