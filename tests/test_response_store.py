@@ -1,17 +1,29 @@
-"""The bounded store of Responses (`proxy.response_store`): eviction by count, bytes and age (oldest first), the
-owner scope, entries larger than the byte bound, input_items pages and the end of a stream cut by shutdown;
+"""The bounded stores of Responses (`proxy.response_store` in memory, `proxy.shared_response_store` shared by the
+workers on disk): eviction by count, bytes and age (oldest first), the owner scope, entries larger than the
+byte bound, two processes' views of one shared store, input_items pages and the end of a stream cut by shutdown;
 time is driven through the store's clock, never slept."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from trtforge.proxy.errors import InvalidRequestError, TritonUnavailableError
-from trtforge.proxy.response_store import ResponseStore, ResponseStoreLimits, StoredResponse, owner_of
+from trtforge.proxy.response_store import (
+    Responses,
+    ResponseStore,
+    ResponseStoreLimits,
+    StoredResponse,
+    owner_of,
+    response_store_for,
+)
 from trtforge.proxy.responses import ResponseFraming, ResponseNotFoundError, ResponsesApi, Turn
 from trtforge.proxy.responses_protocol import ResponsesRequest
+from trtforge.proxy.shared_response_store import SHARED_STORE_DIR_ENV, SharedResponseStore
 
 
 class Clock:
@@ -22,6 +34,28 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+MakeStore = Callable[..., Responses]
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700)
+    path.chmod(0o700)  # whatever the umask
+    return path
+
+
+@pytest.fixture(params=["memory", "shared"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> MakeStore:
+    """`make_store(limits=None, clock=...)`: each store case runs on the memory store and on the shared one."""
+    directory = _private_dir(tmp_path / "store")
+
+    def make(limits: ResponseStoreLimits | None = None, **clock: Callable[[], float]) -> Responses:
+        if request.param == "memory":
+            return ResponseStore(limits, **clock)
+        return SharedResponseStore(directory, limits, **clock)
+
+    return make
 
 
 def _stored(response_id: str, pad: int = 0) -> StoredResponse:
@@ -38,21 +72,21 @@ def _size(stored: StoredResponse) -> int:
     return len(json.dumps(blob, ensure_ascii=False, separators=(",", ":")).encode())
 
 
-def _ids(store: ResponseStore, owner: str, ids: list[str]) -> list[str]:
+def _ids(store: Responses, owner: str, ids: list[str]) -> list[str]:
     """Which of `ids` `owner` can still read."""
     return [i for i in ids if store.get(owner, i) is not None]
 
 
-def test_what_is_put_is_read_back_as_it_was() -> None:
-    store = ResponseStore()
+def test_what_is_put_is_read_back_as_it_was(make_store: MakeStore) -> None:
+    store = make_store()
     stored = _stored("resp_1")
     assert store.put("", "resp_1", stored)
     assert store.get("", "resp_1") == stored
     assert len(store) == 1 and store.bytes == _size(stored)
 
 
-def test_past_the_count_the_oldest_go_first() -> None:
-    store = ResponseStore(ResponseStoreLimits(max_responses=3))
+def test_past_the_count_the_oldest_go_first(make_store: MakeStore) -> None:
+    store = make_store(ResponseStoreLimits(max_responses=3))
     ids = [f"resp_{n}" for n in range(5)]
     for response_id in ids:
         assert store.put("", response_id, _stored(response_id))
@@ -60,9 +94,9 @@ def test_past_the_count_the_oldest_go_first() -> None:
     assert len(store) == 3
 
 
-def test_past_the_bytes_the_oldest_go_until_it_fits() -> None:
+def test_past_the_bytes_the_oldest_go_until_it_fits(make_store: MakeStore) -> None:
     one = _size(_stored("resp_0", pad=100))
-    store = ResponseStore(ResponseStoreLimits(max_bytes=3 * one))
+    store = make_store(ResponseStoreLimits(max_bytes=3 * one))
     ids = [f"resp_{n}" for n in range(3)]
     for response_id in ids:
         store.put("", response_id, _stored(response_id, pad=100))
@@ -75,18 +109,20 @@ def test_past_the_bytes_the_oldest_go_until_it_fits() -> None:
     assert store.bytes == 3 * one <= store.limits.max_bytes
 
 
-def test_a_response_larger_than_the_byte_bound_is_not_stored_and_evicts_nothing() -> None:
+def test_a_response_larger_than_the_byte_bound_is_not_stored_and_evicts_nothing(
+    make_store: MakeStore,
+) -> None:
     small = _stored("resp_small")
-    store = ResponseStore(ResponseStoreLimits(max_bytes=_size(small) + 50))
+    store = make_store(ResponseStoreLimits(max_bytes=_size(small) + 50))
     assert store.put("", "resp_small", small)
     assert not store.put("", "resp_huge", _stored("resp_huge", pad=100))
     assert store.get("", "resp_huge") is None
     assert store.get("", "resp_small") == small and store.bytes == _size(small)
 
 
-def test_an_entry_older_than_the_age_bound_is_gone() -> None:
+def test_an_entry_older_than_the_age_bound_is_gone(make_store: MakeStore) -> None:
     clock = Clock()
-    store = ResponseStore(ResponseStoreLimits(max_age_s=60), clock=clock)
+    store = make_store(ResponseStoreLimits(max_age_s=60), clock=clock)
     store.put("", "resp_old", _stored("resp_old"))
     clock.now += 30
     store.put("", "resp_new", _stored("resp_new"))
@@ -100,9 +136,9 @@ def test_an_entry_older_than_the_age_bound_is_gone() -> None:
     assert store.get("", "resp_new") is None and len(store) == 0 and store.bytes == 0
 
 
-def test_storing_again_under_an_id_replaces_the_entry_and_renews_it() -> None:
+def test_storing_again_under_an_id_replaces_the_entry_and_renews_it(make_store: MakeStore) -> None:
     clock = Clock()
-    store = ResponseStore(ResponseStoreLimits(max_responses=2, max_age_s=60), clock=clock)
+    store = make_store(ResponseStoreLimits(max_responses=2, max_age_s=60), clock=clock)
     store.put("", "resp_a", _stored("resp_a"))
     store.put("", "resp_b", _stored("resp_b"))
     clock.now += 30
@@ -116,8 +152,8 @@ def test_storing_again_under_an_id_replaces_the_entry_and_renews_it() -> None:
     assert store.get("", "resp_a") == replaced
 
 
-def test_one_owner_never_reads_or_deletes_anothers_response() -> None:
-    store = ResponseStore()
+def test_one_owner_never_reads_or_deletes_anothers_response(make_store: MakeStore) -> None:
+    store = make_store()
     alice, bob = owner_of("key-a"), owner_of("key-b")
     store.put(alice, "resp_1", _stored("resp_1"))
     assert store.get(bob, "resp_1") is None
@@ -135,8 +171,8 @@ def test_the_owner_is_a_digest_of_the_key_not_the_key() -> None:
     assert "key-a" not in owner_of("key-a") and len(owner_of("key-a")) == 64
 
 
-def test_count_zero_stores_nothing() -> None:
-    store = ResponseStore(ResponseStoreLimits(max_responses=0))
+def test_count_zero_stores_nothing(make_store: MakeStore) -> None:
+    store = make_store(ResponseStoreLimits(max_responses=0))
     assert not store.put("", "resp_1", _stored("resp_1"))
     assert store.get("", "resp_1") is None and len(store) == 0
 
@@ -158,6 +194,77 @@ def test_several_models_share_one_store_with_the_widest_bounds() -> None:
     )
     assert widest == ResponseStoreLimits(max_responses=5, max_bytes=900, max_age_s=60)
     assert ResponseStoreLimits.widest([]) == ResponseStoreLimits()
+
+
+# ----------------------------------------------------------------------- the workers' shared store
+
+
+def test_two_stores_over_one_directory_see_each_others_puts_deletes_and_bounds(tmp_path: Path) -> None:
+    """As two workers: what one stores the other reads and deletes, and the count bound holds over both."""
+    directory = _private_dir(tmp_path / "store")
+    limits = ResponseStoreLimits(max_responses=3)
+    one, other = SharedResponseStore(directory, limits), SharedResponseStore(directory, limits)
+    alice = owner_of("key-a")
+    assert one.put(alice, "resp_1", _stored("resp_1"))
+    assert other.get(alice, "resp_1") == _stored("resp_1")
+    assert other.get("", "resp_1") is None and not other.delete("", "resp_1")  # the owner scope holds too
+    assert other.delete(alice, "resp_1")
+    assert one.get(alice, "resp_1") is None and len(one) == 0
+    ids = [f"resp_{n}" for n in range(4)]
+    for store, response_id in zip((one, other, one, other), ids, strict=True):
+        assert store.put("", response_id, _stored(response_id))
+    assert _ids(one, "", ids) == _ids(other, "", ids) == ids[1:]  # the oldest out, whoever stored it
+    assert len(one) == len(other) == 3 and one.bytes == other.bytes == 3 * _size(_stored("resp_0"))
+    assert sorted(p.name for p in directory.glob("*.json") if p.name != "index.json") == sorted(
+        f"{hashlib.sha256(i.encode()).hexdigest()}.json" for i in ids[1:]
+    )
+
+
+def test_an_id_is_never_a_path(tmp_path: Path) -> None:
+    directory = _private_dir(tmp_path / "store")
+    (tmp_path / "outside.json").write_text("[{}, [], []]")
+    store = SharedResponseStore(directory)
+    for response_id in ("../outside", "../outside.json", "/etc/passwd", "index"):
+        assert store.get("", response_id) is None and not store.delete("", response_id)
+    assert (tmp_path / "outside.json").is_file()
+
+
+def test_a_directory_others_can_read_is_refused(tmp_path: Path) -> None:
+    directory = _private_dir(tmp_path / "store")
+    directory.chmod(0o755)
+    with pytest.raises(ValueError, match="needs a private directory"):
+        SharedResponseStore(directory)
+    (tmp_path / "link").symlink_to(_private_dir(tmp_path / "real"))
+    with pytest.raises(ValueError, match="needs a private directory"):
+        SharedResponseStore(tmp_path / "link")
+
+
+def test_a_damaged_file_is_read_bounded_and_a_damaged_index_starts_over(tmp_path: Path) -> None:
+    directory = _private_dir(tmp_path / "store")
+    store = SharedResponseStore(directory)
+    store.put("", "resp_1", _stored("resp_1"))
+    store.put("", "resp_2", _stored("resp_2"))
+    blob = directory / f"{hashlib.sha256(b'resp_1').hexdigest()}.json"
+    blob.write_bytes(blob.read_bytes() + b" " * 10_000_000)  # longer than its index says: not read
+    assert store.get("", "resp_1") is None
+    assert store.get("", "resp_2") == _stored("resp_2")
+    (directory / "index.json").write_bytes(b"[not json")
+    assert len(store) == 0 and store.get("", "resp_2") is None
+    assert [p.name for p in directory.glob("*.json")] == ["index.json"]  # the files it indexed are gone
+    assert store.put("", "resp_3", _stored("resp_3")) and store.get("", "resp_3") == _stored("resp_3")
+
+
+def test_the_proxy_shares_the_store_when_the_supervisor_names_a_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limits = ResponseStoreLimits(max_responses=7)
+    monkeypatch.delenv(SHARED_STORE_DIR_ENV, raising=False)
+    alone = response_store_for(limits)
+    assert isinstance(alone, ResponseStore) and alone.limits == limits
+    monkeypatch.setenv(SHARED_STORE_DIR_ENV, str(_private_dir(tmp_path / "store")))
+    shared = response_store_for(limits)
+    assert isinstance(shared, SharedResponseStore) and shared.limits == limits
+    assert shared.directory == tmp_path / "store"
 
 
 # ------------------------------------------------------------------------------ input_items pages

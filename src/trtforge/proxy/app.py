@@ -44,7 +44,7 @@ from trtforge.proxy.metrics import METRICS_MEDIA_TYPE, ProxyMetrics
 from trtforge.proxy.middleware import ProxyMiddleware
 from trtforge.proxy.prepare import Prepared, PrepareRunner
 from trtforge.proxy.protocol import ChatCompletionRequest, CompletionRequest, ModelList
-from trtforge.proxy.response_store import ResponseStore, ResponseStoreLimits, owner_of
+from trtforge.proxy.response_store import ResponseStoreLimits, owner_of, response_store_for
 from trtforge.proxy.responses import ResponsesApi, Turn, credential_of
 from trtforge.proxy.responses_protocol import ResponsesRequest
 from trtforge.proxy.serving import OpenAIServing
@@ -447,9 +447,9 @@ def build_app(settings: Sequence[ProxySettings], *, api_key: str | None = None) 
     app = FastAPI(title="trtforge OpenAI proxy", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.shutting_down = asyncio.Event()  # set by the server that runs the app (`make_server`)
     app.state.metrics = proxy_metrics
-    # One store per process (with several workers, each has its own): see `proxy.response_store`.
+    # In memory, or shared by the workers when there are several: see `proxy.response_store`.
     app.state.responses = ResponsesApi(
-        ResponseStore(ResponseStoreLimits.widest([m.response_store for m in models]))
+        response_store_for(ResponseStoreLimits.widest([m.response_store for m in models]))
     )
     # Inside the API-key check; one limit for the whole app: the largest any served model allows.
     app.add_middleware(BodyLimitMiddleware, max_bytes=max(m.max_body_bytes for m in models))

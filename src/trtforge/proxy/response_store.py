@@ -10,19 +10,21 @@ turn continues), kept as compact JSON: its size in bytes is what the byte limit 
 - Scoped by owner: the digest of the API key the request carried (the empty string without one). A lookup
   under another owner finds nothing, exactly as an id that never existed, so one key never learns of another's
   responses.
-- Nothing is written to disk: a restart loses every stored response, and with several proxy workers each
-  process has its own store.
+- In memory: a restart loses every stored response. With several proxy workers, the workers share one store
+  on disk instead (`proxy.shared_response_store`, chosen by `response_store_for`), with the same bounds and
+  scope; it is lost on restart too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from trtforge import constants
 
@@ -58,6 +60,34 @@ class StoredResponse:
     response: dict[str, Any]
     input_items: list[dict[str, Any]]
     conversation: list[dict[str, Any]]
+
+
+class Responses(Protocol):
+    """What the Responses API needs of a store (`ResponseStore` here, or the workers' shared one)."""
+
+    limits: ResponseStoreLimits
+
+    def __len__(self) -> int: ...
+
+    @property
+    def bytes(self) -> int: ...
+
+    def put(self, owner: str, response_id: str, stored: StoredResponse) -> bool: ...
+
+    def get(self, owner: str, response_id: str) -> StoredResponse | None: ...
+
+    def delete(self, owner: str, response_id: str) -> bool: ...
+
+
+def encode(stored: StoredResponse) -> bytes:
+    """An entry as the store keeps it: compact JSON, whose length is what the byte limit counts."""
+    blob = [stored.response, stored.input_items, stored.conversation]
+    return json.dumps(blob, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def decode(blob: bytes) -> StoredResponse:
+    response, input_items, conversation = json.loads(blob)
+    return StoredResponse(response, input_items, conversation)
 
 
 @dataclass(frozen=True)
@@ -102,11 +132,7 @@ class ResponseStore:
     def put(self, owner: str, response_id: str, stored: StoredResponse) -> bool:
         """Store (or replace) a response; False when it is not kept (store off, or larger than the limit)."""
         self._expire()
-        blob = json.dumps(
-            [stored.response, stored.input_items, stored.conversation],
-            ensure_ascii=False,
-            separators=(",", ":"),
-        ).encode()
+        blob = encode(stored)
         self._remove(response_id)
         if self.limits.max_responses == 0 or len(blob) > self.limits.max_bytes:
             return False
@@ -124,8 +150,7 @@ class ResponseStore:
         entry = self._entries.get(response_id)
         if entry is None or entry.owner != owner:
             return None
-        response, input_items, conversation = json.loads(entry.blob)
-        return StoredResponse(response, input_items, conversation)
+        return decode(entry.blob)
 
     def delete(self, owner: str, response_id: str) -> bool:
         """Remove `owner`'s response; False when there is none to remove."""
@@ -148,3 +173,12 @@ class ResponseStore:
             if oldest.stored_at > horizon:
                 return
             self._remove(oldest_id)
+
+
+def response_store_for(limits: ResponseStoreLimits) -> Responses:
+    """The store of this proxy process: the workers' shared one when the supervisor named its directory
+    (`SHARED_STORE_DIR_ENV`, several workers), else one in memory."""
+    from trtforge.proxy.shared_response_store import SHARED_STORE_DIR_ENV, SharedResponseStore
+
+    directory = os.environ.get(SHARED_STORE_DIR_ENV)
+    return SharedResponseStore(directory, limits) if directory else ResponseStore(limits)

@@ -29,7 +29,7 @@ from trtforge.proxy.generation import TextDelta
 from trtforge.proxy.prepare import Prepared
 from trtforge.proxy.protocol import ChatCompletionRequest, FinishReason
 from trtforge.proxy.replies import ReplyDelta, reply_deltas
-from trtforge.proxy.response_store import ResponseStore, StoredResponse
+from trtforge.proxy.response_store import Responses, StoredResponse
 from trtforge.proxy.responses_protocol import (
     FunctionCallItem,
     FunctionCallOutput,
@@ -407,7 +407,7 @@ class Turn:
     request: ResponsesRequest
     owner: str
     history: list[dict[str, Any]]
-    store: ResponseStore
+    store: Responses
     response_id: str = field(default_factory=lambda: new_id("resp"))
     created_at: int = field(default_factory=lambda: int(time.time()))
     framing: ResponseFraming | None = None
@@ -546,7 +546,7 @@ class Turn:
 class ResponsesApi:
     """The Responses routes' state: the store of one proxy process."""
 
-    def __init__(self, store: ResponseStore) -> None:
+    def __init__(self, store: Responses) -> None:
         self.store = store
 
     def turn(self, request: ResponsesRequest, owner: str) -> Turn:

@@ -11,6 +11,9 @@ How many by default (`--workers auto`): `auto_workers`, from the cores this proc
 Metrics: the workers share one private directory for prometheus-client's multiprocess mode (created by the
 supervisor, set as `PROMETHEUS_MULTIPROC_DIR` in each worker's environment, removed when they have stopped), so
 `/metrics` from any worker is the sum over all of them (see `proxy.metrics`).
+
+Stored Responses: likewise one private directory for the workers' shared store (`SHARED_STORE_DIR_ENV`, see
+`proxy.shared_response_store`), so a response stored by one worker is found by all of them.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 from types import FrameType
 
 from trtforge.proxy.settings import ProxySettings
+from trtforge.proxy.shared_response_store import SHARED_STORE_DIR_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -195,12 +199,13 @@ class ProxyWorkers:
             {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
         )
         processes: list[SpawnProcess] = []
-        metrics_dir = _make_metrics_dir()
+        metrics_dir = _make_private_dir(_METRICS_DIR_PREFIX)
+        store_dir = _make_private_dir(_STORE_DIR_PREFIX)
         try:
             readies = [self._context.Event() for _ in range(self.workers)]
-            # The workers find the directory in their environment: prometheus-client picks its mode when it is
-            # imported, which a spawned worker does before it runs any of our code.
-            with _environment(MULTIPROC_DIR_ENV, metrics_dir):
+            # The workers find the directories in their environment: prometheus-client picks its mode when it
+            # is imported, which a spawned worker does before it runs any of our code.
+            with _environment({MULTIPROC_DIR_ENV: metrics_dir, SHARED_STORE_DIR_ENV: store_dir}):
                 for index, ready in enumerate(readies):
                     process = self._context.Process(
                         target=_serve_worker, args=(self.spec, ready), name=f"trtforge-proxy-{index}"
@@ -211,6 +216,7 @@ class ProxyWorkers:
         finally:
             self._stop(processes, metrics_dir)
             shutil.rmtree(metrics_dir, ignore_errors=True)
+            shutil.rmtree(store_dir, ignore_errors=True)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         for signum in captured[-1:]:
@@ -247,17 +253,18 @@ class ProxyWorkers:
 
 
 _METRICS_DIR_PREFIX = "trtforge-proxy-metrics-"
+_STORE_DIR_PREFIX = "trtforge-proxy-responses-"
 
 
-def _make_metrics_dir() -> str:
-    """A fresh private directory for the workers' metrics, named after this supervisor's pid; those of
+def _make_private_dir(prefix: str) -> str:
+    """A fresh private directory (mode 0700) for the workers, named `prefix` + this supervisor's pid; those of
     supervisors that are gone (killed before they could remove theirs) are removed first."""
     root = Path(tempfile.gettempdir())
-    for stale in root.glob(f"{_METRICS_DIR_PREFIX}*-*"):
-        owner = stale.name.removeprefix(_METRICS_DIR_PREFIX).split("-", 1)[0]
+    for stale in root.glob(f"{prefix}*-*"):
+        owner = stale.name.removeprefix(prefix).split("-", 1)[0]
         if owner.isdigit() and not _pid_exists(int(owner)) and stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
-    return tempfile.mkdtemp(prefix=f"{_METRICS_DIR_PREFIX}{os.getpid()}-")
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
 
 
 def _pid_exists(pid: int) -> bool:
@@ -271,14 +278,15 @@ def _pid_exists(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def _environment(name: str, value: str) -> Iterator[None]:
-    """`os.environ[name] = value` within the block (for the processes started there), as it was after."""
-    before = os.environ.get(name)
-    os.environ[name] = value
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """`os.environ` with `values` within the block (for the processes started there), as it was after."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
