@@ -18,7 +18,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -213,7 +215,11 @@ def test_a_bad_workers_value_is_one_line_before_anything_starts(tmp_path: Path) 
 def _serving_worker(connection: http.client.HTTPConnection, port: int, workers: list[int]) -> int | None:
     """The worker among `workers` that accepted `connection` (found through /proc: the established socket
     from the client's port to `port`), or None while none has accepted it yet."""
-    client_port = connection.sock.getsockname()[1]
+    return _worker_of(connection.sock.getsockname()[1], port, workers)
+
+
+def _worker_of(client_port: int, port: int, workers: list[int]) -> int | None:
+    """The worker among `workers` holding the connection from `client_port` to `port`, or None."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as handle:
@@ -413,3 +419,85 @@ def test_metrics_directories_of_supervisors_that_are_gone_are_removed(tmp_path: 
     finally:
         for directory in (stale, alive):
             shutil.rmtree(directory, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- the Responses store across workers
+
+
+def _client_port(raw: Any) -> int:
+    """The local port of the connection an SDK call (`.with_raw_response`) went over."""
+    stream = raw.http_response.extensions["network_stream"]
+    return int(stream.get_extra_info("client_addr")[1])
+
+
+def _sdk_on(worker: int, port: int, workers: list[int]) -> openai.OpenAI:
+    """An SDK client whose one keep-alive connection is served by `worker` (new clients until one is)."""
+    for _ in range(500):
+        http_client = httpx.Client(limits=httpx.Limits(max_connections=1), timeout=300)
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="key-a", max_retries=0, http_client=http_client
+        )
+        if _worker_of(_client_port(client.models.with_raw_response.list()), port, workers) == worker:
+            return client
+        client.close()
+    raise AssertionError(f"500 clients never reached worker {worker} of {workers}")
+
+
+def _on(raw: Any, worker: int, port: int, workers: list[int]) -> Any:
+    """The parsed result of an SDK call, once sure `worker` served it."""
+    assert _worker_of(_client_port(raw), port, workers) == worker
+    return raw.parse()
+
+
+@pytest.mark.triton
+def test_a_response_stored_by_one_worker_is_read_and_continued_on_the_other(
+    tiny_engine: Path, tmp_path: Path
+) -> None:
+    """2 workers, Triton serving the tiny model: a response created on one worker is read, listed, continued
+    (`previous_response_id`) and deleted through the other; the shared store's directory (private, in the
+    workers' environment only) is gone once the proxy stopped."""
+    with running_triton(read_engine(tiny_engine), tmp_path / "triton") as triton:
+        grpc_port = int(triton.grpc_url.rsplit(":", 1)[1])
+        with _proxy_workers(tmp_path, engine=tiny_engine, grpc_port=grpc_port) as (process, port):
+            workers = _listeners(_children(process.pid), port)
+            [store_dir] = {Path(_environ(pid)["TRTFORGE_PROXY_RESPONSES_DIR"]) for pid in workers}
+            assert store_dir.is_dir() and store_dir.stat().st_mode & 0o777 == 0o700
+            assert "TRTFORGE_PROXY_RESPONSES_DIR" not in _environ(process.pid)
+            first, second = workers
+            one = _sdk_on(first, port, workers)
+            model = one.models.list().data[0].id
+            created = _on(
+                one.responses.with_raw_response.create(model=model, input="Hello", temperature=0),
+                first,
+                port,
+                workers,
+            )
+            assert created.status == "completed" and created.output_text
+
+            other = _sdk_on(second, port, workers)
+            read = _on(other.responses.with_raw_response.retrieve(created.id), second, port, workers)
+            assert read.model_dump() == created.model_dump()
+            items = _on(other.responses.input_items.with_raw_response.list(created.id), second, port, workers)
+            assert [item.role for item in items.data] == ["user"]
+            continued = _on(
+                other.responses.with_raw_response.create(
+                    model=model, input="Again", previous_response_id=created.id, temperature=0
+                ),
+                second,
+                port,
+                workers,
+            )
+            assert continued.status == "completed" and continued.previous_response_id == created.id
+            assert continued.usage.input_tokens > created.usage.input_tokens  # the first turn came along
+            again = _sdk_on(first, port, workers)
+            read = _on(again.responses.with_raw_response.retrieve(continued.id), first, port, workers)
+            assert read.output_text == continued.output_text
+            _on(other.responses.with_raw_response.delete(created.id), second, port, workers)
+            with pytest.raises(openai.NotFoundError):  # on the first worker: `again`'s connection is kept
+                again.responses.retrieve(created.id)
+            for client in (one, other, again):
+                client.close()
+
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+            assert not store_dir.exists()
