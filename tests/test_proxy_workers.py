@@ -399,25 +399,27 @@ def test_generation_metrics_and_gauges_sum_over_the_workers(tiny_engine: Path, t
 
 
 def test_metrics_directories_of_supervisors_that_are_gone_are_removed(tmp_path: Path) -> None:
-    """A supervisor killed with SIGKILL leaves its directory behind: the next one removes it, and never one
-    whose supervisor still runs."""
+    """A supervisor killed with SIGKILL leaves its directories (metrics, stored responses) behind: the next one
+    removes them, and never one whose supervisor still runs."""
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     temp = Path(tempfile.gettempdir())
-    stale = temp / f"trtforge-proxy-metrics-{gone.pid}-test"
-    alive = temp / f"trtforge-proxy-metrics-{os.getpid()}-test"
-    for directory in (stale, alive):
+    kinds = {"metrics": "PROMETHEUS_MULTIPROC_DIR", "responses": "TRTFORGE_PROXY_RESPONSES_DIR"}
+    stale = [temp / f"trtforge-proxy-{kind}-{gone.pid}-test" for kind in kinds]
+    alive = [temp / f"trtforge-proxy-{kind}-{os.getpid()}-test" for kind in kinds]
+    for directory in (*stale, *alive):
         directory.mkdir()
         (directory / "counter_1.db").write_bytes(b"")
     try:
         with _proxy_workers(tmp_path) as (process, port):
             workers = _listeners(_children(process.pid), port)
-            [current] = {_environ(pid)["PROMETHEUS_MULTIPROC_DIR"] for pid in workers}
-            assert Path(current).name.startswith(f"trtforge-proxy-metrics-{process.pid}-")
-            assert not stale.exists()
-            assert (alive / "counter_1.db").is_file()
+            for kind, variable in kinds.items():
+                [current] = {_environ(pid)[variable] for pid in workers}
+                assert Path(current).name.startswith(f"trtforge-proxy-{kind}-{process.pid}-")
+            assert not any(directory.exists() for directory in stale)
+            assert all((directory / "counter_1.db").is_file() for directory in alive)
     finally:
-        for directory in (stale, alive):
+        for directory in (*stale, *alive):
             shutil.rmtree(directory, ignore_errors=True)
 
 
