@@ -10,8 +10,9 @@ Same interface, bounds and owner scope as `ResponseStore` (in memory, for one pr
 - One file per response, named by the digest of its id (an id a client sends never becomes a path), written to
   a temporary file and renamed into place.
 - An index (`index.json`: digest, owner, stored at, size; oldest first) is what counts: every operation takes
-  the directory's lock (`flock` on `lock`), reads the index, drops what has expired, and writes it back when it
-  changed, so the count and byte bounds hold across all the workers (oldest evicted first).
+  the directory's lock (`flock` on `lock`), reads the index (unless it kept the current one: the generation in
+  the lock file says), drops what has expired, and writes it back when it changed, so the count and byte bounds
+  hold across all the workers (oldest evicted first).
 - Files are read bounded (the index's size for an entry, a cap for the index): ours, but a size is never
   trusted. An index that cannot be read starts the store over, empty.
 - Ages come from `time.monotonic`, which on Linux is one clock for every process of the host.
@@ -109,6 +110,8 @@ class SharedResponseStore:
         self.directory = Path(directory)
         self.limits = limits or ResponseStoreLimits()
         self._clock = clock
+        self._cached: tuple[int, _Index] | None = None  # (generation, index) as this store last saw them
+        self._changed = False
         info = os.lstat(self.directory)
         private = stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
         if not private:
@@ -133,6 +136,7 @@ class SharedResponseStore:
                 return False
             _write_whole(self._blob(key), blob)
             index[key] = _Meta(owner, self._clock(), len(blob))
+            self._changed = True
             total = sum(meta.size for meta in index.values())
             while len(index) > self.limits.max_responses or total > self.limits.max_bytes:
                 oldest = next(iter(index))
@@ -170,16 +174,26 @@ class SharedResponseStore:
 
     @contextlib.contextmanager
     def _index(self) -> Iterator[_Index]:
-        """The index under the directory's lock, expired entries dropped; written back if it changed."""
+        """The index under the directory's lock, expired entries dropped; written back if it changed.
+
+        The lock file holds the index's generation, bumped by every change: a store that saw the current one
+        uses the index it kept instead of reading and parsing the file again (most requests read, few write).
+        """
         fd = os.open(self.directory / _LOCK, os.O_RDWR | os.O_CREAT | _OPEN_FLAGS, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # one open per use: also excludes threads of one process
-            index = self._read_index()
-            before = list(index.items())
+            generation = int.from_bytes(os.pread(fd, 8, 0).ljust(8, b"\0"), "big")
+            cached, self._cached = self._cached, None  # dropped if anything below fails
+            self._changed = False
+            index = cached[1] if cached is not None and cached[0] == generation else self._read_index()
             self._expire(index)
             yield index
-            if list(index.items()) != before:
+            if self._changed:
+                # The generation first: whoever reads it next reads the index file, whatever happens after.
+                generation = (generation + 1) % (1 << 64)
+                os.pwrite(fd, generation.to_bytes(8, "big"), 0)
                 self._write_index(index)
+            self._cached = (generation, index)
         finally:
             os.close(fd)  # releases the lock
 
@@ -198,7 +212,7 @@ class SharedResponseStore:
             for child in self.directory.iterdir():
                 if _BLOB.match(child.name):
                     child.unlink(missing_ok=True)
-            self._write_index(_Index())  # said once, not on every use
+            self._changed = True  # an empty index written back: said once, not on every use
             return _Index()
 
     def _write_index(self, index: _Index) -> None:
@@ -216,6 +230,7 @@ class SharedResponseStore:
     def _remove(self, index: _Index, key: str) -> None:
         if index.pop(key, None) is not None:
             self._blob(key).unlink(missing_ok=True)
+            self._changed = True
 
     def _blob(self, key: str) -> Path:
         return self.directory / f"{key}.json"
