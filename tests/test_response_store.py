@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -218,6 +220,52 @@ def test_two_stores_over_one_directory_see_each_others_puts_deletes_and_bounds(t
     assert sorted(p.name for p in directory.glob("*.json") if p.name != "index.json") == sorted(
         f"{hashlib.sha256(i.encode()).hexdigest()}.json" for i in ids[1:]
     )
+
+
+_WORKER = """
+import sys
+from trtforge.proxy.response_store import ResponseStoreLimits, StoredResponse
+from trtforge.proxy.shared_response_store import SharedResponseStore
+
+directory, name = sys.argv[1:]
+store = SharedResponseStore(directory, ResponseStoreLimits(max_responses=50))
+sys.stdin.readline()  # the go: both processes put at once
+for n in range(300):
+    stored = StoredResponse({"id": f"{name}_{n}", "pad": "x" * (n % 7) * 100}, [], [])
+    assert store.put("", f"{name}_{n}", stored)
+    assert store.get("", f"{name}_{n}") == stored
+"""
+
+
+def test_two_processes_putting_at_once_keep_one_consistent_bounded_store(tmp_path: Path) -> None:
+    """Two processes (as two workers) storing 300 responses each at the same time: the lock keeps the index
+    whole: exactly the bound's 50 entries in the end, each readable, and no file that is not in the index."""
+    directory = _private_dir(tmp_path / "store")
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(directory), name],
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for name in ("one", "other")
+    ]
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write(b"go\n")
+        worker.stdin.close()
+    for worker in workers:
+        assert worker.stderr is not None
+        with worker.stderr:
+            errors = worker.stderr.read().decode()
+        assert worker.wait(timeout=120) == 0, errors
+    store = SharedResponseStore(directory, ResponseStoreLimits(max_responses=50))
+    ids = [f"{name}_{n}" for name in ("one", "other") for n in range(300)]
+    kept = _ids(store, "", ids)
+    assert len(kept) == len(store) == 50
+    assert {"one_299", "other_299"} <= set(kept)  # the newest of each stay
+    blobs = {p.name for p in directory.glob("*.json")} - {"index.json"}
+    assert blobs == {f"{hashlib.sha256(i.encode()).hexdigest()}.json" for i in kept}
+    assert [p.name for p in directory.iterdir() if p.name.startswith(".tmp-")] == []
 
 
 def test_an_id_is_never_a_path(tmp_path: Path) -> None:
