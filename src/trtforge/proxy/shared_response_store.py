@@ -43,7 +43,7 @@ SHARED_STORE_DIR_ENV = "TRTFORGE_PROXY_RESPONSES_DIR"  # set by the workers' sup
 
 _INDEX = "index.json"
 _LOCK = "lock"
-_BLOB = re.compile(r"^[0-9a-f]{64}\.json$")
+_BLOB = re.compile(r"[0-9a-f]{64}\.json")
 _INDEX_ENTRY_BYTES = 256  # one index entry's JSON is ~170 bytes: two digests, a time, a size
 _OPEN_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -150,7 +150,7 @@ class SharedResponseStore:
         key = _key(response_id)
         with self._index() as index:
             meta = index.get(key)
-            if meta is None or meta.owner != owner:
+            if meta is None or meta.owner != owner or meta.size > self.limits.max_bytes:
                 return None
             blob = _read_bounded(self._blob(key), meta.size)
         if blob is None or len(blob) != meta.size:
@@ -210,7 +210,7 @@ class SharedResponseStore:
         except (ValueError, TypeError) as exc:
             logger.warning("the shared response store's index is unreadable (%s): starting it over", exc)
             for child in self.directory.iterdir():
-                if _BLOB.match(child.name):
+                if _BLOB.fullmatch(child.name):
                     child.unlink(missing_ok=True)
             self._changed = True  # an empty index written back: said once, not on every use
             return _Index()
@@ -239,7 +239,7 @@ class SharedResponseStore:
 def _parse_index(data: bytes) -> _Index:
     index = _Index()
     for key, owner, stored_at, size in json.loads(data):
-        valid = isinstance(key, str) and _BLOB.match(f"{key}.json") and isinstance(owner, str)
+        valid = isinstance(key, str) and _BLOB.fullmatch(f"{key}.json") and isinstance(owner, str)
         if not valid or not isinstance(stored_at, int | float) or not isinstance(size, int) or size < 0:
             raise ValueError("an entry of an unexpected shape")
         index[key] = _Meta(owner, float(stored_at), size)
