@@ -200,6 +200,12 @@ async def _soak(
     return results[: len(prompts)], results[len(prompts) :]
 
 
+# Once in a CI run, a client socket (httpx/httpcore, to the proxy's port) of the 288 concurrent connections, 32
+# of them dropped mid-stream, reached the garbage collector unclosed; the proxy's side of every connection is
+# what this test asserts (each stream whole or stopped), so that client-side warning alone does not fail it.
+@pytest.mark.filterwarnings(
+    r"ignore:Exception ignored in. <socket\.socket:pytest.PytestUnraisableExceptionWarning"
+)
 def test_256_concurrent_streams_lose_nothing_and_match_non_streamed(
     proxy: tuple[str, TritonBackend], triton: TritonServer
 ) -> None:

@@ -262,7 +262,8 @@ def test_two_processes_putting_at_once_keep_one_consistent_bounded_store(tmp_pat
     ids = [f"{name}_{n}" for name in ("one", "other") for n in range(300)]
     kept = _ids(store, "", ids)
     assert len(kept) == len(store) == 50
-    assert {"one_299", "other_299"} <= set(kept)  # the newest of each stay
+    # The last put of all is one process's last (which one finishes last is the scheduler's choice): it stays.
+    assert {"one_299", "other_299"} & set(kept)
     blobs = {p.name for p in directory.glob("*.json")} - {"index.json"}
     assert blobs == {f"{hashlib.sha256(i.encode()).hexdigest()}.json" for i in kept}
     assert [p.name for p in directory.iterdir() if p.name.startswith(".tmp-")] == []
