@@ -129,7 +129,7 @@ def hf_hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-# --- binary caches (issue 12) ---
+# --- binary caches ---
 
 
 def substituters_override() -> list[str] | None:
