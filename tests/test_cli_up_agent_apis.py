@@ -24,22 +24,14 @@ import pytest
 
 from conftest import free_port, triton_port_args
 from proxy_fixtures import FAILURE_BOUND_S, STARTUP_FAILURE_BOUND_S, OutputLines, wait_while_running
+from tool_schemas import MESSAGES_WEATHER_TOOL, RESPONSES_WEATHER_TOOL
 from trtforge.reference.tiny import THINK_ANSWER, THINK_PROMPT, THINK_REASONING, WEATHER_CALL, WEATHER_PROMPT
 
 pytestmark = [pytest.mark.triton, pytest.mark.timeout(STARTUP_FAILURE_BOUND_S + 600)]
 
 MODEL = "tiny"
-WEATHER_TOOL: dict[str, Any] = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Get the current weather for a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string", "description": "The city name."}},
-        "required": ["city"],
-    },
-    "strict": None,
-}
+WEATHER_TOOL = RESPONSES_WEATHER_TOOL
+CLAUDE_WEATHER_TOOL = MESSAGES_WEATHER_TOOL
 
 
 def _listening(client: openai.OpenAI) -> bool:
@@ -198,12 +190,6 @@ def test_one_stored_response_kept_the_older_is_a_404_everywhere(client: openai.O
 
 
 # ------------------------------------------------------------------------------------------ Messages (anthropic)
-
-CLAUDE_WEATHER_TOOL: dict[str, Any] = {
-    "name": WEATHER_TOOL["name"],
-    "description": WEATHER_TOOL["description"],
-    "input_schema": WEATHER_TOOL["parameters"],
-}
 
 
 def _message_shape(message: Any) -> dict[str, Any]:

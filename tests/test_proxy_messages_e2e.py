@@ -20,6 +20,7 @@ import pytest
 
 from conftest import free_port
 from proxy_fixtures import BACKENDS, serve_in_thread, serving_tiny, wait_until
+from tool_schemas import FORECAST_SCHEMA, MESSAGES_MOOD_TOOL, MESSAGES_WEATHER_TOOL
 from trtforge.engine import EngineInfo
 from trtforge.proxy import ProxySettings, make_server
 from trtforge.proxy.backend import TritonBackend
@@ -30,37 +31,8 @@ pytestmark = pytest.mark.triton
 
 MODEL = "tiny"
 KEY = "messages-key"
-WEATHER_TOOL: dict[str, Any] = {
-    "name": "get_weather",
-    "description": "Get the current weather for a city.",
-    "input_schema": {
-        "type": "object",
-        "properties": {"city": {"type": "string", "description": "The city name."}},
-        "required": ["city"],
-    },
-}
-MOOD_TOOL: dict[str, Any] = {
-    "name": "set_mood",
-    "input_schema": {
-        "type": "object",
-        "properties": {
-            "mood": {"type": "string", "enum": ["happy", "calm"]},
-            "level": {"type": "integer", "minimum": 1, "maximum": 5},
-        },
-        "required": ["mood", "level"],
-        "additionalProperties": False,
-    },
-}
-FORECAST_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
-        "sunny": {"type": "boolean"},
-        "celsius": {"type": "integer", "minimum": -40, "maximum": 50},
-    },
-    "required": ["city", "sunny", "celsius"],
-    "additionalProperties": False,
-}
+WEATHER_TOOL = MESSAGES_WEATHER_TOOL
+MOOD_TOOL = MESSAGES_MOOD_TOOL
 LONG_REPLY = [{"role": "user", "content": "fox " * 60}]  # tiny's reply runs to any max_tokens that fits
 GREEDY = {"temperature": 0}  # in the body: the 2.x SDK's create() no longer has sampling arguments
 

@@ -20,6 +20,7 @@ import pytest
 
 from conftest import free_port
 from proxy_fixtures import BACKENDS, serve_in_thread, serving_tiny, wait_until
+from tool_schemas import FORECAST_SCHEMA, RESPONSES_MOOD_TOOL, RESPONSES_WEATHER_TOOL
 from trtforge.engine import EngineInfo
 from trtforge.proxy import ProxySettings, make_server
 from trtforge.proxy.backend import TritonBackend
@@ -30,41 +31,8 @@ from trtforge.triton.server import TritonServer
 pytestmark = pytest.mark.triton
 
 MODEL = "tiny"
-WEATHER_TOOL: dict[str, Any] = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Get the current weather for a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string", "description": "The city name."}},
-        "required": ["city"],
-    },
-    "strict": None,
-}
-MOOD_TOOL: dict[str, Any] = {
-    "type": "function",
-    "name": "set_mood",
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "mood": {"type": "string", "enum": ["happy", "calm"]},
-            "level": {"type": "integer", "minimum": 1, "maximum": 5},
-        },
-        "required": ["mood", "level"],
-        "additionalProperties": False,
-    },
-    "strict": True,
-}
-FORECAST_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
-        "sunny": {"type": "boolean"},
-        "celsius": {"type": "integer", "minimum": -40, "maximum": 50},
-    },
-    "required": ["city", "sunny", "celsius"],
-    "additionalProperties": False,
-}
+WEATHER_TOOL = RESPONSES_WEATHER_TOOL
+MOOD_TOOL = RESPONSES_MOOD_TOOL
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
