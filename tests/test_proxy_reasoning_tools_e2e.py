@@ -19,6 +19,7 @@ import pytest
 
 from conftest import free_port
 from proxy_fixtures import BACKENDS, serve_in_thread, serving_tiny
+from tool_schemas import CHAT_MOOD_TOOL, FORECAST_SCHEMA
 from trtforge.engine import EngineInfo
 from trtforge.proxy import ProxySettings, make_server
 from trtforge.proxy.backend import GenerationRequest, TritonBackend
@@ -40,21 +41,7 @@ THINK = [{"role": "user", "content": THINK_PROMPT}]
 WEATHER = [{"role": "user", "content": WEATHER_PROMPT}]
 NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
 # Parameters with a bounded JSON form: tiny never learned this tool, guided decoding alone must make the call.
-MOOD_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "set_mood",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "mood": {"type": "string", "enum": ["happy", "calm"]},
-                "level": {"type": "integer", "minimum": 1, "maximum": 5},
-            },
-            "required": ["mood", "level"],
-            "additionalProperties": False,
-        },
-    },
-}
+MOOD_TOOL = CHAT_MOOD_TOOL
 LIGHT_TOOL: dict[str, Any] = {
     "type": "function",
     "function": {
@@ -66,16 +53,6 @@ LIGHT_TOOL: dict[str, Any] = {
             "additionalProperties": False,
         },
     },
-}
-FORECAST_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
-        "sunny": {"type": "boolean"},
-        "celsius": {"type": "integer", "minimum": -40, "maximum": 50},
-    },
-    "required": ["city", "sunny", "celsius"],
-    "additionalProperties": False,
 }
 
 

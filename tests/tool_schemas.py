@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-WEATHER_NAME = "get_weather"
-WEATHER_DESCRIPTION = "Get the current weather for a city."
-WEATHER_PARAMETERS: dict[str, Any] = {
-    "type": "object",
-    "properties": {"city": {"type": "string", "description": "The city name."}},
-    "required": ["city"],
-}
+from trtforge.reference.tiny import WEATHER_TOOL
+
+WEATHER_NAME: str = WEATHER_TOOL["function"]["name"]
+WEATHER_DESCRIPTION = "Get the current weather for a city."  # the agent-API tests' wording (chat's says "in")
+WEATHER_PARAMETERS: dict[str, Any] = WEATHER_TOOL["function"]["parameters"]
 MOOD_NAME = "set_mood"
 MOOD_PARAMETERS: dict[str, Any] = {
     "type": "object",
@@ -33,6 +31,11 @@ FORECAST_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 
+# Chat Completions: the function nested under "function".
+CHAT_MOOD_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {"name": MOOD_NAME, "parameters": MOOD_PARAMETERS},
+}
 # Responses: function tools are flat.
 RESPONSES_WEATHER_TOOL: dict[str, Any] = {
     "type": "function",

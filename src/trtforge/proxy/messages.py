@@ -18,7 +18,6 @@ the model writes after a call opens a new text block).
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -45,7 +44,7 @@ from trtforge.proxy.prepare import Prepared
 from trtforge.proxy.protocol import ChatCompletionRequest, FinishReason
 from trtforge.proxy.replies import ReplyDelta, reply_deltas
 from trtforge.proxy.sse import named_frame
-from trtforge.proxy.translate import renamed, validated_chat_request
+from trtforge.proxy.translate import new_id, renamed, validated_chat_request
 
 Event = dict[str, Any]
 # Chat's parameter names in the errors `Preparer.chat` raises → the Messages request's own.
@@ -53,10 +52,6 @@ _PARAMS = (
     ("response_format.json_schema", "output_config.format.schema"),
     ("response_format", "output_config.format"),
 )
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
 
 
 # ---------------------------------------------------------------------------------- turns → chat messages

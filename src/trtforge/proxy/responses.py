@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -49,7 +48,7 @@ from trtforge.proxy.responses_protocol import (
     ResponsesRequest,
     ResponseUsage,
 )
-from trtforge.proxy.translate import renamed, validated_chat_request
+from trtforge.proxy.translate import new_id, renamed, validated_chat_request
 
 Event = dict[str, Any]
 TokenCounter = Callable[[str], Awaitable[int]]  # a text's length in tokens (off the event loop)
@@ -74,10 +73,6 @@ class ResponseNotFoundError(ApiError, LookupError):
             response_id if len(response_id) <= 64 and response_id.isprintable() else response_id[:64] + "…"
         )
         super().__init__(f"Response with id '{shown}' not found.", param=param, code="not_found")
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
 
 
 # ------------------------------------------------------------------------------------- items → chat messages

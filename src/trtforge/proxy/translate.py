@@ -1,4 +1,5 @@
-"""What the wire formats built on the chat core (Responses, Messages) share when they translate a request.
+"""What the wire formats built on the chat core (Responses, Messages) share when they translate a request
+(and the style of their object ids).
 
 Each builds the fields of a `ChatCompletionRequest` from its own request, and the chat core's refusals speak
 of chat's parameters (`response_format`, `max_tokens`); these helpers turn both into the format's own names.
@@ -6,6 +7,7 @@ of chat's parameters (`response_format`, `max_tokens`); these helpers turn both 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +15,12 @@ from pydantic import ValidationError
 
 from trtforge.proxy.errors import InvalidRequestError
 from trtforge.proxy.protocol import ChatCompletionRequest
+
+
+def new_id(prefix: str) -> str:
+    """An object id in the formats' style: `resp_…`, `msg_…`, `toolu_…` and a random 32-digit hex."""
+    return f"{prefix}_{uuid.uuid4().hex}"
+
 
 # (chat's parameter, the format's parameter): longest chat name first, so a prefix never shadows it.
 Renames = Sequence[tuple[str, str]]
