@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -164,6 +166,7 @@ class Variant:
     src: Path | None = None  # another checkout's `src/`: a baseline proxy
     trace: Path | None = None  # run under `proxy_trace.py`, its stage timestamps (and profile) written here
     profile: bool = False
+    py_spy: Path | None = None  # sample the proxy (every thread) with py-spy into here
 
 
 @dataclass
@@ -192,6 +195,22 @@ def start_proxy(work: Path, engine_dir: Path, grpc_port: int, variant: Variant) 
     if variant.trace is not None:
         tracer = [str(HERE / "proxy_trace.py"), str(variant.trace), variant.label or "main"]
         command = [sys.executable, *tracer, "1" if variant.profile else "0", "--"]
+    if variant.py_spy is not None:
+        # py-spy starts the proxy (attaching to a running process needs ptrace rights it may not have) and
+        # writes the samples when the proxy exits; `stop_process` then stops the proxy, not py-spy.
+        output = variant.py_spy / f"pyspy-{variant.label or 'main'}.txt"
+        sampler = [str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw", "--threads"]
+        command = [
+            *sampler,
+            "--nonblocking",  # pausing the proxy per sample would cost more than what is measured
+            "--subprocesses",
+            "--rate",
+            "100",
+            "--output",
+            str(output),
+            "--",
+            *command,
+        ]
     command += ["proxy", str(engine_dir), "--port", str(port)]
     command += ["--triton-grpc-port", str(grpc_port)]
     if variant.workers != 1 or variant.src is None:  # this checkout's default is `auto`; a baseline's was 1
@@ -241,7 +260,7 @@ def running_stack(work: Path, *, pace_s: float, variants: list[Variant]) -> Iter
         yield Stack(engine_dir, triton, proxies, f"127.0.0.1:{ports[1]}", repository)
     finally:
         for proxy in proxies.values():
-            stop_process(proxy.process)
+            stop_process(proxy.process, sampled=proxy.variant.py_spy is not None)
         triton.stop()
 
 
@@ -260,11 +279,17 @@ def wait_healthy(url: str, proxy: subprocess.Popen[bytes], log: Path) -> None:
     raise SystemExit("the proxy did not become healthy in 120 s")
 
 
-def stop_process(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[bytes], *, sampled: bool = False) -> None:
+    """SIGTERM the process group (`sampled`: only the processes py-spy started, so that it writes its
+    samples once they are gone), SIGKILL what is left after 10 s."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
+        if sampled:
+            for child in _children().get(process.pid, []):
+                os.kill(child, signal.SIGTERM)
+        else:
+            os.killpg(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=10)
+        process.wait(timeout=60 if sampled else 10)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -699,6 +724,32 @@ def print_profile(path: Path, top: int = 30) -> None:
     stats.sort_stats("cumulative").print_stats(top)
 
 
+def print_py_spy(path: Path, top: int = 12) -> None:
+    """py-spy's samples (`--format raw --threads`: one `[process;]thread;outer;...;leaf count` line per
+    stack): each thread's share, and per thread the frames with the most samples of their own."""
+    threads: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        # With --subprocesses the stack starts with the process, then the thread.
+        skip = 2 if frames[0].startswith("process ") and len(frames) > 1 else 1
+        thread = f"{frames[0].split(':', 1)[0]} {frames[skip - 1]}" if skip == 2 else frames[0]
+        threads[thread][frames[-1]] += int(count)
+        total += int(count)
+    if not total:
+        print(f"py-spy ({path.stem}): no samples")
+        return
+    print(f"py-spy ({path.stem}): {total} samples of running threads")
+    ranked = sorted(threads.items(), key=lambda item: -sum(item[1].values()))
+    for thread, own in ranked[:6]:
+        print(f"  {100 * sum(own.values()) / total:5.1f} %  {thread}; top frames by own samples:")
+        for frame, n in own.most_common(top):
+            print(f"      {100 * n / total:5.1f} %  {frame}")
+
+
 async def bench(args: argparse.Namespace, stack: Stack) -> tuple[list[Run], dict[str, list[float]]]:
     tokenizer = ProxyTokenizer.load(stack.engine_dir)
     prompt_ids = tokenizer.render_chat(MESSAGES)
@@ -772,6 +823,13 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="cProfile each proxy's event loop (implies --trace)"
     )
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="sample each proxy with py-spy (every thread of every worker; raw stacks kept in DIR) and report "
+        "where its CPU goes (the proxy CPU figures then include py-spy's own)",
+    )
     args = parser.parse_args()
     args.streams = [int(s) for s in args.streams.split(",")]
     counts = [auto_workers(usable_cores()) if w == "auto" else int(w) for w in args.workers.split(",")]
@@ -785,6 +843,10 @@ def main() -> None:
     if args.trace or args.profile:
         trace_dir.mkdir()
         variants = [Variant(v.label, v.workers, v.src, trace_dir, args.profile) for v in variants]
+    spy_dir = args.py_spy.resolve() if args.py_spy else Path(tmp.name) / "py-spy"
+    if args.py_spy:
+        spy_dir.mkdir(parents=True, exist_ok=True)
+        variants = [dataclasses.replace(v, py_spy=spy_dir) for v in variants]
     kinds = args.clients.split(",")
     args.client_names = [k for k in kinds if k == "direct"] + [
         f"{k}@{v.label}" if v.label else k for v in variants for k in kinds if k != "direct"
@@ -811,6 +873,8 @@ def main() -> None:
         print_stages(summary.get("stages", {}))
     for profile in profiles:
         print_profile(profile)
+    for samples in sorted(spy_dir.glob("pyspy-*.txt")):
+        print_py_spy(samples)
     tmp.cleanup()
 
 

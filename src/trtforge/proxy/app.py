@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from trtforge.constants import DEFAULT_PROXY_HOST, DEFAULT_PROXY_PORT
 from trtforge.errors import TrtforgeError
 from trtforge.proxy.backend import TritonBackend
+from trtforge.proxy.disconnect import CancelOnDisconnect, uncancel
 from trtforge.proxy.errors import (
     ApiError,
     InvalidRequestError,
@@ -76,45 +77,13 @@ async def _error_response(request: Request, exc: Exception) -> Response:
 # ---------------------------------------------------------------------------------------- disconnects
 
 
-async def _wait_for_disconnect(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
-    """Run `work`; cancel it (and with it the Triton request) as soon as the client goes away.
-
-    `work` runs in this task, not one of its own: under load every task start and every wake-up of a waiter
-    queues behind the token frames of the running streams, and a request's admission would pay for two more.
-    The watcher cancels this task when the client disconnects; None is returned then.
-    """
-    task = asyncio.current_task()
-    state = {"running": True, "gone": False}
-
-    def on_disconnect(watcher: asyncio.Future[None]) -> None:
-        # `running`: the callback may be scheduled just as `work` ends; it must not cancel what comes next.
-        if state["running"] and not watcher.cancelled() and watcher.exception() is None and task is not None:
-            state["gone"] = True
-            task.cancel()
-
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
-    watcher.add_done_callback(on_disconnect)
-    try:
+    """Run `work` in this task; cancel it (and with it the Triton request) as soon as the client goes away,
+    and return None then (see `proxy.disconnect`)."""
+    with CancelOnDisconnect(request.receive):
         return await work
-    except asyncio.CancelledError:
-        if not state["gone"]:
-            raise  # not ours: the server is shutting down, or uvicorn cancelled the request
-        _uncancel(task)
-        logger.info("client disconnected; request cancelled")
-        return None
-    finally:
-        # Not awaited (that would be one more wait in line): a cancelled watcher consumes no message, and
-        # uvicorn reports a disconnect to every later `receive`.
-        state["running"] = False
-        watcher.remove_done_callback(on_disconnect)
-        watcher.cancel()
+    logger.info("client disconnected; request cancelled")
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ shutdown
@@ -161,7 +130,7 @@ async def _until_shutdown(
             except asyncio.CancelledError:
                 if not stopping:
                     raise  # the client left, or the server cancelled the response
-                _uncancel(task)
+                uncancel(task)
                 break
             finally:
                 waiting = False
@@ -173,13 +142,6 @@ async def _until_shutdown(
         watcher.remove_done_callback(on_shutdown)
         watcher.cancel()
         await frames.aclose()  # type: ignore[attr-defined]
-
-
-def _uncancel(task: asyncio.Task[Any] | None) -> None:
-    # Python 3.11+ counts cancellation requests; the one we handled must not linger (e.g. for timeouts).
-    uncancel = getattr(task, "uncancel", None)
-    if uncancel is not None:
-        uncancel()
 
 
 class _ProxyServer(uvicorn.Server):

@@ -4,7 +4,6 @@ each event (`named_frame`)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from json.encoder import encode_basestring
@@ -14,6 +13,7 @@ from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from trtforge.proxy.disconnect import CancelOnDisconnect
 from trtforge.proxy.errors import api_error, error_envelope
 
 SSE_MEDIA_TYPE = "text/event-stream"
@@ -85,38 +85,15 @@ class EventStreamResponse(StreamingResponse):
     starlette's `StreamingResponse` (under uvicorn's ASGI 2.3) starts a task group per response: a task that
     streams and the request's task that waits for the client's disconnect. Under load, starting that task is
     one more wait behind every running stream's token frames before a new request's first byte. Here the
-    request's own task streams, and a watcher task cancels it when the client disconnects: the same outcome
-    (the frames' generator is closed by the cancellation, and with it the generation), one wait less.
+    request's own task streams, and `CancelOnDisconnect` cancels it when the client disconnects: the same
+    outcome (the frames' generator is closed by the cancellation, and with it the generation), one wait less.
     """
 
     def __init__(self, frames: AsyncIterator[str], headers: dict[str, str] | None = None) -> None:
         super().__init__(frames, media_type=SSE_MEDIA_TYPE, headers=headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = asyncio.current_task()
-        state = {"streaming": True, "gone": False}
-
-        def on_disconnect(watcher: asyncio.Future[None]) -> None:
-            # `streaming`: the callback may be scheduled just as the stream ends; it must not cancel what follows.
-            if state["streaming"] and not watcher.cancelled() and watcher.exception() is None and task:
-                state["gone"] = True
-                task.cancel()
-
-        watcher = asyncio.ensure_future(self.listen_for_disconnect(receive))
-        watcher.add_done_callback(on_disconnect)
-        try:
+        with CancelOnDisconnect(receive):
             await self.stream_response(send)
-        except asyncio.CancelledError:
-            if not state["gone"] or task is None:
-                raise  # not ours: the server cancelled the request
-            # The client left: as starlette's task group, end the response quietly (and forget the
-            # cancellation, which Python 3.11+ counts).
-            uncancel = getattr(task, "uncancel", None)
-            if uncancel is not None:
-                uncancel()
-        finally:
-            state["streaming"] = False
-            watcher.remove_done_callback(on_disconnect)
-            watcher.cancel()  # not awaited: a cancelled watcher consumes no message
         if self.background is not None:
             await self.background()
