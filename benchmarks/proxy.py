@@ -724,25 +724,53 @@ def print_profile(path: Path, top: int = 30) -> None:
     stats.sort_stats("cumulative").print_stats(top)
 
 
+# Where a sampled stack's time goes, by its leaf frame (first match wins); startup is left out of the shares.
+_STARTUP = ("importlib._bootstrap", "from_pretrained", "ProxyTokenizer.load", "import_utils")
+_KINDS = (
+    ("grpc's poller thread", ("_poll_wrapper",)),
+    ("grpc.aio receive (its Cython, on the loop)", ("grpc/aio/_call.py", "grpc/_common.py")),
+    ("socket send (transport.write)", ("selector_events.py", "httptools_impl.py", "h11_impl.py")),
+    ("event loop (select, callbacks)", ("selectors.py", "asyncio/events.py", "base_events.py", "runners.py")),
+    ("trtforge (own time)", ("trtforge/",)),
+    ("starlette, uvicorn, fastapi", ("starlette/", "uvicorn/", "fastapi/")),
+    ("prometheus-client", ("prometheus_client/",)),
+)
+
+
+def _kind(thread: str, leaf: str) -> str:
+    for kind, markers in _KINDS:
+        if any(marker in (thread if marker == "_poll_wrapper" else leaf) for marker in markers):
+            return kind
+    return "other"
+
+
 def print_py_spy(path: Path, top: int = 12) -> None:
     """py-spy's samples (`--format raw --threads`: one `[process;]thread;outer;...;leaf count` line per
-    stack): each thread's share, and per thread the frames with the most samples of their own."""
+    stack): the share of each kind of work once started, each thread's share, and per thread the frames
+    with the most samples of their own."""
     threads: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    kinds: collections.Counter[str] = collections.Counter()
     total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         frames = stack.split(";")
+        n = int(count)
         # With --subprocesses the stack starts with the process, then the thread.
         skip = 2 if frames[0].startswith("process ") and len(frames) > 1 else 1
         thread = f"{frames[0].split(':', 1)[0]} {frames[skip - 1]}" if skip == 2 else frames[0]
-        threads[thread][frames[-1]] += int(count)
-        total += int(count)
+        if any(marker in frame for frame in frames for marker in _STARTUP):
+            continue
+        threads[thread][frames[-1]] += n
+        kinds[_kind(thread, frames[-1])] += n
+        total += n
     if not total:
         print(f"py-spy ({path.stem}): no samples")
         return
-    print(f"py-spy ({path.stem}): {total} samples of running threads")
+    print(f"py-spy ({path.stem}): {total} samples of running threads after startup, by kind:")
+    for kind, n in kinds.most_common():
+        print(f"  {100 * n / total:5.1f} %  {kind}")
     ranked = sorted(threads.items(), key=lambda item: -sum(item[1].values()))
     for thread, own in ranked[:6]:
         print(f"  {100 * sum(own.values()) / total:5.1f} %  {thread}; top frames by own samples:")
