@@ -1,5 +1,6 @@
 """Coalescing: Triton responses that are ready together become one delta, with exactly the text, count,
-finish reason and log probabilities that one response at a time gives."""
+finish reason and log probabilities that one response at a time gives; with a stream interval, the text after
+the first delta is held until that many tokens have arrived."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from proxy_fixtures import write_tokenizer_dir
+from trtforge.errors import UsageError
 from trtforge.proxy.backend import GenerationRequest, TokenChunk, TritonBackend
 from trtforge.proxy.generation import TextDelta, TextGenerator
 from trtforge.proxy.metrics import ProxyMetrics
@@ -43,6 +45,7 @@ def _run(
     batches: list[list[TokenChunk]],
     *,
     coalesce: bool,
+    stream_interval: int = 1,
     **fields: object,
 ) -> list[TextDelta]:
     tok, engine_dir = tokenizer
@@ -53,6 +56,7 @@ def _run(
         max_seq_len=256,
         max_input_len=40,
         coalesce=coalesce,
+        stream_interval=stream_interval,
     )
     request = CompletionRequest.model_validate({"model": "m", "prompt": "hi", "max_tokens": 64, **fields})
     prepared = Preparer(settings, tok).completion(request)
@@ -103,3 +107,48 @@ def test_logprobs_stay_in_order(tokenizer: tuple[ProxyTokenizer, Path]) -> None:
     flat = [dataclasses.astuple(t) for d in one for t in d.logprobs]
     assert [dataclasses.astuple(t) for d in three for t in d.logprobs] == flat
     assert len(flat) == len(tok.encode_rendered(TEXT))
+
+
+def _arrivals(deltas: list[TextDelta]) -> list[int]:
+    """Tokens each delta adds (`completion_tokens` counts every token that arrived before it)."""
+    counts = [d.completion_tokens for d in deltas]
+    return [b - a for a, b in zip([0, *counts], counts, strict=False)]
+
+
+def test_a_stream_interval_holds_text_until_that_many_tokens(tokenizer: tuple[ProxyTokenizer, Path]) -> None:
+    tok = tokenizer[0]
+    total = len(tok.encode_rendered(TEXT))
+    one = _run(tokenizer, _batches(tok, TEXT, 1), coalesce=True)
+    held = _run(tokenizer, _batches(tok, TEXT, 1), coalesce=True, stream_interval=4)
+    assert "".join(d.text for d in held) == "".join(d.text for d in one) == TEXT
+    assert held[-1].completion_tokens == total and held[-1].finish_reason == "stop"
+    arrivals = _arrivals(held)
+    assert arrivals[0] == _arrivals(one)[0]  # the first text is not held back: time to first token unchanged
+    assert all(n >= 4 for n in arrivals[1:-1])  # the last delta carries what is left when the stream ends
+    assert len(held) <= 2 + (total - arrivals[0]) // 4 < len(one)
+
+
+def test_a_stream_interval_keeps_logprobs_and_stop_strings(tokenizer: tuple[ProxyTokenizer, Path]) -> None:
+    tok = tokenizer[0]
+    one = _run(tokenizer, _batches(tok, TEXT, 1, logprobs=True), coalesce=True, logprobs=0, stop="old")
+    held = _run(
+        tokenizer,
+        _batches(tok, TEXT, 1, logprobs=True),
+        coalesce=True,
+        logprobs=0,
+        stop="old",
+        stream_interval=3,
+    )
+    assert "".join(d.text for d in held) == "".join(d.text for d in one) == "the sea, the wind and the "
+    assert held[-1].completion_tokens == one[-1].completion_tokens
+    assert held[-1].finish_reason == one[-1].finish_reason == "stop"
+    flat = [dataclasses.astuple(t) for d in one for t in d.logprobs]
+    assert [dataclasses.astuple(t) for d in held for t in d.logprobs] == flat
+
+
+@pytest.mark.parametrize(("interval", "coalesce"), [(0, True), (2, False)])
+def test_a_stream_interval_it_cannot_keep_is_refused(
+    tokenizer: tuple[ProxyTokenizer, Path], interval: int, coalesce: bool
+) -> None:
+    with pytest.raises(UsageError, match="--stream-interval"):
+        _run(tokenizer, _batches(tokenizer[0], TEXT, 1), coalesce=coalesce, stream_interval=interval)

@@ -14,6 +14,7 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import openai
@@ -508,3 +509,27 @@ def test_completions_take_a_list_of_prompts_and_echo(sdk: openai.OpenAI, tiny: E
         model=MODEL, prompt=[tokenizer.encode(t) for t in texts], temperature=0, max_tokens=6
     )
     assert [c.text for c in by_ids.choices] == [a.choices[0].text for a in alone]
+
+
+def test_a_stream_interval_sends_fewer_chunks_with_the_same_text(
+    tiny: EngineInfo, triton: TritonServer, sdk: openai.OpenAI
+) -> None:
+    settings = dataclasses.replace(ProxySettings.from_engine(MODEL, tiny, triton.grpc_url), stream_interval=4)
+    ask: dict[str, Any] = {"temperature": 0, "max_tokens": 24, "extra_body": {"ignore_eos": True}}
+    with (
+        serve_in_thread(make_server([settings], port=free_port(), log_level="warning")) as url,
+        openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=120) as held_sdk,
+    ):
+        held = list(
+            held_sdk.chat.completions.create(
+                model=MODEL, messages=HELLO, stream=True, stream_options={"include_usage": True}, **ask
+            )
+        )
+        whole = held_sdk.chat.completions.create(model=MODEL, messages=HELLO, **ask)
+    one, text = _stream_chat(sdk, **ask)
+    assert "".join(c.choices[0].delta.content or "" for c in held if c.choices) == text
+    assert text == whole.choices[0].message.content
+    assert held[-1].usage is not None and held[-1].usage.completion_tokens == 24
+    content = [c for c in held if c.choices and c.choices[0].delta.content]
+    # The first text at once, then a chunk per four tokens at least (24 tokens: at most 1 + 23 // 4 + 1).
+    assert len(content) <= 7 < len([c for c in one if c.choices and c.choices[0].delta.content])

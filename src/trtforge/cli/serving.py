@@ -103,6 +103,23 @@ Coalesce = Annotated[
         "chunk; --no-coalesce sends one chunk per token.",
     ),
 ]
+StreamInterval = Annotated[
+    int,
+    typer.Option(
+        metavar="TOKENS",
+        help="After a stream's first chunk, send its text once this many tokens have arrived since the last "
+        "chunk (as trtllm-serve's stream_interval: less proxy CPU per token, later tokens a little later); "
+        "1 sends each token as it comes.",
+    ),
+]
+
+
+def _check_stream_interval(interval: int, *, coalesce: bool) -> None:
+    from trtforge.proxy.settings import check_stream_interval  # the proxy's imports only where it runs
+
+    check_stream_interval(interval, coalesce=coalesce)
+
+
 ServeOptionArg = Annotated[
     list[str] | None,
     typer.Option(
@@ -365,6 +382,7 @@ def proxy(
     workers: Workers = "auto",
     max_body_bytes: MaxBodyBytes = str(constants.DEFAULT_MAX_BODY_BYTES),
     coalesce: Coalesce = True,
+    stream_interval: StreamInterval = 1,
     responses_store_max: StoreMax = STORE_MAX,
     responses_store_bytes: StoreBytes = STORE_BYTES,
     responses_store_ttl: StoreTtl = STORE_TTL,
@@ -374,6 +392,7 @@ def proxy(
     from trtforge.proxy.response_store import ResponseStoreLimits
 
     body_limit = _body_limit(max_body_bytes)
+    _check_stream_interval(stream_interval, coalesce=coalesce)
     bounds = store_bounds(responses_store_max, responses_store_bytes, responses_store_ttl)
     count = _worker_count(workers)
     _raise_open_file_limit()
@@ -389,6 +408,7 @@ def proxy(
         tool_parser=options.tool_parser,
         max_body_bytes=body_limit,
         coalesce=coalesce,
+        stream_interval=stream_interval,
         response_store=ResponseStoreLimits(bounds.max_responses, bounds.max_bytes, bounds.max_age_s),
         enable_chunked_context=options.enable_chunked_context,  # as `serve` runs it, so the limits agree
     )
@@ -432,6 +452,7 @@ def up(
     ] = True,
     max_body_bytes: MaxBodyBytes = str(constants.DEFAULT_MAX_BODY_BYTES),
     coalesce: Coalesce = True,
+    stream_interval: StreamInterval = 1,
     responses_store_max: StoreMax = STORE_MAX,
     responses_store_bytes: StoreBytes = STORE_BYTES,
     responses_store_ttl: StoreTtl = STORE_TTL,
@@ -456,6 +477,7 @@ def up(
     """
     names = names or [constants.TINY_ENGINE_NAME]
     body_limit = _body_limit(max_body_bytes)
+    _check_stream_interval(stream_interval, coalesce=coalesce)
     bounds = store_bounds(responses_store_max, responses_store_bytes, responses_store_ttl)
     count = _worker_count(workers)
     if json_output and not dry_run:
@@ -470,6 +492,7 @@ def up(
         workers_auto_cores=count.cores,
         max_body_bytes=body_limit,
         coalesce=coalesce,
+        stream_interval=stream_interval,
         responses_store_max=bounds.max_responses,
         responses_store_bytes=bounds.max_bytes,
         responses_store_ttl_s=bounds.max_age_s,

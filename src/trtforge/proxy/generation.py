@@ -93,6 +93,8 @@ class TextGenerator:
 
         With `settings.coalesce`, the responses that arrived together (the consumer was behind) make one
         delta: their texts joined, their log probabilities in order, the token count after the last of them.
+        With `settings.stream_interval` N > 1, text after the first delta is held until N tokens have
+        arrived since the last delta (the end, a stop string or an error sends what is held at once).
         """
         gen, index = generation.gen, generation.index
         detok = IncrementalDetokenizer(
@@ -107,9 +109,14 @@ class TextGenerator:
         timer = self.metrics.track(self.settings.model_name, len(gen.prompt_ids))
         tokens = self.backend.generate_ready(gen)
         coalesce = self.settings.coalesce
+        interval = self.settings.stream_interval
         shown: list[str] = []  # the text of the responses taken together, sent as one delta
+        held = 0  # tokens arrived since the last delta
+        first = True  # no delta sent yet: the first text goes out at once, whatever the interval
 
         def delta(text: str, finish: FinishReason | None = None, stop: str | None = None) -> TextDelta:
+            nonlocal held, first
+            held, first = 0, False
             taken = tuple(pending)
             pending.clear()
             if shown:
@@ -126,6 +133,7 @@ class TextGenerator:
                 for chunk in batch:
                     ids = chunk.ids
                     count += len(ids)
+                    held += len(ids)
                     if gen.end_id is not None and gen.end_id in ids:
                         # The EOS token ends the text; it is generated (counted) but never shown.
                         ids = ids[: ids.index(gen.end_id)]
@@ -143,7 +151,7 @@ class TextGenerator:
                             yield delta("")
                     if saw_eos:
                         break
-                if shown:
+                if shown and (first or held >= interval):
                     yield delta("")
                 if saw_eos:
                     break

@@ -44,6 +44,9 @@ class ProxySettings:
             of the models it serves).
         coalesce: when several tokens of one stream are ready at once (the client or the proxy is behind),
             send them as one chunk; False sends one chunk per Triton response (`--no-coalesce`).
+        stream_interval: after a stream's first chunk, send its text once at least this many tokens have
+            arrived since the last chunk (trtllm-serve's `stream_interval`: fewer, larger frames for less CPU
+            per token, at the cost of inter-token latency); 1 sends each as it comes. Needs `coalesce`.
     """
 
     model_name: str
@@ -60,6 +63,7 @@ class ProxySettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     response_store: ResponseStoreLimits = field(default_factory=ResponseStoreLimits)
     coalesce: bool = True
+    stream_interval: int = 1
 
     def __post_init__(self) -> None:
         try:
@@ -67,6 +71,7 @@ class ProxySettings:
             check_tool_parser(self.tool_parser)
         except UnknownParserError as exc:
             raise UsageError(str(exc)) from None
+        check_stream_interval(self.stream_interval, coalesce=self.coalesce)
         if self.max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be at least 1, not {self.max_body_bytes}")
         if self.max_seq_len < 2 or not 1 <= self.max_input_len <= self.max_seq_len:
@@ -88,6 +93,7 @@ class ProxySettings:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         response_store: ResponseStoreLimits | None = None,
         coalesce: bool = True,
+        stream_interval: int = 1,
         enable_chunked_context: bool | None = None,
     ) -> ProxySettings:
         """Settings for serving `engine` (an `EngineInfo`, or an engine directory to read) as `name`.
@@ -111,4 +117,15 @@ class ProxySettings:
             max_body_bytes=max_body_bytes,
             response_store=response_store or ResponseStoreLimits(),
             coalesce=coalesce,
+            stream_interval=stream_interval,
+        )
+
+
+def check_stream_interval(interval: int, *, coalesce: bool) -> None:
+    """Raises UsageError (one line) for an interval below 1, or above 1 without coalescing."""
+    if interval < 1:
+        raise UsageError(f"--stream-interval must be at least 1 token, not {interval}")
+    if interval > 1 and not coalesce:
+        raise UsageError(
+            "--no-coalesce sends one chunk per token; it cannot be combined with --stream-interval"
         )

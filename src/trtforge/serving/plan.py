@@ -98,6 +98,7 @@ class ProxyListen:
         log_level: the proxy's log level.
         max_body_bytes: the largest request body it accepts (larger: 413 before parsing).
         coalesce: tokens of one stream that are ready together go out as one chunk (False: one per token).
+        stream_interval: after a stream's first chunk, tokens per chunk at least (1: each as it comes).
         responses_store_max, responses_store_bytes, responses_store_ttl_s: the bounds of its store of
             Responses (`proxy.response_store`), in responses, bytes and seconds.
     """
@@ -110,6 +111,7 @@ class ProxyListen:
     log_level: str = "warning"
     max_body_bytes: int = constants.DEFAULT_MAX_BODY_BYTES
     coalesce: bool = True
+    stream_interval: int = 1
     responses_store_max: int = constants.DEFAULT_RESPONSES_STORE_MAX
     responses_store_bytes: int = constants.DEFAULT_RESPONSES_STORE_BYTES
     responses_store_ttl_s: float = constants.DEFAULT_RESPONSES_STORE_TTL_S
@@ -287,6 +289,7 @@ class ServePlan:
                 "api_key_required": self.proxy.api_key is not None,
                 "max_body_bytes": self.proxy.max_body_bytes,
                 "coalesce": self.proxy.coalesce,
+                "stream_interval": self.proxy.stream_interval,
                 "responses_store": {
                     "max_responses": self.proxy.responses_store_max,
                     "max_bytes": self.proxy.responses_store_bytes,
@@ -621,6 +624,7 @@ def _proxy_settings(
             tool_parser=engine.tool_parser,
             max_body_bytes=proxy.max_body_bytes,
             coalesce=proxy.coalesce,
+            stream_interval=proxy.stream_interval,
             response_store=store,
             enable_chunked_context=engine.options.enable_chunked_context,
         )
