@@ -17,17 +17,18 @@ but each stream's first (those start together).
 
 `--workers 1,2` runs one proxy per worker count side by side (clients `raw@w1`, `raw@w2`, ...);
 `--baseline-src DIR` adds the proxy of another checkout's `src/` (clients `raw@base`, ...), so before and
-after are measured in the same run; `--together` runs those proxies' clients at the same time (same background
-load; `direct` still runs alone).
+after are measured in the same run; `--stream-interval 1,4` runs one proxy per interval (`raw@si1`, ...);
+`--together` runs those proxies' clients at the same time (same background load; `direct` still runs alone).
 
 `--trace` runs each proxy under `benchmarks/proxy_trace.py` and reports, for the raw client, the p50/p90/p99 of
 each stage of a request's admission (connect, HTTP parse, tokenizer queue, template, tokenize, Triton write,
 Triton first response, first SSE byte) and the proxy's event-loop lag; `--profile` adds cProfile of each
-proxy's event loop (top entries by own and cumulative time).
+proxy's event loop (top entries by own and cumulative time); `--py-spy DIR` samples every thread of each proxy
+and reports the shares by kind of work (gRPC receive, send, event loop, trtforge's own code).
 
     .venv/bin/python benchmarks/proxy.py [--streams 1,16,64] [--repeats 3] [--max-tokens 256]
-        [--tokens-per-run 16384] [--pace-ms 0] [--workers 1] [--baseline-src DIR] [--clients direct,httpx,raw]
-        [--together] [--trace] [--profile] [--json]
+        [--tokens-per-run 16384] [--pace-ms 0] [--workers 1] [--stream-interval 1] [--baseline-src DIR]
+        [--clients direct,httpx,raw] [--together] [--trace] [--profile] [--py-spy DIR] [--json]
 """
 
 from __future__ import annotations
@@ -167,6 +168,7 @@ class Variant:
     trace: Path | None = None  # run under `proxy_trace.py`, its stage timestamps (and profile) written here
     profile: bool = False
     py_spy: Path | None = None  # sample the proxy (every thread) with py-spy into here
+    stream_interval: int = 1  # the proxy's --stream-interval (this checkout's proxy only)
 
 
 @dataclass
@@ -215,6 +217,8 @@ def start_proxy(work: Path, engine_dir: Path, grpc_port: int, variant: Variant) 
     command += ["--triton-grpc-port", str(grpc_port)]
     if variant.workers != 1 or variant.src is None:  # this checkout's default is `auto`; a baseline's was 1
         command += ["--workers", str(variant.workers)]
+    if variant.stream_interval != 1:
+        command += ["--stream-interval", str(variant.stream_interval)]
     env = {**os.environ, "TRTFORGE_HOME": str(work / "home")}
     if variant.src is not None:
         env["PYTHONPATH"] = str(variant.src)
@@ -852,6 +856,11 @@ def main() -> None:
         "--profile", action="store_true", help="cProfile each proxy's event loop (implies --trace)"
     )
     parser.add_argument(
+        "--stream-interval",
+        default="1",
+        help="the proxy's --stream-interval; several (e.g. 1,4) run a proxy each, side by side",
+    )
+    parser.add_argument(
         "--py-spy",
         type=Path,
         metavar="DIR",
@@ -862,6 +871,13 @@ def main() -> None:
     args.streams = [int(s) for s in args.streams.split(",")]
     counts = [auto_workers(usable_cores()) if w == "auto" else int(w) for w in args.workers.split(",")]
     variants = [Variant(f"w{w}" if len(counts) > 1 else "", workers=w) for w in counts]
+    intervals = [int(n) for n in args.stream_interval.split(",")]
+    if intervals != [1]:  # each worker count with each interval, side by side
+        variants = [
+            dataclasses.replace(v, label=f"{v.label}si{n}", stream_interval=n)
+            for v in variants
+            for n in intervals
+        ]
     if args.baseline_src is not None:
         variants.append(Variant("base", src=args.baseline_src.resolve()))
     if len(variants) > 1 and not variants[0].label:
