@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +58,13 @@ def isolated_session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point TRTFORGE_HOME, the link directory and the catalogue at a per-test temporary directory."""
     yield _isolate(monkeypatch, tmp_path)
+
+
+def link_engine(name: str, engine_dir: Path) -> None:
+    """Name `engine_dir` `name` in the link directory (`TRTLLM_ENGINE_PATH`, isolated per test by `isolated_home`)."""
+    links = Path(os.environ["TRTLLM_ENGINE_PATH"])
+    links.mkdir(parents=True, exist_ok=True)
+    (links / name).symlink_to(engine_dir)
 
 
 @pytest.fixture(scope="session")

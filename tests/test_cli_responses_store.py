@@ -5,14 +5,13 @@ proxy settings. (That they take effect on a served proxy: tests/test_cli_up_agen
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, link_engine
 from trtforge import constants
 from trtforge.cli._responses_store import STORE_BYTES, STORE_MAX, STORE_TTL, StoreBounds, store_bounds
 from trtforge.errors import UsageError
@@ -101,14 +100,8 @@ def test_a_bad_value_on_the_command_line_is_one_line_and_starts_nothing(
     assert not (isolated_home / "tmp" / "repositories").exists()  # nothing written, nothing started
 
 
-def _link(name: str, engine_dir: Path) -> None:
-    links = Path(os.environ["TRTLLM_ENGINE_PATH"])
-    links.mkdir(parents=True, exist_ok=True)
-    (links / name).symlink_to(engine_dir)
-
-
 def test_the_bounds_reach_every_served_models_proxy_settings(tiny_engine: Path, isolated_home: Path) -> None:
-    _link("tiny", tiny_engine)
+    link_engine("tiny", tiny_engine)
     listen = ProxyListen(
         port=free_port(), responses_store_max=3, responses_store_bytes=4096, responses_store_ttl_s=90.0
     )
@@ -123,7 +116,7 @@ def test_the_bounds_reach_every_served_models_proxy_settings(tiny_engine: Path, 
 def test_up_dry_run_json_shows_the_bounds_given_and_the_defaults(
     tiny_engine: Path, isolated_home: Path
 ) -> None:
-    _link("tiny", tiny_engine)
+    link_engine("tiny", tiny_engine)
 
     def planned(*flags: str) -> dict[str, float]:
         ports = [f"--triton-{kind}-port={free_port()}" for kind in ("http", "grpc", "metrics")]

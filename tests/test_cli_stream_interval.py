@@ -5,21 +5,14 @@ tests/test_proxy_coalesce.py and tests/test_proxy_e2e.py.)"""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, link_engine
 from trtforge.serving import ProxyListen, TritonPorts, plan_serving
-
-
-def _link(name: str, engine_dir: Path) -> None:
-    links = Path(os.environ["TRTLLM_ENGINE_PATH"])
-    links.mkdir(parents=True, exist_ok=True)
-    (links / name).symlink_to(engine_dir)
 
 
 @pytest.mark.parametrize("command", ["proxy", "up"])
@@ -45,7 +38,7 @@ def test_an_interval_it_cannot_keep_is_one_line_and_starts_nothing(
 def test_the_interval_reaches_the_plan_and_every_models_settings(
     tiny_engine: Path, isolated_home: Path
 ) -> None:
-    _link("tiny", tiny_engine)
+    link_engine("tiny", tiny_engine)
     ports = TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
     plan = plan_serving(
         ["tiny"],

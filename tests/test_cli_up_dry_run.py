@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_engine_with, free_port
+from conftest import copy_engine_with, free_port, link_engine
 from triton_helpers import write_engine_dir
 from trtforge.engine import read_engine
 from trtforge.proxy.parsers import default_parsers
@@ -30,12 +30,6 @@ def _ports() -> tuple[dict[str, int], list[str]]:
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port(), "proxy": free_port()}
     args = [f"--triton-{kind}-port={ports[kind]}" for kind in ("http", "grpc", "metrics")]
     return ports, [*args, f"--port={ports['proxy']}"]
-
-
-def _link(name: str, engine_dir: Path) -> None:
-    links = Path(os.environ["TRTLLM_ENGINE_PATH"])
-    links.mkdir(parents=True, exist_ok=True)
-    (links / name).symlink_to(engine_dir)
 
 
 @pytest.fixture
@@ -69,7 +63,7 @@ def test_dry_run_json_names_backend_store_path_ports_command_and_models(
     tiny_engine: Path, isolated_home: Path, recording_triton: tuple[dict[str, str], Path]
 ) -> None:
     env, marker = recording_triton
-    _link("tiny", tiny_engine)
+    link_engine("tiny", tiny_engine)
     ports, args = _ports()
     result = _up("tiny", "--dry-run", "--json", *args, env=env)
     assert result.returncode == 0, result.stderr
@@ -100,8 +94,8 @@ def test_dry_run_of_two_engines_plans_one_triton_model_each(
     tiny_engine: Path, isolated_home: Path, tmp_path: Path, recording_triton: tuple[dict[str, str], Path]
 ) -> None:
     env, marker = recording_triton
-    _link("tiny", tiny_engine)
-    _link("other", copy_engine_with(tiny_engine, tmp_path / "other", max_seq_len=512))
+    link_engine("tiny", tiny_engine)
+    link_engine("other", copy_engine_with(tiny_engine, tmp_path / "other", max_seq_len=512))
     ports, args = _ports()
     result = _up("tiny", "other", "--dry-run", "--json", *args, "--option", "max_queue_size=7", env=env)
     assert result.returncode == 0, result.stderr
@@ -127,7 +121,7 @@ def test_dry_run_without_json_prints_the_plan_for_a_reader(
     tiny_engine: Path, isolated_home: Path, recording_triton: tuple[dict[str, str], Path]
 ) -> None:
     env, marker = recording_triton
-    _link("tiny", tiny_engine)
+    link_engine("tiny", tiny_engine)
     ports, args = _ports()
     result = _up("tiny", "--dry-run", *args, env=env)
     assert result.returncode == 0, result.stderr
@@ -146,7 +140,7 @@ def test_dry_run_of_a_pytorch_entry_plans_the_llm_api_model_in_one_tritonserver(
 ) -> None:
     env, marker = recording_triton
     entry = write_engine_dir(tmp_path / "entry", backend="pytorch", tp_size=tp_size)
-    _link("qwen", entry)
+    link_engine("qwen", entry)
     # TensorRT-LLM 1.3 (the stand-in) and two Blackwell GPUs: the gate passes the NVFP4 entry.
     env["PYTHONPATH"] = os.pathsep.join([str(STANDINS / "trtllm13"), str(STANDINS / "nvml")])
     env["TRTFORGE_STANDIN_GPUS"] = "NVIDIA B200:10.0:183,NVIDIA B200:10.0:183"
@@ -251,7 +245,7 @@ def test_dry_run_says_the_workers_resolved_from_auto_or_given(
     from trtforge.proxy.workers import auto_workers, usable_cores
 
     env, marker = recording_triton
-    _link("tiny", tiny_engine)
+    link_engine("tiny", tiny_engine)
     ports, args = _ports()
     default = json.loads(_up("tiny", "--dry-run", "--json", *args, env=env).stdout)["proxy"]
     cores = usable_cores()
