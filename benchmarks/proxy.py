@@ -728,10 +728,11 @@ def print_profile(path: Path, top: int = 30) -> None:
     stats.sort_stats("cumulative").print_stats(top)
 
 
-# Where a sampled stack's time goes, by its leaf frame (first match wins); startup is left out of the shares.
+# Where a sampled stack's time goes: grpc's poller thread by its thread, the rest by the innermost frame (first
+# match wins); startup is left out of the shares.
 _STARTUP = ("importlib._bootstrap", "from_pretrained", "ProxyTokenizer.load", "import_utils")
+_POLLER = ("_poll_wrapper", "grpc's poller thread")
 _KINDS = (
-    ("grpc's poller thread", ("_poll_wrapper",)),
     ("grpc.aio receive (its Cython, on the loop)", ("grpc/aio/_call.py", "grpc/_common.py")),
     ("socket send (transport.write)", ("selector_events.py", "httptools_impl.py", "h11_impl.py")),
     ("event loop (select, callbacks)", ("selectors.py", "asyncio/events.py", "base_events.py", "runners.py")),
@@ -742,10 +743,9 @@ _KINDS = (
 
 
 def _kind(thread: str, leaf: str) -> str:
-    for kind, markers in _KINDS:
-        if any(marker in (thread if marker == "_poll_wrapper" else leaf) for marker in markers):
-            return kind
-    return "other"
+    if _POLLER[0] in thread:
+        return _POLLER[1]
+    return next((kind for kind, markers in _KINDS if any(m in leaf for m in markers)), "other")
 
 
 def print_py_spy(path: Path, top: int = 12) -> None:
